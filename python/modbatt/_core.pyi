@@ -1,0 +1,97 @@
+"""Type stubs for the Rust extension ``modbatt._core`` (rust/src/py/)."""
+
+from typing_extensions import Buffer
+
+import numpy as np
+import numpy.typing as npt
+
+ENCRYPTION_FLAG: int
+FORMAT_MASK: int
+SECURE_BITS: int
+EXTENDED_ID_MASK: int
+KEY_HALF_LEN: int
+NONCE_LEN: int
+DH_SECRET_LEN: int
+MAX_DATA_LEN: int
+FD_MAX_PAYLOAD: int
+STATUS_FORWARDED: int
+STATUS_PENDING: int
+DROP_REASONS: list[tuple[int, str]]
+
+def compose_id(base: int, node: int) -> int: ...
+def split_id(can_id: int) -> tuple[int, int]: ...
+def is_encrypted(can_id: int) -> bool: ...
+def set_encrypted(can_id: int) -> int: ...
+def clear_encrypted(can_id: int) -> int: ...
+def logical_id(can_id: int) -> int: ...
+def frame_format(can_id: int) -> int: ...
+
+class LinkKey:
+    def __init__(
+        self,
+        half_a: Buffer,
+        id_a: str,
+        half_b: Buffer,
+        id_b: str,
+        dh_secret: Buffer | None = None,
+    ) -> None: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+U8 = npt.NDArray[np.uint8]
+U32 = npt.NDArray[np.uint32]
+
+class Session:
+    def __init__(
+        self,
+        link_key: LinkKey,
+        local_id: str,
+        peer_id: str,
+        local_nonce: Buffer,
+        peer_nonce: Buffer,
+        *,
+        max_failures: int = 16,
+        pair_window: int = 32,
+    ) -> None: ...
+    def seal(self, can_id: int, data: bytes, fd: bool = False) -> list[tuple[int, bytes]]: ...
+    def open(self, can_id: int, data: bytes) -> bytes | None: ...
+    def seal_batch(
+        self, ids: U32, lens: U8, data: U8, fd: bool = False
+    ) -> tuple[U32, U8, U8, U8]: ...
+    def open_batch(self, ids: U32, lens: U8, data: U8) -> tuple[U32, U8, U8, U8]: ...
+    @property
+    def local_id(self) -> str: ...
+    @property
+    def peer_id(self) -> str: ...
+    @property
+    def expired(self) -> bool: ...
+    def stats(self) -> dict[str, int]: ...
+
+class Gateway:
+    def __init__(self) -> None: ...
+    def add_rule(
+        self,
+        src_bus: int,
+        match_id: int,
+        mask: int,
+        dst_bus: int,
+        *,
+        inbound: int | None = None,
+        outbound: int | None = None,
+        fd: bool = False,
+        id_and: int | None = None,
+        id_or: int = 0,
+        id_xor: int = 0,
+        id_set: int | None = None,
+    ) -> None: ...
+    def clear_rules(self) -> None: ...
+    def rules(self) -> list[dict[str, int | bool | None]]: ...
+    def install_session(self, link: int, session: Session) -> None: ...
+    def remove_session(self, link: int) -> bool: ...
+    def session_stats(self, link: int) -> dict[str, int] | None: ...
+    def step(self, bus: int, can_id: int, data: bytes) -> list[tuple[int, int, bytes]]: ...
+    def step_checked(self, bus: int, can_id: int, data: bytes) -> list[tuple[int, int, bytes]]: ...
+    def step_batch(
+        self, buses: U8, ids: U32, lens: U8, data: U8
+    ) -> tuple[U8, U32, U8, U8, U8]: ...
+    def stats(self) -> dict[str, int]: ...

@@ -1,0 +1,101 @@
+"""The exception hierarchy of modbatt, rooted at :class:`ModbattError`.
+
+The Rust core raises these classes (``rust/src/py/errors.rs`` maps its one error enum onto
+them by name), and the Python code raises them too. Each class mixes in the builtin that a
+caller would naturally catch, as python-can does (``CanTimeoutError(CanError, TimeoutError)``).
+No message ever carries key bytes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ModbattError(Exception):
+    """Base class of every error modbatt raises on purpose."""
+
+
+class InvalidArgumentError(ModbattError, ValueError):
+    """A value outside its domain: an id over 29 bits, a payload too long, a bad shape."""
+
+
+class KeyMaterialError(ModbattError, ValueError):
+    """Key material with the wrong length or a degenerate value (all zero, both halves equal)."""
+
+
+class FrameRejected(ModbattError):
+    """A received frame was dropped. ``reason`` names the drop counter it increments."""
+
+    reason: ClassVar[str] = "rejected"
+
+
+class NoRouteError(FrameRejected, LookupError):
+    """No routing rule admits the frame (the gateway denies by default)."""
+
+    reason = "no_route"
+
+
+class AuthenticationError(FrameRejected):
+    """The authentication tag did not verify; counts against the session's failure budget."""
+
+    reason = "bad_tag"
+
+
+class ReplayError(FrameRejected):
+    """The frame is genuine but its freshness value was already used."""
+
+    reason = "replay"
+
+
+class DowngradeError(FrameRejected):
+    """A plain frame (E = 0) arrived on a secured link."""
+
+    reason = "downgrade"
+
+
+class MalformedFrameError(FrameRejected, ValueError):
+    """The frame breaks the wire format (length, padding, reserved id bits)."""
+
+    reason = "malformed"
+
+
+class UnpairedFrameError(FrameRejected):
+    """One frame of a classic pair arrived without its partner, or after the pair timeout."""
+
+    reason = "unpaired"
+
+
+class NoSessionError(FrameRejected):
+    """The frame's link has no session in the gateway, or its session was torn down."""
+
+    reason = "no_session"
+
+
+class SessionError(ModbattError):
+    """The session can no longer be used and must be re-established."""
+
+
+class SessionExpiredError(SessionError):
+    """The session was torn down after too many verification failures."""
+
+
+class CounterExhaustedError(SessionError):
+    """A freshness counter reached its limit; a new session is needed."""
+
+
+__all__ = [
+    "AuthenticationError",
+    "CounterExhaustedError",
+    "DowngradeError",
+    "FrameRejected",
+    "InvalidArgumentError",
+    "KeyMaterialError",
+    "MalformedFrameError",
+    "ModbattError",
+    "NoRouteError",
+    "NoSessionError",
+    "ReplayError",
+    "SessionError",
+    "SessionExpiredError",
+    "UnpairedFrameError",
+]

@@ -1,0 +1,408 @@
+//! A session: one link's per-direction keys for one run of the handshake, with the freshness
+//! state, the classic pair reassembly and the verification-failure budget.
+//!
+//! Both peers derive the same two direction keys from the link key, their component ids and
+//! the two nonces they exchanged; `local → peer` seals, `peer → local` opens. Fresh nonces
+//! make fresh keys, so counters restart at zero every session without ever reusing a
+//! (key, counter block) pair, across reboots and key recovery alike.
+
+use crate::error::{DropReason, Error, Result};
+use crate::frame::{self, Frame, FD_MAX_PAYLOAD, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD};
+use crate::freshness::{RxWindow, TxCounters};
+use crate::ids::{self, Format, ENCRYPTION_FLAG};
+use crate::keys::{check_component_id, check_nonce, DirectionKeys, LinkKey};
+
+/// Verification failures a session tolerates; the one that reaches it tears the session down.
+pub const DEFAULT_MAX_FAILURES: u32 = 16;
+/// How many later frames of the same session a pair's data frame waits for its authenticator.
+pub const DEFAULT_PAIR_WINDOW: u32 = 32;
+/// Data frames waiting for their authenticator at once, per session; the oldest is dropped.
+pub const MAX_PENDING_PAIRS: usize = 32;
+
+/// Tunable limits of a session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Verification failures before the session is torn down.
+    pub max_failures: u32,
+    /// How many later frames of this session a pair's data frame waits for its
+    /// authenticator. Counted in frames, not time, so that the frame path needs no clock and
+    /// a capture replays identically.
+    pub pair_window: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_failures: DEFAULT_MAX_FAILURES,
+            pair_window: DEFAULT_PAIR_WINDOW,
+        }
+    }
+}
+
+/// What a session has done, for the app's security report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Messages sealed.
+    pub sealed: u64,
+    /// Messages opened and delivered.
+    pub opened: u64,
+    /// Frames dropped, indexed by [`DropReason::index`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Verification failures counted against the budget.
+    pub failures: u32,
+}
+
+/// The frames one seal produces: one, or two for the classic pair form.
+#[derive(Clone, Copy, Debug)]
+pub struct Sealed {
+    frames: [Frame; 2],
+    count: usize,
+}
+
+impl Sealed {
+    /// The frames to send, in order.
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames[..self.count]
+    }
+}
+
+struct PendingData {
+    logical_id: u32,
+    ciphertext: [u8; PAIR_MAX_PAYLOAD],
+    len: usize,
+    /// The session's frame number when the data frame arrived.
+    arrived: u64,
+}
+
+/// One session of one link, as seen from the local end.
+pub struct Session {
+    local_id: String,
+    peer_id: String,
+    link_fingerprint: String,
+    tx_keys: DirectionKeys,
+    rx_keys: DirectionKeys,
+    tx_counters: TxCounters,
+    rx_window: RxWindow,
+    pending: Vec<PendingData>,
+    limits: SessionLimits,
+    stats: SessionStats,
+    /// Frames handed to `open` so far: the clock of the pair window.
+    frames_received: u64,
+    expired: bool,
+}
+
+impl Session {
+    /// Derive a session from the link key, both component ids and both 16-byte nonces.
+    pub fn new(
+        link: &LinkKey,
+        local_id: &str,
+        peer_id: &str,
+        local_nonce: &[u8],
+        peer_nonce: &[u8],
+        limits: SessionLimits,
+    ) -> Result<Session> {
+        check_component_id(local_id)?;
+        check_component_id(peer_id)?;
+        if local_id == peer_id {
+            return Err(Error::InvalidArgument(
+                "a session needs two different component ids".into(),
+            ));
+        }
+        check_nonce("local nonce", local_nonce)?;
+        check_nonce("peer nonce", peer_nonce)?;
+        if limits.max_failures == 0 {
+            return Err(Error::InvalidArgument(
+                "max_failures must be at least 1".into(),
+            ));
+        }
+        if limits.pair_window == 0 {
+            return Err(Error::InvalidArgument(
+                "pair_window must be at least 1".into(),
+            ));
+        }
+        Ok(Session {
+            local_id: local_id.to_owned(),
+            peer_id: peer_id.to_owned(),
+            link_fingerprint: link.fingerprint().to_owned(),
+            tx_keys: link.direction_keys(local_id, peer_id, local_nonce, peer_nonce)?,
+            rx_keys: link.direction_keys(peer_id, local_id, peer_nonce, local_nonce)?,
+            tx_counters: TxCounters::default(),
+            rx_window: RxWindow::default(),
+            pending: Vec::new(),
+            limits,
+            stats: SessionStats::default(),
+            frames_received: 0,
+            expired: false,
+        })
+    }
+
+    /// The local component id.
+    pub fn local_id(&self) -> &str {
+        &self.local_id
+    }
+
+    /// The peer's component id.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The link key's fingerprint.
+    pub fn link_fingerprint(&self) -> &str {
+        &self.link_fingerprint
+    }
+
+    /// Whether the failure budget tore this session down.
+    pub fn is_expired(&self) -> bool {
+        self.expired
+    }
+
+    /// Counters of what this session did.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.expired {
+            return Err(Error::SessionExpired(format!(
+                "the session {} -> {} was torn down after {} verification failures",
+                self.local_id, self.peer_id, self.stats.failures
+            )));
+        }
+        Ok(())
+    }
+
+    /// Seal `payload` for the logical id `can_id` (E and the format bits clear). Classic
+    /// payloads of up to 3 bytes take the single-frame form, 4 to 8 bytes the pair form;
+    /// `fd` selects the FD form (up to 51 bytes).
+    pub fn seal(&mut self, can_id: u32, payload: &[u8], fd: bool) -> Result<Sealed> {
+        self.check_alive()?;
+        let logical_id = ids::check_logical(can_id)?;
+        let n = payload.len();
+        let format = if fd {
+            if n > FD_MAX_PAYLOAD {
+                return Err(Error::InvalidArgument(format!(
+                    "a secured FD frame carries at most {FD_MAX_PAYLOAD} bytes, got {n}"
+                )));
+            }
+            Format::Fd
+        } else if n <= SINGLE_MAX_PAYLOAD {
+            Format::Single
+        } else if n <= PAIR_MAX_PAYLOAD {
+            Format::PairData
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "a classic CAN frame carries at most 8 bytes, got {n}"
+            )));
+        };
+        let freshness = self.tx_counters.take(logical_id)?;
+        let mut ct = frame::padded(payload);
+        self.tx_keys
+            .keystream_xor(logical_id, freshness, &mut ct, n);
+        let tag = self
+            .tx_keys
+            .tag(frame::mac_code(format), logical_id, freshness, &ct, n);
+        let id = logical_id | ENCRYPTION_FLAG;
+        let blank = Frame {
+            id: id | format.bits(),
+            len: 0,
+            data: [0; frame::MAX_DATA_LEN],
+        };
+        let mut sealed = Sealed {
+            frames: [blank, blank],
+            count: 1,
+        };
+        match format {
+            Format::Single => frame::write_single(&ct, n, freshness, &tag, &mut sealed.frames[0]),
+            Format::Fd => frame::write_fd(&ct, n, freshness, &tag, &mut sealed.frames[0]),
+            Format::PairData | Format::PairAuth => {
+                sealed.frames[0].data = ct;
+                sealed.frames[0].len = frame::len_byte(n);
+                sealed.frames[1].id = id | Format::PairAuth.bits();
+                frame::write_pair_auth(freshness, &tag, &mut sealed.frames[1]);
+                sealed.count = 2;
+            }
+        }
+        self.stats.sealed += 1;
+        Ok(sealed)
+    }
+
+    /// Open one received frame. Returns the plaintext frame (logical id, E clear), or `None`
+    /// when the frame is a pair's data frame now waiting for its authenticator.
+    pub fn open(&mut self, can_id: u32, data: &[u8]) -> Result<Option<Frame>> {
+        self.frames_received += 1;
+        let result = self.open_inner(can_id, data);
+        match &result {
+            Ok(Some(_)) => self.stats.opened += 1,
+            Ok(None) => {}
+            Err(err) => {
+                let reason = err.drop_reason();
+                self.stats.dropped[reason.index()] += 1;
+            }
+        }
+        result
+    }
+
+    fn open_inner(&mut self, can_id: u32, data: &[u8]) -> Result<Option<Frame>> {
+        self.check_alive()?;
+        if ids::check_extended(can_id).is_err() || data.len() > frame::MAX_DATA_LEN {
+            return Err(Error::rejected(
+                DropReason::Malformed,
+                "not a CAN frame: id over 29 bits or more than 64 data bytes",
+            ));
+        }
+        if !ids::is_encrypted(can_id) {
+            return Err(Error::rejected(
+                DropReason::Downgrade,
+                format!("plain frame 0x{can_id:08X} on a secured link"),
+            ));
+        }
+        let logical_id = ids::logical(can_id);
+        let format = Format::of(can_id);
+        match format {
+            Format::Single => {
+                let parsed = frame::parse_single(data)?;
+                self.verify_and_decrypt(format, logical_id, &parsed)
+                    .map(Some)
+            }
+            Format::Fd => {
+                let parsed = frame::parse_fd(data)?;
+                self.verify_and_decrypt(format, logical_id, &parsed)
+                    .map(Some)
+            }
+            Format::PairData => {
+                frame::check_pair_data(data)?;
+                self.hold_pair_data(logical_id, data);
+                Ok(None)
+            }
+            Format::PairAuth => {
+                let (freshness_low, tag) = frame::parse_pair_auth(data)?;
+                let index = self
+                    .pending
+                    .iter()
+                    .position(|p| p.logical_id == logical_id)
+                    .ok_or_else(|| {
+                        Error::rejected(
+                            DropReason::Unpaired,
+                            format!("authenticator 0x{can_id:08X} has no data frame"),
+                        )
+                    })?;
+                let pending = &self.pending[index];
+                if self.frames_received - pending.arrived > u64::from(self.limits.pair_window) {
+                    self.pending.swap_remove(index);
+                    return Err(Error::rejected(
+                        DropReason::Unpaired,
+                        format!("authenticator 0x{can_id:08X} came after the pair window"),
+                    ));
+                }
+                let (ciphertext, len) = (pending.ciphertext, pending.len);
+                let parsed = frame::Parsed {
+                    ciphertext: &ciphertext[..len],
+                    freshness_low,
+                    freshness_bits: 16,
+                    tag,
+                };
+                // A failed authenticator leaves the data frame waiting: a forged
+                // authenticator must not be able to discard the genuine message.
+                let opened = self.verify_and_decrypt(format, logical_id, &parsed)?;
+                self.pending.swap_remove(index);
+                Ok(Some(opened))
+            }
+        }
+    }
+
+    fn hold_pair_data(&mut self, logical_id: u32, data: &[u8]) {
+        let mut held = PendingData {
+            logical_id,
+            ciphertext: [0; PAIR_MAX_PAYLOAD],
+            len: data.len(),
+            arrived: self.frames_received,
+        };
+        held.ciphertext[..data.len()].copy_from_slice(data);
+        if let Some(slot) = self.pending.iter_mut().find(|p| p.logical_id == logical_id) {
+            // The previous data frame on this id lost its authenticator.
+            *slot = held;
+            self.stats.dropped[DropReason::Unpaired.index()] += 1;
+            return;
+        }
+        if self.pending.len() == MAX_PENDING_PAIRS {
+            let oldest = (0..self.pending.len())
+                .min_by_key(|&i| self.pending[i].arrived)
+                .unwrap_or(0);
+            self.pending.swap_remove(oldest);
+            self.stats.dropped[DropReason::Unpaired.index()] += 1;
+        }
+        self.pending.push(held);
+    }
+
+    fn verify_and_decrypt(
+        &mut self,
+        format: Format,
+        logical_id: u32,
+        parsed: &frame::Parsed<'_>,
+    ) -> Result<Frame> {
+        let code = frame::mac_code(format);
+        let (low, bits) = (parsed.freshness_low, parsed.freshness_bits);
+        let n = parsed.ciphertext.len();
+        let mut buf = frame::padded(parsed.ciphertext);
+        let candidate = self.rx_window.candidate(logical_id, low, bits);
+        if let Some(freshness) = candidate {
+            if self
+                .rx_keys
+                .verify(code, logical_id, freshness, &buf, n, parsed.tag)
+            {
+                self.rx_window.accept(logical_id, freshness);
+                self.rx_keys
+                    .keystream_xor(logical_id, freshness, &mut buf, n);
+                return Ok(Frame {
+                    id: logical_id,
+                    len: frame::len_byte(n),
+                    data: buf,
+                });
+            }
+        }
+        // Tell a replay (a genuine frame whose counter was already used) from a forgery.
+        if let Some(old) = self.rx_window.replay_candidate(logical_id, low, bits) {
+            if self
+                .rx_keys
+                .verify(code, logical_id, old, &buf, n, parsed.tag)
+            {
+                return Err(Error::rejected(
+                    DropReason::Replay,
+                    format!("frame 0x{logical_id:08X} replays freshness value {old}"),
+                ));
+            }
+        }
+        self.stats.failures += 1;
+        if self.stats.failures >= self.limits.max_failures {
+            self.expired = true;
+            self.pending.clear();
+        }
+        Err(Error::rejected(
+            DropReason::BadTag,
+            format!(
+                "authentication failed for 0x{logical_id:08X} ({} of {} tolerated failures)",
+                self.stats.failures, self.limits.max_failures
+            ),
+        ))
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Session(local={:?}, peer={:?}, link=<redacted, fingerprint={}>, expired={})",
+            self.local_id, self.peer_id, self.link_fingerprint, self.expired
+        )
+    }
+}
+
+impl Sealed {
+    /// A single frame passed through unsealed.
+    pub fn one(frame: Frame) -> Sealed {
+        Sealed {
+            frames: [frame, frame],
+            count: 1,
+        }
+    }
+}
