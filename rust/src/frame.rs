@@ -24,7 +24,6 @@ use subtle::ConstantTimeEq;
 use crate::error::{DropReason, Error, Result};
 use crate::ids::Format;
 use crate::keys::DirectionKeys;
-use crate::mac::MAC_BUFFER_LEN;
 
 /// Largest CAN FD payload; every [`Frame`] has room for one.
 pub const MAX_DATA_LEN: usize = 64;
@@ -117,9 +116,6 @@ pub(crate) fn mac_code(format: Format) -> u8 {
 /// A payload in a 64-byte buffer, zero past its length: every copy has a fixed size.
 pub(crate) type Padded = [u8; MAX_DATA_LEN];
 
-/// Length of the MAC input header: form code, logical id, length, freshness, two zeros.
-const MAC_HEADER_LEN: usize = 16;
-
 impl DirectionKeys {
     /// XOR the CTR keystream for (stream, freshness) into `buf[..len]`; bytes past `len`
     /// stay zero. At most 4 blocks, encrypted together so AES-NI can pipeline them.
@@ -158,13 +154,48 @@ impl DirectionKeys {
         ct: &Padded,
         len: usize,
     ) -> [u8; 16] {
-        let mut input = [0u8; MAC_BUFFER_LEN];
-        input[0] = code;
-        input[1..5].copy_from_slice(&logical_id.to_be_bytes());
-        input[5] = len as u8;
-        input[6..14].copy_from_slice(&freshness.to_be_bytes());
-        input[MAC_HEADER_LEN..MAC_HEADER_LEN + MAX_DATA_LEN].copy_from_slice(ct);
-        self.mac.tag_padded(&input, MAC_HEADER_LEN + len)
+        self.mac
+            .tag_with_header(&mac_header(code, logical_id, freshness, len), ct, len)
+    }
+
+    /// Encrypt `buf[..len]` in place and return the full tag of the result.
+    pub(crate) fn encrypt_and_tag(
+        &self,
+        code: u8,
+        logical_id: u32,
+        freshness: u64,
+        buf: &mut Padded,
+        len: usize,
+    ) -> [u8; 16] {
+        let header = mac_header(code, logical_id, freshness, len);
+        if len == 0 {
+            return self.mac.tag_with_header(&header, buf, 0);
+        }
+        // Two independent AES calls back to back: the CPU overlaps them.
+        let state = self.mac.first_block(&header);
+        self.keystream_xor(logical_id, freshness, buf, len);
+        self.mac.finish(state, buf, len)
+    }
+
+    /// Verify the truncated `tag` over `buf[..len]` (compared in constant time) and, only
+    /// if it matches, decrypt `buf` in place.
+    pub(crate) fn verify_and_decrypt(
+        &self,
+        code: u8,
+        logical_id: u32,
+        freshness: u64,
+        buf: &mut Padded,
+        len: usize,
+        tag: &[u8],
+    ) -> bool {
+        // The keystream is computed alongside the MAC and used only once the tag verified.
+        let mut plain = *buf;
+        self.keystream_xor(logical_id, freshness, &mut plain, len);
+        if !self.verify(code, logical_id, freshness, buf, len, tag) {
+            return false;
+        }
+        *buf = plain;
+        true
     }
 
     /// Whether `tag` (truncated) matches, compared in constant time.
@@ -180,6 +211,16 @@ impl DirectionKeys {
         let full = self.tag(code, logical_id, freshness, ct, len);
         bool::from(full[..tag.len()].ct_eq(tag))
     }
+}
+
+/// The MAC input's first block: form code ‖ logical id ‖ length ‖ freshness ‖ 0x0000.
+fn mac_header(code: u8, logical_id: u32, freshness: u64, len: usize) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[0] = code;
+    header[1..5].copy_from_slice(&logical_id.to_be_bytes());
+    header[5] = len as u8;
+    header[6..14].copy_from_slice(&freshness.to_be_bytes());
+    header
 }
 
 /// Copy a received ciphertext into a zero-padded buffer.

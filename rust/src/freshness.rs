@@ -4,13 +4,44 @@
 //! verifies over that full value. Counters start at 0 in every session.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{Error, Result};
+
+/// A multiplicative hash for 29-bit stream ids. SipHash's flooding resistance is not needed:
+/// a sender's map holds only the streams it sends on, and a receiver inserts a stream only
+/// after a frame on it authenticated, so no attacker chooses the keys.
+#[derive(Default)]
+pub(crate) struct StreamHasher(u64);
+
+impl Hasher for StreamHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: the high bits (which hashbrown uses) mix every input bit.
+        self.0 = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by stream id.
+pub(crate) type StreamMap<V> = HashMap<u32, V, BuildHasherDefault<StreamHasher>>;
 
 /// The sender's counters: the next value to use on each stream.
 #[derive(Default)]
 pub(crate) struct TxCounters {
-    next: HashMap<u32, u64>,
+    next: StreamMap<u64>,
 }
 
 impl TxCounters {
@@ -27,7 +58,7 @@ impl TxCounters {
 /// The receiver's window: the smallest value still acceptable on each stream.
 #[derive(Default)]
 pub(crate) struct RxWindow {
-    next_min: HashMap<u32, u64>,
+    next_min: StreamMap<u64>,
 }
 
 impl RxWindow {

@@ -1,17 +1,15 @@
-//! AES-CMAC (RFC 4493) for the frame path's short messages (at most 80 bytes).
+//! AES-CMAC (RFC 4493) for the frame path's short messages: a 16-byte header and at most 64 bytes.
 //!
 //! The `cmac` crate computes the same function; its streaming machinery and its
 //! variable-length copies cost ~40 ns per frame here, more than the two AES blocks
-//! themselves. This module keeps only the one-shot case over a zero-padded buffer, so every
-//! copy has a fixed size, and the tests check it against the `cmac` crate on random inputs
-//! and against the RFC 4493 vectors.
+//! themselves, and it cannot start the header block before the ciphertext exists. This
+//! module keeps only the one-shot case over zero-padded buffers, so every copy has a fixed
+//! size, and the tests check it against the `cmac` crate on random inputs and against the
+//! RFC 4493 vectors.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128;
 use zeroize::{Zeroize, ZeroizeOnDrop};
-
-/// The longest message [`CmacKey::tag_padded`] takes: a header block and four data blocks.
-pub(crate) const MAC_BUFFER_LEN: usize = 80;
 
 /// An AES-CMAC key: the expanded cipher and the two subkeys. Zeroized on drop (the `aes`
 /// crate wipes the key schedule; the subkeys are wiped here).
@@ -46,19 +44,28 @@ impl CmacKey {
         CmacKey { cipher, k1, k2 }
     }
 
-    /// The full 16-byte tag of `message[..len]`. Every byte of `message` past `len` must be
-    /// zero: the last block is then read whole and only its padding marker is set.
-    pub(crate) fn tag_padded(&self, message: &[u8; MAC_BUFFER_LEN], len: usize) -> [u8; 16] {
-        debug_assert!(len <= MAC_BUFFER_LEN && message[len..].iter().all(|&b| b == 0));
-        let len = len.min(MAC_BUFFER_LEN);
+    /// The first CMAC block of a message that starts with `header` and goes on past it.
+    /// It does not depend on the rest of the message, so a caller can start it before the
+    /// rest exists (the ciphertext, while CTR computes it) and let the CPU overlap the two.
+    pub(crate) fn first_block(&self, header: &[u8; 16]) -> [u8; 16] {
+        let mut state = *header;
+        self.encrypt(&mut state);
+        state
+    }
+
+    /// Finish a CMAC: absorb `body[..len]` into `state` (the chaining value after the blocks
+    /// before it) and return the tag. `body` is zero past `len` and at least one block longer
+    /// than the last full block, so every block is read with a fixed-size copy.
+    pub(crate) fn finish(&self, mut state: [u8; 16], body: &[u8], len: usize) -> [u8; 16] {
+        debug_assert!(body.len() % 16 == 0 && len <= body.len());
+        debug_assert!(body[len..].iter().all(|&b| b == 0));
         let block_at = |i: usize| -> [u8; 16] {
             let mut block = [0u8; 16];
-            block.copy_from_slice(&message[i * 16..i * 16 + 16]);
+            block.copy_from_slice(&body[i * 16..i * 16 + 16]);
             block
         };
         // Every block but the last is processed plainly; the last is padded and masked.
         let full_blocks = len.saturating_sub(1) / 16;
-        let mut state = [0u8; 16];
         for i in 0..full_blocks {
             xor_into(&mut state, &block_at(i));
             self.encrypt(&mut state);
@@ -76,12 +83,26 @@ impl CmacKey {
         state
     }
 
-    /// The tag of any message of at most 80 bytes (copies it into a padded buffer).
+    /// The tag of `header ‖ body[..len]`: one full header block, then up to 64 bytes.
+    pub(crate) fn tag_with_header(
+        &self,
+        header: &[u8; 16],
+        body: &[u8; 64],
+        len: usize,
+    ) -> [u8; 16] {
+        if len == 0 {
+            // The header alone is one complete last block.
+            return self.finish([0; 16], header, 16);
+        }
+        self.finish(self.first_block(header), body, len)
+    }
+
+    /// The tag of any message of at most 80 bytes.
     #[cfg(test)]
     pub(crate) fn tag(&self, message: &[u8]) -> [u8; 16] {
-        let mut buffer = [0u8; MAC_BUFFER_LEN];
+        let mut buffer = [0u8; 96];
         buffer[..message.len()].copy_from_slice(message);
-        self.tag_padded(&buffer, message.len())
+        self.finish([0; 16], &buffer, message.len())
     }
 
     fn encrypt(&self, state: &mut [u8; 16]) {
@@ -132,7 +153,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn agrees_with_the_cmac_crate(key in any::<[u8; 16]>(), msg in prop::collection::vec(any::<u8>(), 0..=MAC_BUFFER_LEN)) {
+        fn agrees_with_the_cmac_crate(key in any::<[u8; 16]>(), msg in prop::collection::vec(any::<u8>(), 0..=80)) {
             let mut reference = <Cmac<Aes128> as KeyInit>::new_from_slice(&key).unwrap();
             reference.update(&msg);
             let expected: [u8; 16] = reference.finalize().into_bytes().into();

@@ -196,11 +196,10 @@ impl Session {
         };
         let freshness = self.tx_counters.take(logical_id)?;
         let mut ct = frame::padded(payload);
-        self.tx_keys
-            .keystream_xor(logical_id, freshness, &mut ct, n);
+        let code = frame::mac_code(format);
         let tag = self
             .tx_keys
-            .tag(frame::mac_code(format), logical_id, freshness, &ct, n);
+            .encrypt_and_tag(code, logical_id, freshness, &mut ct, n);
         let id = logical_id | ENCRYPTION_FLAG;
         let blank = Frame {
             id: id | format.bits(),
@@ -348,11 +347,9 @@ impl Session {
         if let Some(freshness) = candidate {
             if self
                 .rx_keys
-                .verify(code, logical_id, freshness, &buf, n, parsed.tag)
+                .verify_and_decrypt(code, logical_id, freshness, &mut buf, n, parsed.tag)
             {
                 self.rx_window.accept(logical_id, freshness);
-                self.rx_keys
-                    .keystream_xor(logical_id, freshness, &mut buf, n);
                 return Ok(Frame {
                     id: logical_id,
                     len: frame::len_byte(n),

@@ -1,6 +1,7 @@
 //! CAN id helpers: compose and split `base << 18 | node`, test, set and clear E.
 
 use pyo3::prelude::*;
+use pyo3::types::PyInt;
 
 use crate::ids;
 
@@ -59,4 +60,28 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SECURE_BITS", ids::SECURE_BITS)?;
     m.add("EXTENDED_ID_MASK", ids::EXTENDED_ID_MASK)?;
     Ok(())
+}
+
+/// Python int objects for the last few CAN ids returned. CPython allocates every int above
+/// 256, and a 29-bit id is one; a sender reuses the same few ids, so handing back the same
+/// objects saves an allocation and a free per frame.
+#[derive(Default)]
+pub(super) struct IdObjects {
+    entries: [Option<(u32, Py<PyInt>)>; 8],
+    next: usize,
+}
+
+impl IdObjects {
+    /// The int object for `id`.
+    pub(super) fn get<'py>(&mut self, py: Python<'py>, id: u32) -> Bound<'py, PyInt> {
+        for (cached, object) in self.entries.iter().flatten() {
+            if *cached == id {
+                return object.bind(py).clone();
+            }
+        }
+        let object = PyInt::new(py, id);
+        self.entries[self.next] = Some((id, object.clone().unbind()));
+        self.next = (self.next + 1) % self.entries.len();
+        object
+    }
 }

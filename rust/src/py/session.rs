@@ -2,12 +2,14 @@
 
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::batch::{into_arrays, Frames, Inputs, DETACH_THRESHOLD};
+use super::ids::IdObjects;
 use super::keys::{secret_bytes, LinkKey};
 use crate::batch::{self, BatchIn};
 use crate::error::{DropReason, Error};
+use crate::frame::Frame;
 use crate::session::{self, SessionLimits};
 
 /// One session of one link, from the local end: seals local -> peer, opens peer -> local.
@@ -15,6 +17,7 @@ use crate::session::{self, SessionLimits};
 pub struct Session {
     /// `None` once the session has been moved into a gateway.
     pub(super) inner: Option<session::Session>,
+    id_objects: IdObjects,
 }
 
 impl Session {
@@ -68,7 +71,10 @@ impl Session {
             &secret_bytes(peer_nonce)?,
             limits,
         )?;
-        Ok(Session { inner: Some(inner) })
+        Ok(Session {
+            inner: Some(inner),
+            id_objects: IdObjects::default(),
+        })
     }
 
     /// Seal a payload for a logical id; returns the frames to send as (id, data) pairs.
@@ -79,13 +85,15 @@ impl Session {
         can_id: u32,
         data: &[u8],
         fd: bool,
-    ) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let sealed = self.get()?.seal(can_id, data, fd)?;
-        Ok(sealed
-            .frames()
-            .iter()
-            .map(|f| (f.id, PyBytes::new(py, f.payload())))
-            .collect())
+        // Built from Rust tuples: PyO3 turns those into PyTuple_New + SET_ITEM directly.
+        let mut frame = |f: &Frame| (self.id_objects.get(py, f.id), PyBytes::new(py, f.payload()));
+        match sealed.frames() {
+            [data] => Ok((frame(data),).into_pyobject(py)?),
+            [data, auth] => Ok((frame(data), frame(auth)).into_pyobject(py)?),
+            _ => Err(Error::InvalidArgument("a seal makes one or two frames".into()).into()),
+        }
     }
 
     /// Open a received frame; returns the plaintext (its id is `logical_id(can_id)`), or
