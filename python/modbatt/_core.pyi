@@ -1,9 +1,8 @@
 """Type stubs for the Rust extension ``modbatt._core`` (rust/src/py/)."""
 
-from typing_extensions import Buffer
-
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Buffer
 
 ENCRYPTION_FLAG: int
 FORMAT_MASK: int
@@ -91,7 +90,5 @@ class Gateway:
     def session_stats(self, link: int) -> dict[str, int] | None: ...
     def step(self, bus: int, can_id: int, data: bytes) -> list[tuple[int, int, bytes]]: ...
     def step_checked(self, bus: int, can_id: int, data: bytes) -> list[tuple[int, int, bytes]]: ...
-    def step_batch(
-        self, buses: U8, ids: U32, lens: U8, data: U8
-    ) -> tuple[U8, U32, U8, U8, U8]: ...
+    def step_batch(self, buses: U8, ids: U32, lens: U8, data: U8) -> tuple[U8, U32, U8, U8, U8]: ...
     def stats(self) -> dict[str, int]: ...

@@ -56,7 +56,11 @@ def _receive(bus: can.BusABC, count: int) -> list[tuple[int, bytes]]:
 
 
 def _gateway_pump(
-    gateway: Gateway, source: can.BusABC, source_index: int, buses: dict[int, can.BusABC], count: int
+    gateway: Gateway,
+    source: can.BusABC,
+    source_index: int,
+    buses: dict[int, can.BusABC],
+    count: int,
 ) -> list[tuple[int, bytes]]:
     """Receive `count` frames on one side of the pack, step each and send what comes out."""
     received = _receive(source, count)
@@ -72,7 +76,10 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
     run = uuid.uuid4().hex[:8]
     channels = (f"modbatt-demo-{run}-can1", f"modbatt-demo-{run}-can2")
     out("modbatt demo: the secure frame path on python-can virtual buses")
-    out(f"  CAN 1 (app <-> pack) = virtual:{channels[0]}, CAN 2 (pack <-> modules) = virtual:{channels[1]}")
+    out(
+        f"  CAN 1 (app <-> pack) = virtual:{channels[0]}\n"
+        f"  CAN 2 (pack <-> modules) = virtual:{channels[1]}"
+    )
 
     # Device key halves: random here, from the API-Bridge in the full system.
     app_pack = LinkKey(os.urandom(64), APP_ID, os.urandom(64), PACK_ID)
@@ -92,10 +99,12 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
         LINK_MODULE, Session(pack_module, PACK_ID, MODULE_ID, nonce["pack_module"], nonce["module"])
     )
     # App commands to modules go CAN 1 -> CAN 2; module messages (0x500-0x50F) go back.
-    gateway.add_rule(CAN1, compose_id(STATE_CHANGE, 0), BASE_MASK, CAN2,
-                     inbound=LINK_APP, outbound=LINK_MODULE)
-    gateway.add_rule(CAN2, compose_id(0x500, 0), MODULE_RANGE_MASK, CAN1,
-                     inbound=LINK_MODULE, outbound=LINK_APP)
+    gateway.add_rule(
+        CAN1, compose_id(STATE_CHANGE, 0), BASE_MASK, CAN2, inbound=LINK_APP, outbound=LINK_MODULE
+    )
+    gateway.add_rule(
+        CAN2, compose_id(0x500, 0), MODULE_RANGE_MASK, CAN1, inbound=LINK_MODULE, outbound=LINK_APP
+    )
 
     with (
         can.Bus(interface="virtual", channel=channels[0]) as app_bus,
@@ -106,7 +115,10 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
     ):
         buses = {CAN1: pack_can1, CAN2: pack_can2}
 
-        out("\n1. The app commands module 5 to On (STATE_CHANGE, 4 bytes: module 5, state 3, HV 400.0 V)")
+        out(
+            "\n1. The app commands module 5 to On "
+            "(STATE_CHANGE, 4 bytes: module 5, state 3, HV 400.0 V)"
+        )
         report.command_sent = bytes([5, 3]) + (4000).to_bytes(2, "little")
         frames = app.seal(compose_id(STATE_CHANGE, 5), report.command_sent)
         for can_id, data in frames:
@@ -120,10 +132,15 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
                 report.command_received = opened
                 out(f"   module opens 0x{logical_id(can_id):08X}: {_hex(opened)}")
 
-        out("\n2. Module 5 reports STATUS_1 (8 bytes: state On, SOC 80 %, 14 cells, -20.0 A, 50.4 V)")
+        out(
+            "\n2. Module 5 reports STATUS_1 "
+            "(8 bytes: state On, SOC 80 %, 14 cells, -20.0 A, 50.4 V)"
+        )
         current = round((-20.0 + 655.36) / 0.02)
         report.telemetry_sent = (
-            bytes([0x03, 160, 200, 14]) + current.to_bytes(2, "little") + (3360).to_bytes(2, "little")
+            bytes([0x03, 160, 200, 14])
+            + current.to_bytes(2, "little")
+            + (3360).to_bytes(2, "little")
         )
         frames = module.seal(compose_id(STATUS_1, 5), report.telemetry_sent)
         for can_id, data in frames:
@@ -147,13 +164,26 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
         out(f"   frames reaching CAN 1: {0 if leaked is None else 1}")
 
     report.gateway_stats = gateway.stats()
-    dropped = {k: v for k, v in report.gateway_stats.items() if v and k not in
-               ("received", "forwarded", "pending")}
-    out(f"\ngateway counters: received {report.gateway_stats['received']}, "
+    dropped = {
+        k: v
+        for k, v in report.gateway_stats.items()
+        if v and k not in ("received", "forwarded", "pending")
+    }
+    out(
+        f"\ngateway counters: received {report.gateway_stats['received']}, "
         f"forwarded {report.gateway_stats['forwarded']}, held for their authenticator "
-        f"{report.gateway_stats['pending']}, dropped {dropped}")
-    delivered = (report.command_received == report.command_sent
-                 and report.telemetry_received == report.telemetry_sent)
-    out("result: " + ("both messages delivered intact; the attack was dropped" if delivered
-                      else "FAILED: a message did not arrive intact"))
+        f"{report.gateway_stats['pending']}, dropped {dropped}"
+    )
+    delivered = (
+        report.command_received == report.command_sent
+        and report.telemetry_received == report.telemetry_sent
+    )
+    out(
+        "result: "
+        + (
+            "both messages delivered intact; the attack was dropped"
+            if delivered
+            else "FAILED: a message did not arrive intact"
+        )
+    )
     return report

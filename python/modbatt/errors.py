@@ -23,49 +23,49 @@ class KeyMaterialError(ModbattError, ValueError):
     """Key material with the wrong length or a degenerate value (all zero, both halves equal)."""
 
 
-class FrameRejected(ModbattError):
+class FrameRejectedError(ModbattError):
     """A received frame was dropped. ``reason`` names the drop counter it increments."""
 
     reason: ClassVar[str] = "rejected"
 
 
-class NoRouteError(FrameRejected, LookupError):
+class NoRouteError(FrameRejectedError, LookupError):
     """No routing rule admits the frame (the gateway denies by default)."""
 
     reason = "no_route"
 
 
-class AuthenticationError(FrameRejected):
+class AuthenticationError(FrameRejectedError):
     """The authentication tag did not verify; counts against the session's failure budget."""
 
     reason = "bad_tag"
 
 
-class ReplayError(FrameRejected):
+class ReplayError(FrameRejectedError):
     """The frame is genuine but its freshness value was already used."""
 
     reason = "replay"
 
 
-class DowngradeError(FrameRejected):
+class DowngradeError(FrameRejectedError):
     """A plain frame (E = 0) arrived on a secured link."""
 
     reason = "downgrade"
 
 
-class MalformedFrameError(FrameRejected, ValueError):
+class MalformedFrameError(FrameRejectedError, ValueError):
     """The frame breaks the wire format (length, padding, reserved id bits)."""
 
     reason = "malformed"
 
 
-class UnpairedFrameError(FrameRejected):
+class UnpairedFrameError(FrameRejectedError):
     """One frame of a classic pair arrived without its partner, or after the pair timeout."""
 
     reason = "unpaired"
 
 
-class NoSessionError(FrameRejected):
+class NoSessionError(FrameRejectedError):
     """The frame's link has no session in the gateway, or its session was torn down."""
 
     reason = "no_session"
@@ -87,7 +87,7 @@ __all__ = [
     "AuthenticationError",
     "CounterExhaustedError",
     "DowngradeError",
-    "FrameRejected",
+    "FrameRejectedError",
     "InvalidArgumentError",
     "KeyMaterialError",
     "MalformedFrameError",

@@ -114,7 +114,7 @@ def aes_ctr(enc_key: bytes, logical_id: int, freshness: int, data: bytes) -> byt
 
 
 def mac_input(code: int, logical_id: int, freshness: int, ciphertext: bytes) -> bytes:
-    """form code ‖ logical id ‖ length ‖ freshness ‖ 0x0000 ‖ ciphertext."""
+    """Form code ‖ logical id ‖ length ‖ freshness ‖ 0x0000 ‖ ciphertext."""
     return (
         bytes([code])
         + logical_id.to_bytes(4, "big")
@@ -283,9 +283,7 @@ class ReferenceSession:
         del self._pending[logical]
         return opened
 
-    def _verify(
-        self, form: int, logical: int, ct: bytes, low: int, bits: int, tag: bytes
-    ) -> bytes:
+    def _verify(self, form: int, logical: int, ct: bytes, low: int, bits: int, tag: bytes) -> bytes:
         code = MAC_CODE[form]
         floor = self._rx_floor.get(logical, 0)
         freshness = rebuild_forward(floor, low, bits)

@@ -151,6 +151,25 @@ impl LinkKey {
         src_nonce: &[u8],
         dst_nonce: &[u8],
     ) -> Result<DirectionKeys> {
+        let okm = self.direction_key_bytes(src_id, dst_id, src_nonce, dst_nonce)?;
+        let mut enc_key = Zeroizing::new([0u8; 16]);
+        let mut mac_key = Zeroizing::new([0u8; 16]);
+        enc_key.copy_from_slice(&okm[..16]);
+        mac_key.copy_from_slice(&okm[16..]);
+        Ok(DirectionKeys {
+            cipher: Aes128::new(enc_key.as_ref().into()),
+            mac: CmacKey::new(&mac_key),
+        })
+    }
+
+    /// enc key ‖ mac key of one direction, before expansion.
+    fn direction_key_bytes(
+        &self,
+        src_id: &str,
+        dst_id: &str,
+        src_nonce: &[u8],
+        dst_nonce: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>> {
         let mut info = Vec::with_capacity(SESSION_INFO.len() + 2 + 255 * 2 + 2 * NONCE_LEN);
         info.extend_from_slice(SESSION_INFO);
         push_length_prefixed(&mut info, src_id.as_bytes());
@@ -161,12 +180,7 @@ impl LinkKey {
         Hkdf::<Sha256>::new(Some(SESSION_SALT), self.key.as_ref())
             .expand(&info, okm.as_mut())
             .map_err(|_| Error::KeyMaterial("HKDF output length rejected".into()))?;
-        let cipher = Aes128::new_from_slice(&okm[..16])
-            .map_err(|_| Error::KeyMaterial("bad AES key length".into()))?;
-        let mut mac_key = Zeroizing::new([0u8; 16]);
-        mac_key.copy_from_slice(&okm[16..]);
-        let mac = CmacKey::new(&mac_key);
-        Ok(DirectionKeys { cipher, mac })
+        Ok(okm)
     }
 }
 
@@ -241,6 +255,45 @@ mod tests {
         assert!(shown.contains("redacted"));
         let hex_key: String = key.key.iter().map(|b| format!("{b:02x}")).collect();
         assert!(!shown.contains(&hex_key[..8]));
+    }
+
+    /// The link keys and direction keys of the shared known-answer vectors.
+    #[test]
+    fn known_answer_vectors() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/frame_path.json")).unwrap();
+        let unhex = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+        let text = |v: &serde_json::Value| v.as_str().unwrap().to_owned();
+        let mut links = std::collections::HashMap::new();
+        for (name, link) in vectors["links"].as_object().unwrap() {
+            let dh = link["dh_secret"].as_str().map(|h| hex::decode(h).unwrap());
+            let key = LinkKey::derive(
+                &unhex(&link["half_a"]),
+                &text(&link["id_a"]),
+                &unhex(&link["half_b"]),
+                &text(&link["id_b"]),
+                dh.as_deref(),
+            )
+            .unwrap();
+            assert_eq!(
+                hex::encode(key.key.as_ref()),
+                text(&link["link_key"]),
+                "{name}"
+            );
+            links.insert(name.clone(), key);
+        }
+        for frame in vectors["frames"].as_array().unwrap() {
+            let okm = links[&text(&frame["link"])]
+                .direction_key_bytes(
+                    &text(&frame["sender"]),
+                    &text(&frame["receiver"]),
+                    &unhex(&frame["sender_nonce"]),
+                    &unhex(&frame["receiver_nonce"]),
+                )
+                .unwrap();
+            assert_eq!(hex::encode(&okm[..16]), text(&frame["enc_key"]));
+            assert_eq!(hex::encode(&okm[16..]), text(&frame["mac_key"]));
+        }
     }
 
     #[test]
