@@ -175,12 +175,13 @@ class ReferenceSession:
     peer_nonce: bytes
     max_failures: int = DEFAULT_MAX_FAILURES
     pair_window: int = DEFAULT_PAIR_WINDOW
-    failures: int = 0
-    frames_received: int = 0
-    expired: bool = False
-    _tx_next: dict[int, int] = field(default_factory=dict)
-    _rx_floor: dict[int, int] = field(default_factory=dict)
-    _pending: dict[int, _Pending] = field(default_factory=dict)
+    # State, not inputs:
+    failures: int = field(default=0, init=False)
+    frames_received: int = field(default=0, init=False)
+    expired: bool = field(default=False, init=False)
+    _tx_next: dict[int, int] = field(default_factory=dict, init=False)
+    _rx_floor: dict[int, int] = field(default_factory=dict, init=False)
+    _pending: dict[int, _Pending] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         _check_secret("local nonce", self.local_nonce, NONCE_LEN)
