@@ -9,6 +9,7 @@ import pytest
 from hypothesis import settings
 
 from modbatt import LinkKey, Session
+from modbatt.frames import Sealed, frames_of
 from modbatt.reference import ReferenceSession, derive_link_key
 
 settings.register_profile("default", deadline=None, max_examples=200)
@@ -60,10 +61,10 @@ def ends() -> Ends:
 
 
 def open_all(
-    session: Session | ReferenceSession,
-    frames: tuple[tuple[int, bytes], ...] | list[tuple[int, bytes]],
+    session: Session | ReferenceSession, sealed: Sealed | list[tuple[int, bytes]]
 ) -> bytes | None:
-    """Open each frame in turn; returns the last result."""
+    """Open each frame of a sealed message (or a list of frames) in turn; the last result."""
+    frames = sealed if isinstance(sealed, list) else frames_of(sealed)
     result = None
     for can_id, data in frames:
         result = session.open(can_id, data)

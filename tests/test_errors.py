@@ -29,7 +29,7 @@ def test_the_hierarchy_is_rooted_and_mixes_in_builtins() -> None:
 
 def test_each_drop_reason_maps_to_its_class() -> None:
     ends = make_ends(max_failures=100)
-    [(can_id, data)] = ends.a.seal(STATUS_1, b"\x01")
+    can_id, data, _, _ = ends.a.seal(STATUS_1, b"\x01")
     cases: list[tuple[Callable[[], object], type[errors.FrameRejectedError]]] = [
         (lambda: ends.b.open(STATUS_1, b"\x01"), errors.DowngradeError),
         (

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from modbatt import Gateway, LinkKey, Session, compose_id, errors
+from modbatt import Gateway, LinkKey, Sealed, Session, compose_id, errors, frames_of
 
 CAN1, CAN2 = 0, 1
 APP, PACK, MODULE = "COMP-app", "COMP-pack", "COMP-module-5"
@@ -36,9 +36,8 @@ class Pack:
         self.gateway.add_rule(CAN1, compose_id(0x514, 0), 0x7FF << 18, CAN2, inbound=0, outbound=1)
         self.gateway.add_rule(CAN2, compose_id(0x500, 0), 0x7F0 << 18, CAN1, inbound=1, outbound=0)
 
-    def carry(
-        self, bus: int, frames: tuple[tuple[int, bytes], ...]
-    ) -> list[tuple[int, int, bytes]]:
+    def carry(self, bus: int, sealed: Sealed) -> list[tuple[int, int, bytes]]:
+        frames = frames_of(sealed)
         return [out for can_id, data in frames for out in self.gateway.step(bus, can_id, data)]
 
 
@@ -92,7 +91,9 @@ def test_plain_route_with_rewrite() -> None:
 def test_step_batch_matches_step() -> None:
     one, two = Pack(seed=7), Pack(seed=7)  # same keys and nonces: two identical gateways
     frames = [
-        f for i in range(200) for f in one.module.seal(STATUS_1 + i % 2, bytes([i]) * (i % 9))
+        f
+        for i in range(200)
+        for f in frames_of(one.module.seal(STATUS_1 + i % 2, bytes([i]) * (i % 9)))
     ]
     frames += [(STATUS_1, b"\x00"), (compose_id(0x400, 0), b"")]
     per_frame = [out for can_id, data in frames for out in one.gateway.step(CAN2, can_id, data)]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.conftest import STATUS_1, A, B, make_ends, open_all
 
-from modbatt import ENCRYPTION_FLAG, LinkKey, Session, errors
+from modbatt import ENCRYPTION_FLAG, LinkKey, Session, errors, frames_of
+from tests.conftest import STATUS_1, A, B, make_ends, open_all
 
 logical_ids = st.integers(0, 0x1FFF_FFFF).map(lambda i: i & ~0x3_8000)
 classic = st.binary(max_size=8)
@@ -36,7 +36,7 @@ def test_rust_matches_the_reference_byte_for_byte(
         payload = any_payload if fd else any_payload[:8]
         rust = ends.a.seal(can_id, payload, fd)
         ref = ends.ref_a.seal(can_id, payload, fd)
-        assert list(rust) == ref
+        assert rust == ref
         # each side opens what the other sealed
         assert open_all(ends.ref_b, rust) == payload
         assert open_all(ends.b, ref) == payload
@@ -45,7 +45,7 @@ def test_rust_matches_the_reference_byte_for_byte(
 @given(can_id=logical_ids, payload=classic, fd=st.booleans())
 def test_round_trip(can_id: int, payload: bytes, fd: bool) -> None:
     ends = make_ends()
-    frames = ends.a.seal(can_id, payload, fd)
+    frames = frames_of(ends.a.seal(can_id, payload, fd))
     assert all(frame_id & ENCRYPTION_FLAG for frame_id, _ in frames)
     assert open_all(ends.b, frames) == payload
 
@@ -71,7 +71,7 @@ def _flip(frames: list[tuple[int, bytes]], index: int, bit: int) -> list[tuple[i
 @given(payload=classic, fd=st.booleans(), pick=st.integers(0, 1), bit=st.integers(0, 10_000))
 def test_any_single_change_is_rejected(payload: bytes, fd: bool, pick: int, bit: int) -> None:
     ends = make_ends()
-    frames = list(ends.a.seal(STATUS_1, payload, fd))
+    frames = frames_of(ends.a.seal(STATUS_1, payload, fd))
     index = pick % len(frames)
     tampered = _flip(frames, index, bit % (29 + 8 * len(frames[index][1]) + 2))
     rejected = False
@@ -106,7 +106,8 @@ def test_frames_from_an_earlier_session_fail_in_the_next() -> None:
 
 
 def test_a_frame_sealed_for_the_other_direction_is_rejected(ends) -> None:  # type: ignore[no-untyped-def]
-    [(can_id, data)] = ends.a.seal(STATUS_1, b"\x07")
+    can_id, data, auth_id, _ = ends.a.seal(STATUS_1, b"\x07")
+    assert auth_id is None
     with pytest.raises(errors.AuthenticationError):
         ends.a.open(can_id, data)
 
@@ -119,14 +120,15 @@ def test_downgrade_is_rejected(ends) -> None:  # type: ignore[no-untyped-def]
 def test_counters_never_repeat_within_a_session(ends) -> None:  # type: ignore[no-untyped-def]
     seen = set()
     for _ in range(2000):
-        (_, _), (_, auth) = ends.a.seal(STATUS_1, bytes(8))
+        _, _, _, auth = ends.a.seal(STATUS_1, bytes(8))
+        assert auth is not None
         seen.add(auth[:2])
     assert len(seen) == 2000
 
 
 def test_the_failure_budget_tears_the_session_down() -> None:
     ends = make_ends(max_failures=2)
-    [(can_id, data)] = ends.a.seal(STATUS_1, b"\x01")
+    can_id, data, _, _ = ends.a.seal(STATUS_1, b"\x01")
     bad = bytes([data[0] ^ 1]) + data[1:]
     with pytest.raises(errors.AuthenticationError):
         ends.b.open(can_id, bad)
@@ -141,8 +143,7 @@ def test_the_failure_budget_tears_the_session_down() -> None:
 
 def test_reference_and_rust_agree_on_drops() -> None:
     ends = make_ends(max_failures=3, pair_window=2)
-    frames = ends.a.seal(STATUS_1, bytes(8))
-    auth_only = [frames[1]]
+    auth_only = frames_of(ends.a.seal(STATUS_1, bytes(8)))[1:]
     for session in (ends.b, ends.ref_b):
         with pytest.raises(errors.UnpairedFrameError):
             open_all(session, auth_only)
@@ -193,7 +194,7 @@ def test_batch_matches_per_frame() -> None:
         data[i, : len(p)] = np.frombuffer(p, dtype=np.uint8)
     out_ids, out_lens, out_data, status = one.a.seal_batch(ids, lens, data)
     assert not status.any()
-    expected = [f for i, p in enumerate(payloads) for f in two.a.seal(int(ids[i]), p)]
+    expected = [f for i, p in enumerate(payloads) for f in frames_of(two.a.seal(int(ids[i]), p))]
     got = [(int(i), bytes(out_data[k, : out_lens[k]])) for k, i in enumerate(out_ids)]
     assert got == expected
     # and the batch opens back, pairs held (status 1) then delivered (status 0)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modbatt import LinkKey, Session
+from modbatt import LinkKey, Session, frames_of
 from modbatt import reference as ref
 
 VECTORS: dict[str, Any] = json.loads(
@@ -57,9 +57,10 @@ def test_rust_seals_and_opens_the_documented_bytes(frame: dict[str, Any]) -> Non
     for _ in range(frame["freshness"]):  # advance the stream's counter
         tx.seal(frame["can_id"], payload, frame["fd"])
     wire = tx.seal(frame["can_id"], payload, frame["fd"])
-    assert [(i, d.hex()) for i, d in wire] == [(w["can_id"], w["data"]) for w in frame["wire"]]
+    frames = frames_of(wire)
+    assert [(i, d.hex()) for i, d in frames] == [(w["can_id"], w["data"]) for w in frame["wire"]]
     opened = None
-    for can_id, data in wire:
+    for can_id, data in frames:
         opened = rx.open(can_id, data)
     assert opened == payload
 

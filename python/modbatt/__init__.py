@@ -25,6 +25,7 @@ from modbatt._core import (
     split_id,
 )
 from modbatt.errors import ModbattError
+from modbatt.frames import Sealed, frames_of
 
 __version__ = "0.1.0"
 
@@ -38,10 +39,12 @@ __all__ = [
     "Gateway",
     "LinkKey",
     "ModbattError",
+    "Sealed",
     "Session",
     "__version__",
     "clear_encrypted",
     "compose_id",
+    "frames_of",
     "is_encrypted",
     "logical_id",
     "set_encrypted",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import can
 
-from modbatt import Gateway, LinkKey, Session, compose_id, logical_id
+from modbatt import Gateway, LinkKey, Session, compose_id, frames_of, logical_id
 from modbatt.transport import from_message, to_message
 
 APP_ID = "COMP-alice-app"
@@ -120,7 +120,7 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
             "(STATE_CHANGE, 4 bytes: module 5, state 3, HV 400.0 V)"
         )
         report.command_sent = bytes([5, 3]) + (4000).to_bytes(2, "little")
-        frames = app.seal(compose_id(STATE_CHANGE, 5), report.command_sent)
+        frames = frames_of(app.seal(compose_id(STATE_CHANGE, 5), report.command_sent))
         for can_id, data in frames:
             out(f"   CAN 1  0x{can_id:08X}  [{len(data)}] {_hex(data)}")
             app_bus.send(to_message(can_id, data))
@@ -142,7 +142,7 @@ def run_demo(out: Callable[[str], object] = print) -> DemoReport:
             + current.to_bytes(2, "little")
             + (3360).to_bytes(2, "little")
         )
-        frames = module.seal(compose_id(STATUS_1, 5), report.telemetry_sent)
+        frames = frames_of(module.seal(compose_id(STATUS_1, 5), report.telemetry_sent))
         for can_id, data in frames:
             out(f"   CAN 2  0x{can_id:08X}  [{len(data)}] {_hex(data)}")
             module_bus.send(to_message(can_id, data))

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modbatt import errors
+from modbatt.frames import Sealed
 
 # --- identifiers (PROTOCOL.md §1) ---------------------------------------------------------
 EXTENDED_ID_MASK = 0x1FFF_FFFF
@@ -177,6 +178,7 @@ class ReferenceSession:
     pair_window: int = DEFAULT_PAIR_WINDOW
     # State, not inputs:
     failures: int = field(default=0, init=False)
+    opened: int = field(default=0, init=False)
     frames_received: int = field(default=0, init=False)
     expired: bool = field(default=False, init=False)
     _tx_next: dict[int, int] = field(default_factory=dict, init=False)
@@ -200,8 +202,8 @@ class ReferenceSession:
         if self.expired:
             raise errors.SessionExpiredError("the session was torn down")
 
-    def seal(self, can_id: int, data: bytes, fd: bool = False) -> list[tuple[int, bytes]]:
-        """Seal ``data`` for a logical id; returns the frames to send, in order."""
+    def seal(self, can_id: int, data: bytes, fd: bool = False) -> Sealed:
+        """Seal ``data`` for a logical id: ``(id, data, auth_id, auth)`` as `Session.seal`."""
         self._check_alive()
         if not 0 <= can_id <= EXTENDED_ID_MASK or can_id & SECURE_BITS:
             raise errors.InvalidArgumentError(f"0x{can_id:X} is not a logical 29-bit id")
@@ -225,17 +227,19 @@ class ReferenceSession:
         secured = can_id | ENCRYPTION_FLAG
         if form == FORMAT_SINGLE:
             frame = ct + bytes([freshness & 0xFF]) + tag[:4]
-            return [(secured | FORMAT_SINGLE << FORMAT_SHIFT, frame)]
+            return (secured | FORMAT_SINGLE << FORMAT_SHIFT, frame, None, None)
         if form == FORMAT_PAIR_DATA:
             auth = (freshness & 0xFFFF).to_bytes(2, "big") + tag[:6]
-            return [
-                (secured | FORMAT_PAIR_DATA << FORMAT_SHIFT, ct),
-                (secured | FORMAT_PAIR_AUTH << FORMAT_SHIFT, auth),
-            ]
+            return (
+                secured | FORMAT_PAIR_DATA << FORMAT_SHIFT,
+                ct,
+                secured | FORMAT_PAIR_AUTH << FORMAT_SHIFT,
+                auth,
+            )
         total = fd_frame_len(1 + n + 4 + 8)
         padding = bytes(total - (1 + n + 4 + 8))
         frame = bytes([n]) + ct + padding + (freshness & 0xFFFF_FFFF).to_bytes(4, "big") + tag[:8]
-        return [(secured | FORMAT_FD << FORMAT_SHIFT, frame)]
+        return (secured | FORMAT_FD << FORMAT_SHIFT, frame, None, None)
 
     def open(self, can_id: int, data: bytes) -> bytes | None:
         """Open a received frame: its plaintext, or None for a held pair data frame."""
@@ -290,6 +294,7 @@ class ReferenceSession:
         freshness = rebuild_forward(floor, low, bits)
         if freshness is not None and self._tag_matches(code, logical, freshness, ct, tag):
             self._rx_floor[logical] = freshness + 1
+            self.opened += 1
             return aes_ctr(self.rx_enc, logical, freshness, ct)
         old = rebuild_backward(floor, low, bits)
         if old is not None and self._tag_matches(code, logical, old, ct, tag):

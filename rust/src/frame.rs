@@ -20,8 +20,10 @@
 use aes::cipher::BlockEncrypt;
 use aes::Block;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 use crate::error::{DropReason, Error, Result};
+use crate::freshness::StreamMap;
 use crate::ids::Format;
 use crate::keys::DirectionKeys;
 
@@ -126,12 +128,20 @@ impl DirectionKeys {
         buf: &mut Padded,
         len: usize,
     ) {
+        if len <= 16 {
+            // Every classic frame: one block, and only the first 16 bytes can be non-zero.
+            let mut block = counter_block(logical_id, freshness, 0);
+            self.cipher.encrypt_block(&mut block);
+            for (i, (byte, key)) in buf.iter_mut().zip(block).enumerate() {
+                let keep = if i < len { 0xFF } else { 0 };
+                *byte = (*byte ^ key) & keep;
+            }
+            return;
+        }
         let mut blocks = [Block::default(); 4];
         let count = len.div_ceil(16).min(4);
         for (counter, block) in (0u32..).zip(blocks.iter_mut().take(count)) {
-            block[..4].copy_from_slice(&logical_id.to_be_bytes());
-            block[4..12].copy_from_slice(&freshness.to_be_bytes());
-            block[12..].copy_from_slice(&counter.to_be_bytes());
+            *block = counter_block(logical_id, freshness, counter);
         }
         self.cipher.encrypt_blocks(&mut blocks[..count]);
         let mut keystream = [0u8; MAX_DATA_LEN];
@@ -161,12 +171,23 @@ impl DirectionKeys {
     /// Encrypt `buf[..len]` in place and return the full tag of the result.
     pub(crate) fn encrypt_and_tag(
         &self,
+        ahead: &mut AheadCache,
         code: u8,
         logical_id: u32,
         freshness: u64,
         buf: &mut Padded,
         len: usize,
     ) -> [u8; 16] {
+        if Ahead::covers(len) {
+            let pre = ahead
+                .take(logical_id, code, freshness, len)
+                .unwrap_or_else(|| self.ahead(code, logical_id, freshness, len));
+            pre.apply_keystream(buf, len);
+            let tag = self.mac.finish(pre.mac_state, buf, len);
+            // Independent of `tag`: the CPU runs these two AES blocks alongside the last one.
+            ahead.prepare(self, code, logical_id, freshness, len);
+            return tag;
+        }
         let header = mac_header(code, logical_id, freshness, len);
         if len == 0 {
             return self.mac.tag_with_header(&header, buf, 0);
@@ -179,8 +200,10 @@ impl DirectionKeys {
 
     /// Verify the truncated `tag` over `buf[..len]` (compared in constant time) and, only
     /// if it matches, decrypt `buf` in place.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn verify_and_decrypt(
         &self,
+        ahead: &mut AheadCache,
         code: u8,
         logical_id: u32,
         freshness: u64,
@@ -188,6 +211,20 @@ impl DirectionKeys {
         len: usize,
         tag: &[u8],
     ) -> bool {
+        if Ahead::covers(len) {
+            let pre = ahead
+                .take(logical_id, code, freshness, len)
+                .unwrap_or_else(|| self.ahead(code, logical_id, freshness, len));
+            let full = self.mac.finish(pre.mac_state, buf, len);
+            if !bool::from(full[..tag.len()].ct_eq(tag)) {
+                // Keep the work for the value still expected next on this stream.
+                ahead.put(logical_id, pre);
+                return false;
+            }
+            pre.apply_keystream(buf, len);
+            ahead.prepare(self, code, logical_id, freshness, len);
+            return true;
+        }
         // The keystream is computed alongside the MAC and used only once the tag verified.
         let mut plain = *buf;
         self.keystream_xor(logical_id, freshness, &mut plain, len);
@@ -196,6 +233,21 @@ impl DirectionKeys {
         }
         *buf = plain;
         true
+    }
+
+    /// The AES work of one message that does not depend on its payload.
+    fn ahead(&self, code: u8, logical_id: u32, freshness: u64, len: usize) -> Ahead {
+        let header = mac_header(code, logical_id, freshness, len);
+        let mut keystream = counter_block(logical_id, freshness, 0);
+        let mac_state = self.mac.first_block(&header);
+        self.cipher.encrypt_block(&mut keystream);
+        Ahead {
+            freshness,
+            len: len_byte(len),
+            code,
+            mac_state,
+            keystream: keystream.into(),
+        }
     }
 
     /// Whether `tag` (truncated) matches, compared in constant time.
@@ -213,6 +265,15 @@ impl DirectionKeys {
     }
 }
 
+/// CTR counter block `i`: logical id ‖ freshness ‖ i.
+fn counter_block(logical_id: u32, freshness: u64, i: u32) -> Block {
+    let mut block = Block::default();
+    block[..4].copy_from_slice(&logical_id.to_be_bytes());
+    block[4..12].copy_from_slice(&freshness.to_be_bytes());
+    block[12..].copy_from_slice(&i.to_be_bytes());
+    block
+}
+
 /// The MAC input's first block: form code ‖ logical id ‖ length ‖ freshness ‖ 0x0000.
 fn mac_header(code: u8, logical_id: u32, freshness: u64, len: usize) -> [u8; 16] {
     let mut header = [0u8; 16];
@@ -221,6 +282,73 @@ fn mac_header(code: u8, logical_id: u32, freshness: u64, len: usize) -> [u8; 16]
     header[5] = len as u8;
     header[6..14].copy_from_slice(&freshness.to_be_bytes());
     header
+}
+
+/// The payload-independent AES work for one message (the MAC's header block and the CTR
+/// keystream block), done for a stream's next freshness value while the current message's
+/// last AES block is in flight. It applies to messages of 1 to 15 bytes (every classic frame):
+/// one keystream block and one data block after the header.
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead {
+    freshness: u64,
+    len: u8,
+    code: u8,
+    mac_state: [u8; 16],
+    keystream: [u8; 16],
+}
+
+impl Ahead {
+    fn covers(len: usize) -> bool {
+        (1..16).contains(&len)
+    }
+
+    fn apply_keystream(&self, buf: &mut Padded, len: usize) {
+        for (i, (byte, key)) in buf.iter_mut().zip(self.keystream).enumerate() {
+            let keep = if i < len { 0xFF } else { 0 };
+            *byte = (*byte ^ key) & keep;
+        }
+    }
+}
+
+/// Work done ahead, per stream, for one direction of a session. Wiped on drop: a keystream
+/// is as secret as the plaintext it will cover.
+#[derive(Default)]
+pub(crate) struct AheadCache(StreamMap<Ahead>);
+
+impl AheadCache {
+    /// The work for exactly this message, if it was done ahead.
+    fn take(&mut self, logical_id: u32, code: u8, freshness: u64, len: usize) -> Option<Ahead> {
+        let pre = self.0.get(&logical_id)?;
+        (pre.freshness == freshness && usize::from(pre.len) == len && pre.code == code)
+            .then_some(*pre)
+    }
+
+    fn put(&mut self, logical_id: u32, pre: Ahead) {
+        self.0.insert(logical_id, pre);
+    }
+
+    /// Do the work for the stream's next value, assuming the same length and form.
+    fn prepare(
+        &mut self,
+        keys: &DirectionKeys,
+        code: u8,
+        logical_id: u32,
+        freshness: u64,
+        len: usize,
+    ) {
+        if let Some(next) = freshness.checked_add(1) {
+            self.put(logical_id, keys.ahead(code, logical_id, next, len));
+        }
+    }
+}
+
+impl Drop for AheadCache {
+    fn drop(&mut self) {
+        for pre in self.0.values_mut() {
+            pre.mac_state.zeroize();
+            pre.keystream.zeroize();
+        }
+    }
 }
 
 /// Copy a received ciphertext into a zero-padded buffer.

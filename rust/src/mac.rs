@@ -59,6 +59,16 @@ impl CmacKey {
     pub(crate) fn finish(&self, mut state: [u8; 16], body: &[u8], len: usize) -> [u8; 16] {
         debug_assert!(body.len() % 16 == 0 && len <= body.len());
         debug_assert!(body[len..].iter().all(|&b| b == 0));
+        if len < 16 {
+            // Every classic frame: one padded block, no loop.
+            let mut last = [0u8; 16];
+            last.copy_from_slice(&body[..16]);
+            last[len] = 0x80;
+            xor_into(&mut last, &self.k2);
+            xor_into(&mut state, &last);
+            self.encrypt(&mut state);
+            return state;
+        }
         let block_at = |i: usize| -> [u8; 16] {
             let mut block = [0u8; 16];
             block.copy_from_slice(&body[i * 16..i * 16 + 16]);

@@ -7,7 +7,7 @@
 //! (key, counter block) pair, across reboots and key recovery alike.
 
 use crate::error::{DropReason, Error, Result};
-use crate::frame::{self, Frame, FD_MAX_PAYLOAD, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD};
+use crate::frame::{self, AheadCache, Frame, FD_MAX_PAYLOAD, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD};
 use crate::freshness::{RxWindow, TxCounters};
 use crate::ids::{self, Format, ENCRYPTION_FLAG};
 use crate::keys::{check_component_id, check_nonce, DirectionKeys, LinkKey};
@@ -83,6 +83,8 @@ pub struct Session {
     rx_keys: DirectionKeys,
     tx_counters: TxCounters,
     rx_window: RxWindow,
+    tx_ahead: AheadCache,
+    rx_ahead: AheadCache,
     pending: Vec<PendingData>,
     limits: SessionLimits,
     stats: SessionStats,
@@ -128,6 +130,8 @@ impl Session {
             rx_keys: link.direction_keys(peer_id, local_id, peer_nonce, local_nonce)?,
             tx_counters: TxCounters::default(),
             rx_window: RxWindow::default(),
+            tx_ahead: AheadCache::default(),
+            rx_ahead: AheadCache::default(),
             pending: Vec::new(),
             limits,
             stats: SessionStats::default(),
@@ -197,9 +201,14 @@ impl Session {
         let freshness = self.tx_counters.take(logical_id)?;
         let mut ct = frame::padded(payload);
         let code = frame::mac_code(format);
-        let tag = self
-            .tx_keys
-            .encrypt_and_tag(code, logical_id, freshness, &mut ct, n);
+        let tag = self.tx_keys.encrypt_and_tag(
+            &mut self.tx_ahead,
+            code,
+            logical_id,
+            freshness,
+            &mut ct,
+            n,
+        );
         let id = logical_id | ENCRYPTION_FLAG;
         let blank = Frame {
             id: id | format.bits(),
@@ -345,10 +354,15 @@ impl Session {
         let mut buf = frame::padded(parsed.ciphertext);
         let candidate = self.rx_window.candidate(logical_id, low, bits);
         if let Some(freshness) = candidate {
-            if self
-                .rx_keys
-                .verify_and_decrypt(code, logical_id, freshness, &mut buf, n, parsed.tag)
-            {
+            if self.rx_keys.verify_and_decrypt(
+                &mut self.rx_ahead,
+                code,
+                logical_id,
+                freshness,
+                &mut buf,
+                n,
+                parsed.tag,
+            ) {
                 self.rx_window.accept(logical_id, freshness);
                 return Ok(Frame {
                     id: logical_id,

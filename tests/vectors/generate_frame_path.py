@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from modbatt import reference as ref
+from modbatt.frames import frames_of
 
 # Fixed, obviously synthetic inputs: nothing here is a real key.
 HALF_PACK = bytes(range(0x00, 0x40))
@@ -180,7 +181,7 @@ def main() -> None:
                 "payload": payload.hex(),
                 "fd": fd,
                 "freshness": freshness,
-                "wire": [{"can_id": i, "data": d.hex()} for i, d in wire],
+                "wire": [{"can_id": i, "data": d.hex()} for i, d in frames_of(wire)],
             }
         )
     vectors = {
