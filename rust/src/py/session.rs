@@ -107,7 +107,7 @@ impl Session {
             ),
             None => (None, None),
         };
-        Ok((first_id, first_data, auth_id, auth_data).into_pyobject(py)?)
+        (first_id, first_data, auth_id, auth_data).into_pyobject(py)
     }
 
     /// Open a received frame; returns the plaintext (its id is `logical_id(can_id)`), or
