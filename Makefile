@@ -36,6 +36,7 @@ lint: install
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest modbatt._core
 	cargo fmt --check
 	cargo clippy --locked --all-targets --all-features -- -D warnings
 

@@ -1,8 +1,35 @@
 """Type stubs for the Rust extension ``modbatt._core`` (rust/src/py/)."""
 
+from typing import Self, TypeAlias, final
+
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
+
+__all__ = [
+    "DH_SECRET_LEN",
+    "DROP_REASONS",
+    "ENCRYPTION_FLAG",
+    "EXTENDED_ID_MASK",
+    "FD_MAX_PAYLOAD",
+    "FORMAT_MASK",
+    "KEY_HALF_LEN",
+    "MAX_DATA_LEN",
+    "NONCE_LEN",
+    "SECURE_BITS",
+    "STATUS_FORWARDED",
+    "STATUS_PENDING",
+    "Gateway",
+    "LinkKey",
+    "Session",
+    "clear_encrypted",
+    "compose_id",
+    "frame_format",
+    "is_encrypted",
+    "logical_id",
+    "set_encrypted",
+    "split_id",
+]
 
 ENCRYPTION_FLAG: int
 FORMAT_MASK: int
@@ -25,41 +52,43 @@ def clear_encrypted(can_id: int) -> int: ...
 def logical_id(can_id: int) -> int: ...
 def frame_format(can_id: int) -> int: ...
 
+@final
 class LinkKey:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         half_a: Buffer,
         id_a: str,
         half_b: Buffer,
         id_b: str,
         dh_secret: Buffer | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def fingerprint(self) -> str: ...
 
-U8 = npt.NDArray[np.uint8]
-U32 = npt.NDArray[np.uint32]
+_U8: TypeAlias = npt.NDArray[np.uint8]
+_U32: TypeAlias = npt.NDArray[np.uint32]
 
+@final
 class Session:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         link_key: LinkKey,
         local_id: str,
         peer_id: str,
         local_nonce: Buffer,
         peer_nonce: Buffer,
         *,
-        max_failures: int = 16,
-        pair_window: int = 32,
-    ) -> None: ...
+        max_failures: int = ...,  # 16
+        pair_window: int = ...,  # 32
+    ) -> Self: ...
     def seal(
         self, can_id: int, data: bytes, fd: bool = False
     ) -> tuple[int, bytes, int | None, bytes | None]: ...
     def open(self, can_id: int, data: bytes) -> bytes | None: ...
     def seal_batch(
-        self, ids: U32, lens: U8, data: U8, fd: bool = False
-    ) -> tuple[U32, U8, U8, U8]: ...
-    def open_batch(self, ids: U32, lens: U8, data: U8) -> tuple[U32, U8, U8, U8]: ...
+        self, ids: _U32, lens: _U8, data: _U8, fd: bool = False
+    ) -> tuple[_U32, _U8, _U8, _U8]: ...
+    def open_batch(self, ids: _U32, lens: _U8, data: _U8) -> tuple[_U32, _U8, _U8, _U8]: ...
     @property
     def local_id(self) -> str: ...
     @property
@@ -68,8 +97,9 @@ class Session:
     def expired(self) -> bool: ...
     def stats(self) -> dict[str, int]: ...
 
+@final
 class Gateway:
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     def add_rule(
         self,
         src_bus: int,
@@ -92,5 +122,7 @@ class Gateway:
     def session_stats(self, link: int) -> dict[str, int] | None: ...
     def step(self, bus: int, can_id: int, data: bytes) -> list[tuple[int, int, bytes]]: ...
     def step_checked(self, bus: int, can_id: int, data: bytes) -> list[tuple[int, int, bytes]]: ...
-    def step_batch(self, buses: U8, ids: U32, lens: U8, data: U8) -> tuple[U8, U32, U8, U8, U8]: ...
+    def step_batch(
+        self, buses: _U8, ids: _U32, lens: _U8, data: _U8
+    ) -> tuple[_U8, _U32, _U8, _U8, _U8]: ...
     def stats(self) -> dict[str, int]: ...

@@ -476,7 +476,7 @@ mod tests {
     use super::*;
 
     use aes::cipher::{KeyInit, KeyIvInit, StreamCipher};
-    use aes::Aes128;
+    use aes::Aes128Enc;
     use proptest::prelude::*;
 
     proptest! {
@@ -488,7 +488,7 @@ mod tests {
             payload in prop::collection::vec(any::<u8>(), 0..=FD_MAX_PAYLOAD),
         ) {
             let keys = DirectionKeys {
-                cipher: Aes128::new(&key.into()),
+                cipher: Aes128Enc::new(&key.into()),
                 mac: crate::mac::CmacKey::new(&key),
             };
             let mut ours = padded(&payload);
@@ -497,7 +497,7 @@ mod tests {
             iv[..4].copy_from_slice(&id.to_be_bytes());
             iv[4..12].copy_from_slice(&freshness.to_be_bytes());
             let mut theirs = payload.clone();
-            ctr::Ctr128BE::<Aes128>::new(&key.into(), &iv.into()).apply_keystream(&mut theirs);
+            ctr::Ctr128BE::<Aes128Enc>::new(&key.into(), &iv.into()).apply_keystream(&mut theirs);
             prop_assert_eq!(&ours[..payload.len()], &theirs[..]);
             prop_assert!(ours[payload.len()..].iter().all(|&b| b == 0));
         }

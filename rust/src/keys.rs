@@ -17,7 +17,7 @@
 use std::fmt;
 
 use aes::cipher::KeyInit;
-use aes::Aes128;
+use aes::Aes128Enc;
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -157,7 +157,7 @@ impl LinkKey {
         enc_key.copy_from_slice(&okm[..16]);
         mac_key.copy_from_slice(&okm[16..]);
         Ok(DirectionKeys {
-            cipher: Aes128::new(enc_key.as_ref().into()),
+            cipher: Aes128Enc::new(enc_key.as_ref().into()),
             mac: CmacKey::new(&mac_key),
         })
     }
@@ -194,7 +194,7 @@ impl fmt::Debug for LinkKey {
 /// themselves on drop (the `aes` crate's `zeroize` feature, and `CmacKey`'s `Drop`).
 #[derive(Clone)]
 pub(crate) struct DirectionKeys {
-    pub(crate) cipher: Aes128,
+    pub(crate) cipher: Aes128Enc,
     pub(crate) mac: CmacKey,
 }
 

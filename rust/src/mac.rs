@@ -8,14 +8,14 @@
 //! RFC 4493 vectors.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
-use aes::Aes128;
+use aes::Aes128Enc;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// An AES-CMAC key: the expanded cipher and the two subkeys. Zeroized on drop (the `aes`
 /// crate wipes the key schedule; the subkeys are wiped here).
 #[derive(Clone)]
 pub(crate) struct CmacKey {
-    cipher: Aes128,
+    cipher: Aes128Enc,
     k1: [u8; 16],
     k2: [u8; 16],
 }
@@ -34,7 +34,7 @@ fn xor_into(state: &mut [u8; 16], block: &[u8; 16]) {
 impl CmacKey {
     /// Expand a 16-byte key.
     pub(crate) fn new(key: &[u8; 16]) -> CmacKey {
-        let cipher = Aes128::new(key.into());
+        let cipher = Aes128Enc::new(key.into());
         let mut l = [0u8; 16].into();
         cipher.encrypt_block(&mut l);
         let mut l: [u8; 16] = l.into();
@@ -164,7 +164,7 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_the_cmac_crate(key in any::<[u8; 16]>(), msg in prop::collection::vec(any::<u8>(), 0..=80)) {
-            let mut reference = <Cmac<Aes128> as KeyInit>::new_from_slice(&key).unwrap();
+            let mut reference = <Cmac<Aes128Enc> as KeyInit>::new_from_slice(&key).unwrap();
             reference.update(&msg);
             let expected: [u8; 16] = reference.finalize().into_bytes().into();
             prop_assert_eq!(CmacKey::new(&key).tag(&msg), expected);
