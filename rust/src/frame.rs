@@ -118,117 +118,140 @@ pub(crate) fn mac_code(format: Format) -> u8 {
 /// A payload in a 64-byte buffer, zero past its length: every copy has a fixed size.
 pub(crate) type Padded = [u8; MAX_DATA_LEN];
 
+/// What identifies one secured message to the cryptography: the MAC input's header fields,
+/// which also give the CTR counter blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Form code (see [`mac_code`]).
+    pub(crate) code: u8,
+    /// The logical id: the stream.
+    pub(crate) logical_id: u32,
+    /// The full 64-bit freshness value.
+    pub(crate) freshness: u64,
+    /// Plaintext (= ciphertext) length, at most 51.
+    pub(crate) len: usize,
+}
+
+impl Header {
+    /// The MAC input's first block: form code ‖ logical id ‖ length ‖ freshness ‖ 0x0000.
+    fn mac_block(&self) -> [u8; 16] {
+        let mut block = [0u8; 16];
+        block[0] = self.code;
+        block[1..5].copy_from_slice(&self.logical_id.to_be_bytes());
+        block[5] = len_byte(self.len);
+        block[6..14].copy_from_slice(&self.freshness.to_be_bytes());
+        block
+    }
+
+    /// CTR counter block `i`: logical id ‖ freshness ‖ i.
+    fn counter_block(&self, i: u32) -> Block {
+        let mut block = Block::default();
+        block[..4].copy_from_slice(&self.logical_id.to_be_bytes());
+        block[4..12].copy_from_slice(&self.freshness.to_be_bytes());
+        block[12..].copy_from_slice(&i.to_be_bytes());
+        block
+    }
+
+    /// The same message one freshness value later, if there is one.
+    fn next(&self) -> Option<Header> {
+        Some(Header {
+            freshness: self.freshness.checked_add(1)?,
+            ..*self
+        })
+    }
+}
+
+/// XOR `keystream` into `buf[..len]` and clear the rest: a branch-free, fixed-length loop
+/// that the compiler turns into a few vector operations.
+fn xor_masked(buf: &mut Padded, keystream: impl IntoIterator<Item = u8>, len: usize) {
+    for (i, (byte, key)) in buf.iter_mut().zip(keystream).enumerate() {
+        let keep = if i < len { 0xFF } else { 0 };
+        *byte = (*byte ^ key) & keep;
+    }
+}
+
 impl DirectionKeys {
-    /// XOR the CTR keystream for (stream, freshness) into `buf[..len]`; bytes past `len`
-    /// stay zero. At most 4 blocks, encrypted together so AES-NI can pipeline them.
-    pub(crate) fn keystream_xor(
-        &self,
-        logical_id: u32,
-        freshness: u64,
-        buf: &mut Padded,
-        len: usize,
-    ) {
+    /// XOR the CTR keystream of `header`'s message into `buf[..len]`; bytes past `len` stay
+    /// zero. At most 4 blocks, encrypted together so AES-NI can pipeline them.
+    pub(crate) fn keystream_xor(&self, header: &Header, buf: &mut Padded) {
+        let len = header.len;
         if len <= 16 {
             // Every classic frame: one block, and only the first 16 bytes can be non-zero.
-            let mut block = counter_block(logical_id, freshness, 0);
+            let mut block = header.counter_block(0);
             self.cipher.encrypt_block(&mut block);
-            for (i, (byte, key)) in buf.iter_mut().zip(block).enumerate() {
-                let keep = if i < len { 0xFF } else { 0 };
-                *byte = (*byte ^ key) & keep;
-            }
+            xor_masked(buf, block, len);
             return;
         }
         let mut blocks = [Block::default(); 4];
         let count = len.div_ceil(16).min(4);
         for (counter, block) in (0u32..).zip(blocks.iter_mut().take(count)) {
-            *block = counter_block(logical_id, freshness, counter);
+            *block = header.counter_block(counter);
         }
         self.cipher.encrypt_blocks(&mut blocks[..count]);
-        let mut keystream = [0u8; MAX_DATA_LEN];
-        for (chunk, block) in keystream.chunks_exact_mut(16).zip(&blocks) {
-            chunk.copy_from_slice(block);
-        }
-        // Branch-free, fixed-length loop: the compiler turns it into a few vector ops.
-        for (i, (byte, key)) in buf.iter_mut().zip(keystream).enumerate() {
-            let keep = if i < len { 0xFF } else { 0 };
-            *byte = (*byte ^ key) & keep;
-        }
+        xor_masked(buf, blocks.iter().flatten().copied(), len);
     }
 
     /// The full 16-byte AES-CMAC over the MAC input of one secured message.
-    pub(crate) fn tag(
-        &self,
-        code: u8,
-        logical_id: u32,
-        freshness: u64,
-        ct: &Padded,
-        len: usize,
-    ) -> [u8; 16] {
+    pub(crate) fn tag(&self, header: &Header, ct: &Padded) -> [u8; 16] {
         self.mac
-            .tag_with_header(&mac_header(code, logical_id, freshness, len), ct, len)
+            .tag_with_header(&header.mac_block(), ct, header.len)
+    }
+
+    /// Whether `tag` (truncated) matches, compared in constant time.
+    pub(crate) fn verify(&self, header: &Header, ct: &Padded, tag: &[u8]) -> bool {
+        let full = self.tag(header, ct);
+        bool::from(full[..tag.len()].ct_eq(tag))
     }
 
     /// Encrypt `buf[..len]` in place and return the full tag of the result.
     pub(crate) fn encrypt_and_tag(
         &self,
         ahead: &mut AheadCache,
-        code: u8,
-        logical_id: u32,
-        freshness: u64,
+        header: &Header,
         buf: &mut Padded,
-        len: usize,
     ) -> [u8; 16] {
-        if Ahead::covers(len) {
-            let pre = ahead
-                .take(logical_id, code, freshness, len)
-                .unwrap_or_else(|| self.ahead(code, logical_id, freshness, len));
-            pre.apply_keystream(buf, len);
-            let tag = self.mac.finish(pre.mac_state, buf, len);
+        if Ahead::covers(header.len) {
+            let pre = ahead.take(header).unwrap_or_else(|| self.ahead(header));
+            xor_masked(buf, pre.keystream, header.len);
+            let tag = self.mac.finish(pre.mac_state, buf, header.len);
             // Independent of `tag`: the CPU runs these two AES blocks alongside the last one.
-            ahead.prepare(self, code, logical_id, freshness, len);
+            ahead.prepare(self, header);
             return tag;
         }
-        let header = mac_header(code, logical_id, freshness, len);
-        if len == 0 {
-            return self.mac.tag_with_header(&header, buf, 0);
+        if header.len == 0 {
+            return self.tag(header, buf);
         }
         // Two independent AES calls back to back: the CPU overlaps them.
-        let state = self.mac.first_block(&header);
-        self.keystream_xor(logical_id, freshness, buf, len);
-        self.mac.finish(state, buf, len)
+        let state = self.mac.first_block(&header.mac_block());
+        self.keystream_xor(header, buf);
+        self.mac.finish(state, buf, header.len)
     }
 
     /// Verify the truncated `tag` over `buf[..len]` (compared in constant time) and, only
     /// if it matches, decrypt `buf` in place.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn verify_and_decrypt(
         &self,
         ahead: &mut AheadCache,
-        code: u8,
-        logical_id: u32,
-        freshness: u64,
+        header: &Header,
         buf: &mut Padded,
-        len: usize,
         tag: &[u8],
     ) -> bool {
-        if Ahead::covers(len) {
-            let pre = ahead
-                .take(logical_id, code, freshness, len)
-                .unwrap_or_else(|| self.ahead(code, logical_id, freshness, len));
-            let full = self.mac.finish(pre.mac_state, buf, len);
+        if Ahead::covers(header.len) {
+            let pre = ahead.take(header).unwrap_or_else(|| self.ahead(header));
+            let full = self.mac.finish(pre.mac_state, buf, header.len);
             if !bool::from(full[..tag.len()].ct_eq(tag)) {
                 // Keep the work for the value still expected next on this stream.
-                ahead.put(logical_id, pre);
+                ahead.put(pre);
                 return false;
             }
-            pre.apply_keystream(buf, len);
-            ahead.prepare(self, code, logical_id, freshness, len);
+            xor_masked(buf, pre.keystream, header.len);
+            ahead.prepare(self, header);
             return true;
         }
         // The keystream is computed alongside the MAC and used only once the tag verified.
         let mut plain = *buf;
-        self.keystream_xor(logical_id, freshness, &mut plain, len);
-        if !self.verify(code, logical_id, freshness, buf, len, tag) {
+        self.keystream_xor(header, &mut plain);
+        if !self.verify(header, buf, tag) {
             return false;
         }
         *buf = plain;
@@ -236,52 +259,16 @@ impl DirectionKeys {
     }
 
     /// The AES work of one message that does not depend on its payload.
-    fn ahead(&self, code: u8, logical_id: u32, freshness: u64, len: usize) -> Ahead {
-        let header = mac_header(code, logical_id, freshness, len);
-        let mut keystream = counter_block(logical_id, freshness, 0);
-        let mac_state = self.mac.first_block(&header);
+    fn ahead(&self, header: &Header) -> Ahead {
+        let mut keystream = header.counter_block(0);
+        let mac_state = self.mac.first_block(&header.mac_block());
         self.cipher.encrypt_block(&mut keystream);
         Ahead {
-            freshness,
-            len: len_byte(len),
-            code,
+            header: *header,
             mac_state,
             keystream: keystream.into(),
         }
     }
-
-    /// Whether `tag` (truncated) matches, compared in constant time.
-    pub(crate) fn verify(
-        &self,
-        code: u8,
-        logical_id: u32,
-        freshness: u64,
-        ct: &Padded,
-        len: usize,
-        tag: &[u8],
-    ) -> bool {
-        let full = self.tag(code, logical_id, freshness, ct, len);
-        bool::from(full[..tag.len()].ct_eq(tag))
-    }
-}
-
-/// CTR counter block `i`: logical id ‖ freshness ‖ i.
-fn counter_block(logical_id: u32, freshness: u64, i: u32) -> Block {
-    let mut block = Block::default();
-    block[..4].copy_from_slice(&logical_id.to_be_bytes());
-    block[4..12].copy_from_slice(&freshness.to_be_bytes());
-    block[12..].copy_from_slice(&i.to_be_bytes());
-    block
-}
-
-/// The MAC input's first block: form code ‖ logical id ‖ length ‖ freshness ‖ 0x0000.
-fn mac_header(code: u8, logical_id: u32, freshness: u64, len: usize) -> [u8; 16] {
-    let mut header = [0u8; 16];
-    header[0] = code;
-    header[1..5].copy_from_slice(&logical_id.to_be_bytes());
-    header[5] = len as u8;
-    header[6..14].copy_from_slice(&freshness.to_be_bytes());
-    header
 }
 
 /// The payload-independent AES work for one message (the MAC's header block and the CTR
@@ -290,9 +277,7 @@ fn mac_header(code: u8, logical_id: u32, freshness: u64, len: usize) -> [u8; 16]
 /// one keystream block and one data block after the header.
 #[derive(Clone, Copy)]
 pub(crate) struct Ahead {
-    freshness: u64,
-    len: u8,
-    code: u8,
+    header: Header,
     mac_state: [u8; 16],
     keystream: [u8; 16],
 }
@@ -300,13 +285,6 @@ pub(crate) struct Ahead {
 impl Ahead {
     fn covers(len: usize) -> bool {
         (1..16).contains(&len)
-    }
-
-    fn apply_keystream(&self, buf: &mut Padded, len: usize) {
-        for (i, (byte, key)) in buf.iter_mut().zip(self.keystream).enumerate() {
-            let keep = if i < len { 0xFF } else { 0 };
-            *byte = (*byte ^ key) & keep;
-        }
     }
 }
 
@@ -317,27 +295,19 @@ pub(crate) struct AheadCache(StreamMap<Ahead>);
 
 impl AheadCache {
     /// The work for exactly this message, if it was done ahead.
-    fn take(&mut self, logical_id: u32, code: u8, freshness: u64, len: usize) -> Option<Ahead> {
-        let pre = self.0.get(&logical_id)?;
-        (pre.freshness == freshness && usize::from(pre.len) == len && pre.code == code)
-            .then_some(*pre)
+    fn take(&mut self, header: &Header) -> Option<Ahead> {
+        let pre = self.0.get(&header.logical_id)?;
+        (pre.header == *header).then_some(*pre)
     }
 
-    fn put(&mut self, logical_id: u32, pre: Ahead) {
-        self.0.insert(logical_id, pre);
+    fn put(&mut self, pre: Ahead) {
+        self.0.insert(pre.header.logical_id, pre);
     }
 
     /// Do the work for the stream's next value, assuming the same length and form.
-    fn prepare(
-        &mut self,
-        keys: &DirectionKeys,
-        code: u8,
-        logical_id: u32,
-        freshness: u64,
-        len: usize,
-    ) {
-        if let Some(next) = freshness.checked_add(1) {
-            self.put(logical_id, keys.ahead(code, logical_id, next, len));
+    fn prepare(&mut self, keys: &DirectionKeys, header: &Header) {
+        if let Some(next) = header.next() {
+            self.put(keys.ahead(&next));
         }
     }
 }
@@ -492,7 +462,8 @@ mod tests {
                 mac: crate::mac::CmacKey::new(&key),
             };
             let mut ours = padded(&payload);
-            keys.keystream_xor(id, freshness, &mut ours, payload.len());
+            let header = Header { code: 0, logical_id: id, freshness, len: payload.len() };
+            keys.keystream_xor(&header, &mut ours);
             let mut iv = [0u8; 16];
             iv[..4].copy_from_slice(&id.to_be_bytes());
             iv[4..12].copy_from_slice(&freshness.to_be_bytes());

@@ -7,7 +7,9 @@
 //! (key, counter block) pair, across reboots and key recovery alike.
 
 use crate::error::{DropReason, Error, Result};
-use crate::frame::{self, AheadCache, Frame, FD_MAX_PAYLOAD, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD};
+use crate::frame::{
+    self, AheadCache, Frame, Header, FD_MAX_PAYLOAD, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD,
+};
 use crate::freshness::{RxWindow, TxCounters};
 use crate::ids::{self, Format, ENCRYPTION_FLAG};
 use crate::keys::{check_component_id, check_nonce, DirectionKeys, LinkKey};
@@ -200,15 +202,15 @@ impl Session {
         };
         let freshness = self.tx_counters.take(logical_id)?;
         let mut ct = frame::padded(payload);
-        let code = frame::mac_code(format);
-        let tag = self.tx_keys.encrypt_and_tag(
-            &mut self.tx_ahead,
-            code,
+        let header = Header {
+            code: frame::mac_code(format),
             logical_id,
             freshness,
-            &mut ct,
-            n,
-        );
+            len: n,
+        };
+        let tag = self
+            .tx_keys
+            .encrypt_and_tag(&mut self.tx_ahead, &header, &mut ct);
         let id = logical_id | ENCRYPTION_FLAG;
         let blank = Frame {
             id: id | format.bits(),
@@ -348,21 +350,22 @@ impl Session {
         logical_id: u32,
         parsed: &frame::Parsed<'_>,
     ) -> Result<Frame> {
-        let code = frame::mac_code(format);
         let (low, bits) = (parsed.freshness_low, parsed.freshness_bits);
         let n = parsed.ciphertext.len();
         let mut buf = frame::padded(parsed.ciphertext);
+        let header_at = |freshness| Header {
+            code: frame::mac_code(format),
+            logical_id,
+            freshness,
+            len: n,
+        };
         let candidate = self.rx_window.candidate(logical_id, low, bits);
         if let Some(freshness) = candidate {
-            if self.rx_keys.verify_and_decrypt(
-                &mut self.rx_ahead,
-                code,
-                logical_id,
-                freshness,
-                &mut buf,
-                n,
-                parsed.tag,
-            ) {
+            let header = header_at(freshness);
+            if self
+                .rx_keys
+                .verify_and_decrypt(&mut self.rx_ahead, &header, &mut buf, parsed.tag)
+            {
                 self.rx_window.accept(logical_id, freshness);
                 return Ok(Frame {
                     id: logical_id,
@@ -373,10 +376,7 @@ impl Session {
         }
         // Tell a replay (a genuine frame whose counter was already used) from a forgery.
         if let Some(old) = self.rx_window.replay_candidate(logical_id, low, bits) {
-            if self
-                .rx_keys
-                .verify(code, logical_id, old, &buf, n, parsed.tag)
-            {
+            if self.rx_keys.verify(&header_at(old), &buf, parsed.tag) {
                 return Err(Error::rejected(
                     DropReason::Replay,
                     format!("frame 0x{logical_id:08X} replays freshness value {old}"),
