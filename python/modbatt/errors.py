@@ -83,12 +83,48 @@ class CounterExhaustedError(SessionError):
     """A freshness counter reached its limit; a new session is needed."""
 
 
+class ApiBridgeError(ModbattError):
+    """A call to the API-Bridge failed."""
+
+
+class ApiBridgeUnavailableError(ApiBridgeError, ConnectionError):
+    """The API-Bridge could not be reached, or kept failing, within the retry bounds."""
+
+
+class ApiBridgeRequestError(ApiBridgeError):
+    """The API-Bridge refused the request (a 4xx other than 429); `status` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"API-Bridge answered {status}: {message}")
+        self.status = status
+
+
+class ApiBridgeResponseError(ApiBridgeError, ValueError):
+    """The API-Bridge's answer is not what the contract says (bad JSON, missing fields...)."""
+
+
+class KeyHalfError(ApiBridgeResponseError):
+    """A key half in an answer is missing, a placeholder, not hex or the wrong length.
+
+    `field` names the response field; the message says what is wrong without the value.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"key half {field!r} {problem}; nothing was stored")
+        self.field = field
+
+
 __all__ = [
+    "ApiBridgeError",
+    "ApiBridgeRequestError",
+    "ApiBridgeResponseError",
+    "ApiBridgeUnavailableError",
     "AuthenticationError",
     "CounterExhaustedError",
     "DowngradeError",
     "FrameRejectedError",
     "InvalidArgumentError",
+    "KeyHalfError",
     "KeyMaterialError",
     "MalformedFrameError",
     "ModbattError",

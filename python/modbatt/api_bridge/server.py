@@ -1,0 +1,271 @@
+"""The embedded API-Bridge: the public API-Bridge's REST routes on FastAPI, over a `Store`.
+
+``modbatt api-bridge serve`` runs it on uvicorn. Every client mistake gets a 4xx JSON body
+``{"error": ..., "detail": [...]}`` that says what is wrong; nothing a client sends produces a
+500 or a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modbatt import __version__
+from modbatt.api_bridge import models
+from modbatt.api_bridge.store import ConflictError, ForbiddenError, Store, StoreError
+
+log = logging.getLogger("modbatt.api_bridge.server")
+
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body accepted; a bigger one gets 413 before it is parsed."""
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": models.ErrorBody, "description": description}
+    for status, description in {
+        400: "The request is malformed",
+        401: "Missing or wrong bearer token (when the server runs with --token)",
+        403: "The creator may not act on this record",
+        404: "Unknown id",
+        409: "The current state does not allow this change",
+        413: "Request body too large",
+        422: "The request body or a parameter is invalid",
+    }.items()
+}
+
+ComponentIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+LctIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,160}$")]
+
+
+def _error(status: int, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(status_code=status, content=body)
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body (up to the limit), then hand it to the application."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, f"request body over {self.limit} bytes")
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _bearer_check(token: str | None) -> Callable[..., None]:
+    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        expected = f"Bearer {token}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise StoreAuthError
+
+    return check
+
+
+class StoreAuthError(StoreError):
+    """Missing or wrong bearer token."""
+
+    status = 401
+
+
+def create_app(store: Store, token: str | None = None) -> FastAPI:
+    """The API-Bridge application over `store`; with `token`, /api/v1 requires it."""
+    app = FastAPI(
+        title="modbatt API-Bridge",
+        version=__version__,
+        description="The Web4 API-Bridge REST contract (components, LCTs), persisted in "
+        "SQLite with a hash-chained ledger. Fields and routes marked x-modbatt-extension "
+        "are not part of the public API-Bridge.",
+    )
+
+    @app.exception_handler(StoreError)
+    async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        message = "missing or wrong bearer token" if isinstance(exc, StoreAuthError) else str(exc)
+        return _error(exc.status, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {
+                "loc": [str(part) for part in e.get("loc", ())],
+                "msg": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in detail[:5])
+        return _error(422, f"invalid request: {summary}", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")  # the traceback stays in the server's log
+        return _error(500, "internal error")
+
+    @app.get("/health", response_model=models.Health)
+    def health() -> models.Health:
+        return models.Health(status="healthy", version=__version__)
+
+    api = APIRouter(
+        prefix="/api/v1", dependencies=[Depends(_bearer_check(token))], responses=ERROR_RESPONSES
+    )
+
+    @api.post("/components/register", response_model=models.Component)
+    def register(body: models.RegisterRequest) -> models.Component:
+        record, existing = store.register(body.creator, body.component_data, body.context)
+        return _component(record, already_registered=existing)
+
+    @api.get("/components/{component_id}", response_model=models.Component)
+    def get_component(component_id: ComponentIdPath) -> models.Component:
+        return _component(store.component(component_id))
+
+    @api.get("/components/{component_id}/identity", response_model=models.Identity)
+    def identity(component_id: ComponentIdPath) -> models.Identity:
+        record = store.component(component_id)
+        return models.Identity(
+            component_id=record["component_id"],
+            component_identity=record["component_id"],
+            creator=record["creator"],
+            status=record["status"],
+            txhash=record["txhash"],
+        )
+
+    @api.post("/components/{component_id}/verify", response_model=models.Verification)
+    def verify(component_id: ComponentIdPath, body: models.VerifyRequest) -> models.Verification:
+        return models.Verification(
+            **store.verify_component(component_id, body.verifier, body.context)
+        )
+
+    @api.post("/lct/create", response_model=models.LctCreated)
+    def create_lct(
+        body: models.LctCreateRequest,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                max_length=128,
+                description="Retries with the same key return the same LCT (modbatt extension).",
+            ),
+        ] = None,
+    ) -> models.LctCreated:
+        request_hash = hashlib.sha256(
+            json.dumps(body.model_dump(), sort_keys=True).encode()
+        ).hexdigest()
+        record = store.create_lct(
+            body.creator,
+            body.component_a,
+            body.component_b,
+            body.context,
+            body.proxy_id,
+            replaces=body.replaces,
+            idempotency=None if idempotency_key is None else (idempotency_key, request_hash),
+        )
+        return models.LctCreated(**record)
+
+    @api.get("/lct/{lct_id}", response_model=models.LctRecord)
+    def get_lct(lct_id: LctIdPath) -> models.LctRecord:
+        return models.LctRecord(**store.lct(lct_id))
+
+    @api.get(
+        "/lct/{lct_id}/keys",
+        response_model=models.LctKeysResponse,
+        openapi_extra=models.EXTENSION,
+        description="modbatt extension: an active LCT's four key halves again, for its "
+        "creator only (key recovery, seed Workflow C).",
+    )
+    def lct_keys(lct_id: LctIdPath, creator: models.Creator) -> models.LctKeysResponse:
+        record = store.lct(lct_id)
+        if record["creator"] != creator:
+            raise ForbiddenError(f"LCT {lct_id!r} belongs to another creator")
+        if record["status"] != "active":
+            raise ConflictError(f"LCT {lct_id!r} is {record['status']}: its keys are not delivered")
+        return models.LctKeysResponse(**record)
+
+    @api.put("/lct/{lct_id}/status", response_model=models.LctStatusChanged)
+    def set_status(lct_id: LctIdPath, body: models.LctStatusRequest) -> models.LctStatusChanged:
+        return models.LctStatusChanged(
+            **store.set_lct_status(lct_id, body.creator, body.status, body.context)
+        )
+
+    app.include_router(api)
+    return app
+
+
+def _component(record: dict[str, Any], already_registered: bool = False) -> models.Component:
+    return models.Component(
+        component_id=record["component_id"],
+        component_identity=record["component_id"],
+        lct_id=record["lct_id"],
+        status=record["status"],
+        txhash=record["txhash"],
+        creator=record["creator"],
+        component_data=record["component_data"],
+        context=record["context"],
+        created_at=record["created_at"],
+        already_registered=already_registered,
+    )
+
+
+def build(db: FilePath, token: str | None) -> ASGIApp:
+    """The ASGI application uvicorn serves: the API behind the body-size limit."""
+    return BodyLimit(create_app(Store(db), token))
+
+
+def serve(db: FilePath, host: str, port: int, token: str | None) -> None:
+    """Run the API-Bridge until interrupted."""
+    uvicorn.run(build(db, token), host=host, port=port, log_level="info", access_log=False)
