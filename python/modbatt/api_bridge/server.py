@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modbatt import __version__
@@ -104,12 +105,20 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="Required on /api/v1 when the server runs with --token.",
+)
+
+
 def _bearer_check(token: str | None) -> Callable[..., None]:
-    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+    def check(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
         if token is None:
             return
-        expected = f"Bearer {token}".encode()
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+        given = b"" if credentials is None else credentials.credentials.encode()
+        if not hmac.compare_digest(given, token.encode()):  # constant time
             raise StoreAuthError
 
     return check
