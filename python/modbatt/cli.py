@@ -11,6 +11,12 @@ from pathlib import Path
 from modbatt import __version__
 from modbatt.api_bridge.client import DEFAULT_URL, ENV_TOKEN, ENV_URL
 
+BUS_HELP = (
+    "INTERFACE:CHANNEL[@BITRATE], e.g. virtual:modules, udp_multicast:239.74.163.10, "
+    "socketcan:can1@500000, pcan:PCAN_USBBUS1@500000, slcan:/dev/ttyACM0@500000; or 'config' "
+    "for python-can's configuration file"
+)
+
 
 def default_db_path() -> Path:
     """Where `modbatt api-bridge serve` keeps its database unless told otherwise."""
@@ -62,6 +68,44 @@ def _build_parser() -> argparse.ArgumentParser:
     health.add_argument("--url", help=f"base URL (default: ${ENV_URL} or {DEFAULT_URL})")
     health.add_argument("--token", help=f"bearer token (default: ${ENV_TOKEN})")
 
+    commands.add_parser("dbc", help="print the path of the module bus DBC file")
+
+    module = commands.add_parser("module", help="the battery module simulator")
+    module_commands = module.add_subparsers(dest="module_command", metavar="ACTION")
+    module_run = module_commands.add_parser(
+        "run",
+        help="simulate one or more battery modules on a bus",
+        description="Behaves as the Modbatt module firmware on the module bus: announces, "
+        "takes the id the pack assigns, reports status and cell details.",
+    )
+    module_run.add_argument("--can", required=True, metavar="BUS", help=BUS_HELP)
+    module_run.add_argument(
+        "--unique-id", type=int, required=True, help="the (first) module's unique id"
+    )
+    module_run.add_argument(
+        "--cells", type=int, default=14, help="cells per module (default: %(default)s)"
+    )
+    module_run.add_argument(
+        "--count",
+        type=int,
+        default=1,
+        help="modules in this process, with consecutive unique ids (default: %(default)s)",
+    )
+    module_run.add_argument("--fd", action="store_true", help="open the bus as CAN FD")
+    module_run.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    pack = commands.add_parser("pack", help="the pack controller")
+    pack_commands = pack.add_subparsers(dest="pack_command", metavar="ACTION")
+    pack_run = pack_commands.add_parser(
+        "run",
+        help="run the pack controller (for now: its module side on CAN 2)",
+        description="Registers announcing modules (ids 1-31), sends the max-state heartbeat, "
+        "watches for silent and returning modules and prints the module table as it changes.",
+    )
+    pack_run.add_argument("--can2", required=True, metavar="BUS", help=BUS_HELP)
+    pack_run.add_argument("--fd", action="store_true", help="open the bus as CAN FD")
+    pack_run.add_argument("--duration", type=float, help="stop after this many seconds")
+
     bench = commands.add_parser(
         "bench",
         help="measure the frame path (figures, not a test)",
@@ -91,6 +135,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_demo(out=print)
         return 0
+    if args.command == "dbc":
+        from modbatt.catalogue import dbc_path
+
+        print(dbc_path())
+        return 0
+    if args.command == "module" and args.module_command == "run":
+        from modbatt.roles import run_modules
+        from modbatt.transport import parse_bus_spec
+
+        if not 1 <= args.count <= 255 or not 1 <= args.cells <= 255:
+            parser.error("--count and --cells must be between 1 and 255")
+        spec = parse_bus_spec(args.can, fd=args.fd)
+        return run_modules(spec, args.unique_id, args.count, args.cells, args.duration)
+    if args.command == "pack" and args.pack_command == "run":
+        from modbatt.roles import run_pack
+        from modbatt.transport import parse_bus_spec
+
+        return run_pack(parse_bus_spec(args.can2, fd=args.fd), args.duration)
     if args.command == "api-bridge":
         return _api_bridge(args, parser)
     if args.command == "bench":

@@ -1,15 +1,20 @@
-"""The one place where python-can messages and the frame path's (id, bytes) meet.
+"""CAN I/O: bus names, opening buses, one Notifier per bus, and the message conversion.
 
 The Rust core takes plain ints and bytes; every role converts a received ``can.Message`` with
 :func:`from_message` and builds an outgoing one with :func:`to_message`, so the conversion
-rules (extended ids only, FD when the payload needs it) live here alone.
+rules (extended ids only, FD when the payload needs it) live here alone. A bus is named as
+``INTERFACE:CHANNEL[@BITRATE]`` (:func:`parse_bus_spec`) and shared through a :class:`CanPort`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import can
 
-from modbatt.errors import MalformedFrameError
+from modbatt.errors import InvalidArgumentError, MalformedFrameError
 
 CLASSIC_MAX_DATA = 8
 
@@ -36,3 +41,126 @@ def from_message(message: can.Message) -> tuple[int, bytes]:
             f"11-bit id 0x{message.arbitration_id:03X}: modbatt buses use 29-bit ids"
         )
     return message.arbitration_id, bytes(message.data)
+
+
+@dataclass(frozen=True)
+class BusSpec:
+    """A bus as named on the command line: ``INTERFACE:CHANNEL[@BITRATE]``, or ``config``.
+
+    Examples: ``virtual:modules``, ``udp_multicast:239.74.163.10``, ``socketcan:can1@500000``,
+    ``pcan:PCAN_USBBUS1@500000``, ``slcan:/dev/ttyACM0@500000``. ``config`` (or
+    ``config:CONTEXT``) leaves everything to python-can's own configuration (``~/.canrc``,
+    ``can.ini``, ``CAN_INTERFACE``/``CAN_CHANNEL``/``CAN_BITRATE``).
+    """
+
+    interface: str | None
+    channel: str | None
+    bitrate: int | None = None
+    fd: bool = False
+    context: str | None = None
+
+    def __str__(self) -> str:
+        if self.interface is None:
+            return "config" + (f":{self.context}" if self.context else "")
+        rate = f"@{self.bitrate}" if self.bitrate else ""
+        return f"{self.interface}:{self.channel}{rate}" + (" (FD)" if self.fd else "")
+
+
+def parse_bus_spec(text: str, fd: bool = False) -> BusSpec:
+    """Parse ``INTERFACE:CHANNEL[@BITRATE]`` (the channel may itself contain ``:``)."""
+    if text == "config" or text.startswith("config:"):
+        return BusSpec(None, None, fd=fd, context=text.partition(":")[2] or None)
+    interface, sep, rest = text.partition(":")
+    if not sep or not interface or not rest:
+        raise InvalidArgumentError(
+            f"bus {text!r}: expected INTERFACE:CHANNEL[@BITRATE], e.g. virtual:modules, "
+            "socketcan:can1@500000, udp_multicast:239.74.163.10, or 'config'"
+        )
+    channel, at, rate = rest.rpartition("@")
+    if not at:
+        channel, rate = rest, ""
+    bitrate = None
+    if rate:
+        if not rate.isdigit() or int(rate) == 0:
+            raise InvalidArgumentError(f"bus {text!r}: bitrate {rate!r} is not a positive integer")
+        bitrate = int(rate)
+    if interface not in can.VALID_INTERFACES:
+        raise InvalidArgumentError(
+            f"bus {text!r}: unknown python-can interface {interface!r}; known: "
+            + ", ".join(sorted(can.VALID_INTERFACES))
+        )
+    return BusSpec(interface, channel, bitrate, fd)
+
+
+def open_bus(spec: BusSpec) -> can.BusABC:
+    """Open the bus `spec` names, through python-can."""
+    kwargs: dict[str, Any] = {}
+    if spec.bitrate is not None:
+        kwargs["bitrate"] = spec.bitrate
+    if spec.fd:
+        kwargs["fd"] = True
+    if spec.interface is None:
+        return can.Bus(context=spec.context, **kwargs)
+    return can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
+
+
+FrameHandler = Callable[[int, bytes, float], None]
+
+
+class CanPort:
+    """One bus with its one `can.Notifier`, shared by every reader of the bus.
+
+    python-can allows one active Notifier per bus, and two readers polling the same bus steal
+    each other's frames; so every role subscribes here. Received messages are converted to
+    (id, payload, timestamp) once, and frames the frame path cannot carry are dropped.
+    """
+
+    def __init__(self, bus: can.BusABC, name: str = "", fd: bool = False) -> None:
+        self.bus = bus
+        self.name = name or str(bus.channel_info)
+        self.fd = fd
+        self._notifier = can.Notifier(bus, [], timeout=0.1)
+
+    @classmethod
+    def open(cls, spec: BusSpec) -> CanPort:
+        """Open the bus `spec` names."""
+        return cls(open_bus(spec), str(spec), fd=spec.fd)
+
+    def subscribe(self, handler: FrameHandler) -> can.Listener:
+        """Call `handler(id, payload, timestamp)` for every data frame received."""
+        listener = _FrameListener(handler)
+        self._notifier.add_listener(listener)
+        return listener
+
+    def reader(self) -> can.BufferedReader:
+        """A queue of received messages, fed by this port's notifier."""
+        reader = can.BufferedReader()
+        self._notifier.add_listener(reader)
+        return reader
+
+    def send(self, can_id: int, data: bytes) -> None:
+        """Send one frame (CAN FD when this port is FD or the payload needs it)."""
+        self.bus.send(to_message(can_id, data, fd=self.fd))
+
+    def close(self) -> None:
+        """Stop the notifier and shut the bus down."""
+        self._notifier.stop()
+        self.bus.shutdown()
+
+    def __enter__(self) -> CanPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _FrameListener(can.Listener):
+    def __init__(self, handler: FrameHandler) -> None:
+        self.handler = handler
+
+    def on_message_received(self, msg: can.Message) -> None:
+        try:
+            can_id, data = from_message(msg)
+        except MalformedFrameError:
+            return
+        self.handler(can_id, data, msg.timestamp)

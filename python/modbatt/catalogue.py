@@ -1,0 +1,104 @@
+"""The module bus message catalogue: the DBC file shipped with modbatt, through cantools.
+
+Every module bus message of REFERENCE §2 is described in ``data/modbatt_module_bus.dbc`` (its
+frame ids carry node 0); this module puts the node into the 29-bit id and takes it out again,
+and leaves every bit position and scaling to cantools. ``modbatt dbc`` prints the file's path
+so it can be opened in other CAN tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cantools
+from cantools.database.can import Database, Message
+
+from modbatt import compose_id, split_id
+
+# Base ids (REFERENCE §2): module -> pack
+ANNOUNCEMENT = "ANNOUNCEMENT"
+HARDWARE = "HARDWARE"
+STATUS_1 = "STATUS_1"
+STATUS_2 = "STATUS_2"
+STATUS_3 = "STATUS_3"
+DETAIL = "DETAIL"
+TIME_REQUEST = "TIME_REQUEST"
+# pack -> module
+REGISTRATION = "REGISTRATION"
+HW_REQUEST = "HW_REQUEST"
+STATUS_REQUEST = "STATUS_REQUEST"
+STATE_CHANGE = "STATE_CHANGE"
+DETAIL_REQUEST = "DETAIL_REQUEST"
+SET_TIME = "SET_TIME"
+MAX_STATE = "MAX_STATE"
+DEREGISTER = "DEREGISTER"
+ANNOUNCE_REQUEST = "ANNOUNCE_REQUEST"
+ALL_DEREGISTER = "ALL_DEREGISTER"
+ALL_ISOLATE = "ALL_ISOLATE"
+
+BROADCAST = 0x00
+UNREGISTERED = 0xFF
+MAX_MODULES = 31
+
+# Module states (STATUS_1.State, STATE_CHANGE.RequestedState, MAX_STATE.MaxState)
+OFF, STANDBY, PRECHARGE, ON = 0, 1, 2, 3
+STATE_NAMES = {OFF: "Off", STANDBY: "Standby", PRECHARGE: "Precharge", ON: "On"}
+
+
+def dbc_path() -> Path:
+    """Where the DBC file is installed."""
+    return Path(str(resources.files("modbatt") / "data" / "modbatt_module_bus.dbc"))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A received module bus frame: message name, node number and physical signal values."""
+
+    name: str
+    node: int
+    values: dict[str, Any]
+
+
+class Catalogue:
+    """Encode and decode module bus messages by name, with the node in the id."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._by_base: dict[int, Message] = {split_id(m.frame_id)[0]: m for m in database.messages}
+
+    def message(self, name: str) -> Message:
+        """The cantools message called `name`."""
+        return self.database.get_message_by_name(name)
+
+    def encode(
+        self, name: str, node: int, values: dict[str, Any] | None = None
+    ) -> tuple[int, bytes]:
+        """(29-bit id, payload) of message `name` for `node`; values are physical, range-checked."""
+        message = self.message(name)
+        data = message.encode(values or {}, scaling=True, strict=True) if message.signals else b""
+        return compose_id(split_id(message.frame_id)[0], node), bytes(data)
+
+    def decode(self, can_id: int, data: bytes) -> Decoded | None:
+        """The message in a received frame, or None when its base id is not a module message."""
+        base, node = split_id(can_id)
+        message = self._by_base.get(base)
+        if message is None or len(data) < message.length:
+            return None
+        values = message.decode(data[: message.length], decode_choices=False, scaling=True)
+        return Decoded(message.name, node, dict(values))  # type: ignore[arg-type]
+
+    def base_of(self, name: str) -> int:
+        """The 11-bit base id of message `name`."""
+        return split_id(self.message(name).frame_id)[0]
+
+
+@cache
+def catalogue() -> Catalogue:
+    """The shared catalogue, loaded from the DBC file once."""
+    database = cantools.database.load_file(str(dbc_path()), strict=True)
+    assert isinstance(database, Database)
+    return Catalogue(database)
