@@ -214,3 +214,23 @@ def test_modbatt_dbc_prints_the_path() -> None:
     )
     path = Path(result.stdout.strip())
     assert path == dbc_path() and path.is_file() and path.suffix == ".dbc"
+
+
+def test_the_simulators_values_survive_encoding() -> None:
+    db = catalogue()
+    module = BatteryModule(ModuleConfig(unique_id=11, cells=16))
+    module._registered(3, 1, 0.0)
+    module.state = 3
+    module._update(120.0)
+    status_1, status_2, status_3 = (db.decode(*frame) for frame in module._status())
+    assert status_1 is not None and status_2 is not None and status_3 is not None
+    soc = sum(c.soc for c in module.cells) / len(module.cells)
+    volts = [module.cell_voltage(c) for c in module.cells]
+    temps = [c.temp_c for c in module.cells]
+    assert abs(status_1.values["SOC"] - soc) <= 0.25 + 1e-9
+    assert abs(status_1.values["Current"] - module.current_a) <= 0.01 + 1e-9
+    assert abs(status_1.values["ModuleVoltage"] - sum(volts)) <= 0.0075 + 1e-9
+    assert abs(status_2.values["MaxCellVoltage"] - max(volts)) <= 0.0005 + 1e-9
+    assert abs(status_2.values["TotalVoltage"] - sum(volts)) <= 0.005 + 1e-9
+    assert abs(status_3.values["MinCellTemp"] - min(temps)) <= 0.005 + 1e-9
+    assert status_1.values["CellCount"] == 16 and status_1.node == 3
