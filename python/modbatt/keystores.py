@@ -1,0 +1,135 @@
+"""What each role keeps, exactly as the seed lists it, in a :class:`~modbatt.stores.TwoSlotStore`.
+
+- App (``app.slot0/1`` in the app's state directory): host id, the app's component id, the
+  app's device key half and LCT key half, and the references needed to recover them (the pack
+  controller's component id, the LCT id).
+- Pack controller flash (``pack-flash.slot0/1``): the pack's device key half and LCT key half,
+  the app's device key half, the pack's component id, the device configuration, and per paired
+  module its component id, device key half and LCT key half (seed Workflow A.1 step 3).
+- Battery module flash (``module-flash.slot0/1``): its component id, its device key half, the
+  pack's device key half and component id.
+
+Key halves are stored as hex and never shown: every key field has ``repr=False``, and logs
+carry `modbatt.stores.fingerprint` only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from modbatt.stores import StoreCorruptError, TwoSlotStore
+
+KeyHalfHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+
+
+def key_field(default: Any = ...) -> Any:
+    """A key half: 128 lowercase hex characters, hidden from reprs."""
+    return Field(default, repr=False)
+
+
+class Record(BaseModel):
+    """A stored record: unknown fields are refused, so a damaged file cannot pass as valid."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppKeys(Record):
+    """The app's keystore (seed §2.4, Modbatt App Local Storage)."""
+
+    host_id: str
+    app_component_id: str | None = None
+    app_device_key_half: KeyHalfHex | None = key_field(None)
+    app_lct_key_half: KeyHalfHex | None = key_field(None)
+    pack_component_id: str | None = None
+    lct_id: str | None = None
+
+
+class PairedModule(Record):
+    """One paired module's keys in the pack's flash."""
+
+    module_component_id: str
+    device_key_half: KeyHalfHex = key_field()
+    lct_key_half: KeyHalfHex = key_field()
+    lct_id: str
+
+
+class PackFlash(Record):
+    """The pack controller's flash key store (seed §2.4, Pack Controller Flash Storage)."""
+
+    pack_component_id: str
+    pack_device_key_half: KeyHalfHex = key_field()
+    pack_lct_key_half: KeyHalfHex = key_field()
+    app_device_key_half: KeyHalfHex = key_field()
+    configuration: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    modules: dict[str, PairedModule] = Field(default_factory=dict)
+
+
+class ModuleFlash(Record):
+    """A battery module's flash store: what it needs to rebuild its link to the pack."""
+
+    module_component_id: str
+    module_device_key_half: KeyHalfHex = key_field()
+    pack_device_key_half: KeyHalfHex = key_field()
+    pack_component_id: str
+
+
+RecordT = TypeVar("RecordT", bound=Record)
+
+
+class TypedStore(Generic[RecordT]):
+    """A `TwoSlotStore` holding one validated record type."""
+
+    def __init__(self, directory: Path, name: str, model: type[RecordT]) -> None:
+        self.slots = TwoSlotStore(directory, name)
+        self.model = model
+        self.damaged: tuple[str, ...] = ()
+
+    def load(self) -> RecordT | None:
+        """The stored record, None when nothing is stored; StoreCorruptError when it is lost."""
+        loaded = self.slots.load()
+        self.damaged = loaded.damaged
+        if loaded.payload is None:
+            return None
+        try:
+            return self.model.model_validate(loaded.payload)
+        except ValidationError as exc:
+            raise StoreCorruptError(
+                f"{self.slots.name}: the record does not validate ({exc.error_count()} errors)"
+            ) from None
+
+    def save(self, record: RecordT) -> int:
+        """Store `record` (two slots, atomic); returns its sequence number."""
+        return self.slots.save(record.model_dump(mode="json"))
+
+    def erase(self) -> None:
+        """Forget everything (a factory reset)."""
+        self.slots.erase()
+
+
+def app_keystore(directory: Path) -> TypedStore[AppKeys]:
+    """The app's keystore in `directory`."""
+    return TypedStore(directory, "app", AppKeys)
+
+
+def pack_flash(directory: Path) -> TypedStore[PackFlash]:
+    """The pack controller's flash store in `directory`."""
+    return TypedStore(directory, "pack-flash", PackFlash)
+
+
+def module_flash(directory: Path) -> TypedStore[ModuleFlash]:
+    """A battery module's flash store in `directory`."""
+    return TypedStore(directory, "module-flash", ModuleFlash)
+
+
+def host_id(store: TypedStore[AppKeys]) -> str:
+    """The app's host id: generated once (a random UUID) and kept in the keystore."""
+    keys = store.load()
+    if keys is not None:
+        return keys.host_id
+    new = f"host-{uuid.uuid4()}"
+    store.save(AppKeys(host_id=new))
+    return new
