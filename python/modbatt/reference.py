@@ -102,6 +102,20 @@ def derive_direction_keys(
     return okm[:16], okm[16:]
 
 
+def confirmation(
+    link_key: bytes, src_id: str, dst_id: str, src_nonce: bytes, dst_nonce: bytes
+) -> bytes:
+    """The 16-byte key confirmation value of `src` for the handshake with `dst`."""
+    info = (
+        b"modbatt/v1 key confirmation"
+        + length_prefixed(src_id.encode())
+        + length_prefixed(dst_id.encode())
+        + src_nonce
+        + dst_nonce
+    )
+    return hkdf_sha256(link_key, b"modbatt/v1 confirm", info, 16)
+
+
 def counter_block(logical_id: int, freshness: int) -> bytes:
     """The initial CTR counter block: logical id ‖ freshness ‖ 32-bit block counter 0."""
     return logical_id.to_bytes(4, "big") + freshness.to_bytes(8, "big") + bytes(4)

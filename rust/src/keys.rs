@@ -20,6 +20,7 @@ use aes::cipher::KeyInit;
 use aes::Aes128Enc;
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -39,6 +40,10 @@ const LINK_INFO: &[u8] = b"modbatt/v1 link key";
 const SESSION_SALT: &[u8] = b"modbatt/v1 session";
 const SESSION_INFO: &[u8] = b"modbatt/v1 session keys";
 const FINGERPRINT_LABEL: &[u8] = b"modbatt/v1 fingerprint";
+const CONFIRM_SALT: &[u8] = b"modbatt/v1 confirm";
+const CONFIRM_INFO: &[u8] = b"modbatt/v1 key confirmation";
+/// Length of a key confirmation value (bytes).
+pub const CONFIRMATION_LEN: usize = 16;
 
 /// Append `bytes` prefixed by its length in one byte.
 fn push_length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -141,6 +146,52 @@ impl LinkKey {
     /// A loggable name for this key (16 hex digits); reveals nothing about the key.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The value by which `src` proves to `dst` that it holds this link key, bound to both
+    /// nonces of the session being set up (the session handshake's "communication test"):
+    ///
+    /// ```text
+    /// HKDF-SHA256(salt = "modbatt/v1 confirm", ikm = link key,
+    ///             info = "modbatt/v1 key confirmation" ‖ lp(src) ‖ lp(dst)
+    ///                    ‖ nonce_src ‖ nonce_dst, L = 16)
+    /// ```
+    /// A separate label from the session keys: revealing it reveals nothing about them.
+    pub fn confirmation(
+        &self,
+        src_id: &str,
+        dst_id: &str,
+        src_nonce: &[u8],
+        dst_nonce: &[u8],
+    ) -> Result<[u8; CONFIRMATION_LEN]> {
+        check_component_id(src_id)?;
+        check_component_id(dst_id)?;
+        check_nonce("source nonce", src_nonce)?;
+        check_nonce("destination nonce", dst_nonce)?;
+        let mut info = Vec::with_capacity(CONFIRM_INFO.len() + 2 + 255 * 2 + 2 * NONCE_LEN);
+        info.extend_from_slice(CONFIRM_INFO);
+        push_length_prefixed(&mut info, src_id.as_bytes());
+        push_length_prefixed(&mut info, dst_id.as_bytes());
+        info.extend_from_slice(src_nonce);
+        info.extend_from_slice(dst_nonce);
+        let mut out = [0u8; CONFIRMATION_LEN];
+        Hkdf::<Sha256>::new(Some(CONFIRM_SALT), self.key.as_ref())
+            .expand(&info, &mut out)
+            .map_err(|_| Error::KeyMaterial("HKDF output length rejected".into()))?;
+        Ok(out)
+    }
+
+    /// Whether `tag` is `src`'s confirmation value, compared in constant time.
+    pub fn verify_confirmation(
+        &self,
+        src_id: &str,
+        dst_id: &str,
+        src_nonce: &[u8],
+        dst_nonce: &[u8],
+        tag: &[u8],
+    ) -> Result<bool> {
+        let expected = self.confirmation(src_id, dst_id, src_nonce, dst_nonce)?;
+        Ok(tag.len() == CONFIRMATION_LEN && bool::from(expected.ct_eq(tag)))
     }
 
     /// The keys for one direction of one session: `src` seals, `dst` opens.

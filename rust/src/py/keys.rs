@@ -2,6 +2,7 @@
 
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use zeroize::Zeroizing;
 
 use crate::keys;
@@ -42,6 +43,36 @@ impl LinkKey {
     #[getter]
     fn fingerprint(&self) -> &str {
         self.inner.fingerprint()
+    }
+
+    /// The 16-byte value by which `src_id` proves it holds this key to `dst_id`, bound to
+    /// both handshake nonces (safe to send: it reveals nothing about the key).
+    fn confirmation<'py>(
+        &self,
+        py: Python<'py>,
+        src_id: &str,
+        dst_id: &str,
+        src_nonce: &[u8],
+        dst_nonce: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let tag = self
+            .inner
+            .confirmation(src_id, dst_id, src_nonce, dst_nonce)?;
+        Ok(PyBytes::new(py, &tag))
+    }
+
+    /// Whether `tag` is `src_id`'s confirmation value (constant-time comparison).
+    fn verify_confirmation(
+        &self,
+        src_id: &str,
+        dst_id: &str,
+        src_nonce: &[u8],
+        dst_nonce: &[u8],
+        tag: &[u8],
+    ) -> PyResult<bool> {
+        Ok(self
+            .inner
+            .verify_confirmation(src_id, dst_id, src_nonce, dst_nonce, tag)?)
     }
 
     fn __repr__(&self) -> String {
