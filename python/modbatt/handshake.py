@@ -32,8 +32,10 @@ CONFIRM_LEN = 16
 
 
 class HandshakeError(ModbattError):
-    """The handshake failed: malformed message, wrong step, or a confirmation that does not
-    verify (the peer does not hold the same link key).
+    """The handshake failed.
+
+    A malformed message, a step out of order, or a confirmation that does not verify (the
+    peer does not hold the same link key).
     """
 
 
