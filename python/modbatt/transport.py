@@ -121,6 +121,11 @@ class CanPort:
         self.fd = fd
         self._notifier = can.Notifier(bus, [], timeout=0.1)
 
+    @property
+    def notifier(self) -> can.Notifier:
+        """The bus's one notifier, for stacks that subscribe themselves (can-isotp)."""
+        return self._notifier
+
     @classmethod
     def open(cls, spec: BusSpec) -> CanPort:
         """Open the bus `spec` names."""
