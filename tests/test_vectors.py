@@ -81,3 +81,21 @@ def test_protocol_md_shows_every_vector() -> None:
     for frame in FRAMES:
         for wire in frame["wire"]:
             assert wire["data"] in protocol.replace(" ", ""), frame["name"]
+
+
+@pytest.mark.parametrize(
+    "message", VECTORS["messages"], ids=[m["name"] for m in VECTORS["messages"]]
+)
+def test_the_sealed_message_example(message: dict[str, Any]) -> None:
+    link = LinkKey(*_link_inputs(message["link"]))
+    ns, nr = bytes.fromhex(message["sender_nonce"]), bytes.fromhex(message["receiver_nonce"])
+    tx = Session(link, message["sender"], message["receiver"], ns, nr)
+    rx = Session(link, message["receiver"], message["sender"], nr, ns)
+    payload = bytes.fromhex(message["payload"])
+    for _ in range(message["freshness"]):
+        tx.seal_message(message["stream"], payload)
+    sealed = tx.seal_message(message["stream"], payload)
+    assert sealed.hex() == message["sealed"]
+    assert rx.open_message(message["stream"], sealed) == payload
+    protocol = (Path(__file__).parents[1] / "docs" / "PROTOCOL.md").read_text()
+    assert message["sealed"] in protocol

@@ -15,6 +15,7 @@ __all__ = [
     "FORMAT_MASK",
     "KEY_HALF_LEN",
     "MAX_DATA_LEN",
+    "MESSAGE_MAX",
     "NONCE_LEN",
     "SECURE_BITS",
     "STATUS_FORWARDED",
@@ -40,6 +41,7 @@ NONCE_LEN: int
 DH_SECRET_LEN: int
 MAX_DATA_LEN: int
 FD_MAX_PAYLOAD: int
+MESSAGE_MAX: int
 STATUS_FORWARDED: int
 STATUS_PENDING: int
 DROP_REASONS: list[tuple[int, str]]
@@ -91,6 +93,8 @@ class Session:
         self, can_id: int, data: bytes, fd: bool = False
     ) -> tuple[int, bytes, int | None, bytes | None]: ...
     def open(self, can_id: int, data: bytes) -> bytes | None: ...
+    def seal_message(self, stream: int, data: bytes) -> bytes: ...
+    def open_message(self, stream: int, data: bytes) -> bytes: ...
     def seal_batch(
         self, ids: _U32, lens: _U8, data: _U8, fd: bool = False
     ) -> tuple[_U32, _U8, _U8, _U8]: ...

@@ -147,6 +147,23 @@ def aes_cmac(mac_key: bytes, message: bytes) -> bytes:
     return mac.finalize()
 
 
+MESSAGE_CODE = 4
+MESSAGE_MAX = 4096
+MESSAGE_OVERHEAD = 1 + 8 + 16
+
+
+def message_mac_input(stream: int, freshness: int, ciphertext: bytes) -> bytes:
+    """0x04 ‖ stream ‖ length (2) ‖ freshness ‖ 0x00 ‖ ciphertext."""
+    return (
+        bytes([MESSAGE_CODE])
+        + stream.to_bytes(4, "big")
+        + len(ciphertext).to_bytes(2, "big")
+        + freshness.to_bytes(8, "big")
+        + bytes(1)
+        + ciphertext
+    )
+
+
 def fd_frame_len(length: int) -> int:
     """The smallest CAN FD data length that holds ``length`` bytes."""
     for candidate in FD_LENGTHS:
@@ -254,6 +271,41 @@ class ReferenceSession:
         padding = bytes(total - (1 + n + 4 + 8))
         frame = bytes([n]) + ct + padding + (freshness & 0xFFFF_FFFF).to_bytes(4, "big") + tag[:8]
         return (secured | FORMAT_FD << FORMAT_SHIFT, frame, None, None)
+
+    def seal_message(self, stream: int, data: bytes) -> bytes:
+        """Seal a message of up to 4096 bytes on `stream` (docs/PROTOCOL.md §4.5)."""
+        self._check_alive()
+        if not 0 <= stream <= EXTENDED_ID_MASK or stream & SECURE_BITS:
+            raise errors.InvalidArgumentError(f"0x{stream:X} is not a logical 29-bit id")
+        if len(data) > MESSAGE_MAX:
+            raise errors.InvalidArgumentError("a sealed message carries at most 4096 bytes")
+        freshness = self._tx_next.get(stream, 0)
+        self._tx_next[stream] = freshness + 1
+        ct = aes_ctr(self.tx_enc, stream, freshness, data)
+        tag = aes_cmac(self.tx_mac, message_mac_input(stream, freshness, ct))
+        return bytes([MESSAGE_CODE]) + freshness.to_bytes(8, "big") + ct + tag
+
+    def open_message(self, stream: int, data: bytes) -> bytes:
+        """Open a sealed message received on `stream`."""
+        self._check_alive()
+        if (
+            not MESSAGE_OVERHEAD <= len(data) <= MESSAGE_MAX + MESSAGE_OVERHEAD
+            or data[0] != MESSAGE_CODE
+        ):
+            raise errors.MalformedFrameError("not a sealed message")
+        freshness = int.from_bytes(data[1:9], "big")
+        ct, tag = data[9:-16], data[-16:]
+        full = aes_cmac(self.rx_mac, message_mac_input(stream, freshness, ct))
+        if not constant_time.bytes_eq(full, tag):
+            self.failures += 1
+            if self.failures >= self.max_failures:
+                self.expired = True
+            raise errors.AuthenticationError(f"authentication failed for stream 0x{stream:08X}")
+        if freshness < self._rx_floor.get(stream, 0):
+            raise errors.ReplayError(f"message replays freshness value {freshness}")
+        self._rx_floor[stream] = freshness + 1
+        self.opened += 1
+        return aes_ctr(self.rx_enc, stream, freshness, ct)
 
     def open(self, can_id: int, data: bytes) -> bytes | None:
         """Open a received frame: its plaintext, or None for a held pair data frame."""

@@ -77,6 +77,11 @@ impl RxWindow {
         rebuild_backward(self.floor(stream), low, bits)
     }
 
+    /// Whether a full freshness value is newer than everything accepted on `stream`.
+    pub(crate) fn is_fresh(&self, stream: u32, value: u64) -> bool {
+        value >= self.floor(stream)
+    }
+
     /// Record that `value` was accepted on `stream`: everything up to it is now stale.
     pub(crate) fn accept(&mut self, stream: u32, value: u64) {
         // value < u64::MAX: the sender never uses u64::MAX (TxCounters refuses to wrap).

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod ids;
 pub mod keys;
 mod mac;
+pub mod message;
 pub mod routing;
 pub mod session;
 

@@ -107,6 +107,20 @@ impl CmacKey {
         self.finish(self.first_block(header), body, len)
     }
 
+    /// The tag of `header ‖ body[..len]` for any length: `body` is zero past `len` and at
+    /// least one block longer than its last full block (sealed messages).
+    pub(crate) fn tag_with_header_slice(
+        &self,
+        header: &[u8; 16],
+        body: &[u8],
+        len: usize,
+    ) -> [u8; 16] {
+        if len == 0 {
+            return self.finish([0; 16], header, 16);
+        }
+        self.finish(self.first_block(header), body, len)
+    }
+
     /// The tag of any message of at most 80 bytes.
     #[cfg(test)]
     pub(crate) fn tag(&self, message: &[u8]) -> [u8; 16] {

@@ -13,6 +13,7 @@ use crate::frame::{
 use crate::freshness::{RxWindow, TxCounters};
 use crate::ids::{self, Format, ENCRYPTION_FLAG};
 use crate::keys::{check_component_id, check_nonce, DirectionKeys, LinkKey};
+use crate::message;
 
 /// Verification failures a session tolerates; the one that reaches it tears the session down.
 pub const DEFAULT_MAX_FAILURES: u32 = 16;
@@ -236,6 +237,61 @@ impl Session {
         Ok(sealed)
     }
 
+    /// Seal a message of up to 4096 bytes on `stream` (a logical id naming the channel, e.g.
+    /// the ISO-TP id it travels on); see `message.rs` for the format.
+    pub fn seal_message(&mut self, stream: u32, payload: &[u8]) -> Result<Vec<u8>> {
+        self.check_alive()?;
+        let stream = ids::check_logical(stream)?;
+        message::check_size(payload.len())?;
+        let freshness = self.tx_counters.take(stream)?;
+        self.stats.sealed += 1;
+        Ok(message::seal(&self.tx_keys, stream, freshness, payload))
+    }
+
+    /// Open a sealed message received on `stream`: the payload, or the reason it is dropped
+    /// (a bad tag spends the failure budget, as for frames).
+    pub fn open_message(&mut self, stream: u32, data: &[u8]) -> Result<Vec<u8>> {
+        let result = self.open_message_inner(stream, data);
+        match &result {
+            Ok(_) => self.stats.opened += 1,
+            Err(err) => self.stats.dropped[err.drop_reason().index()] += 1,
+        }
+        result
+    }
+
+    fn open_message_inner(&mut self, stream: u32, data: &[u8]) -> Result<Vec<u8>> {
+        self.check_alive()?;
+        let stream = ids::check_logical(stream)?;
+        let freshness = message::freshness_of(data)?;
+        match message::open(&self.rx_keys, stream, data) {
+            Some(plain) if self.rx_window.is_fresh(stream, freshness) => {
+                self.rx_window.accept(stream, freshness);
+                Ok(plain)
+            }
+            Some(_) => Err(Error::rejected(
+                DropReason::Replay,
+                format!("message on stream 0x{stream:08X} replays freshness value {freshness}"),
+            )),
+            None => Err(self.count_failure(stream)),
+        }
+    }
+
+    /// Spend one verification failure; tears the session down at the budget's end.
+    fn count_failure(&mut self, logical_id: u32) -> Error {
+        self.stats.failures += 1;
+        if self.stats.failures >= self.limits.max_failures {
+            self.expired = true;
+            self.pending.clear();
+        }
+        Error::rejected(
+            DropReason::BadTag,
+            format!(
+                "authentication failed for 0x{logical_id:08X} ({} of {} tolerated failures)",
+                self.stats.failures, self.limits.max_failures
+            ),
+        )
+    }
+
     /// Open one received frame. Returns the plaintext frame (logical id, E clear), or `None`
     /// when the frame is a pair's data frame now waiting for its authenticator.
     pub fn open(&mut self, can_id: u32, data: &[u8]) -> Result<Option<Frame>> {
@@ -383,18 +439,7 @@ impl Session {
                 ));
             }
         }
-        self.stats.failures += 1;
-        if self.stats.failures >= self.limits.max_failures {
-            self.expired = true;
-            self.pending.clear();
-        }
-        Err(Error::rejected(
-            DropReason::BadTag,
-            format!(
-                "authentication failed for 0x{logical_id:08X} ({} of {} tolerated failures)",
-                self.stats.failures, self.limits.max_failures
-            ),
-        ))
+        Err(self.count_failure(logical_id))
     }
 }
 

@@ -65,3 +65,37 @@ fn every_worked_example_seals_and_opens_to_the_documented_bytes() {
         );
     }
 }
+
+#[test]
+fn the_sealed_message_example_matches() {
+    let vectors: Value =
+        serde_json::from_str(include_str!("../../tests/vectors/frame_path.json")).unwrap();
+    let limits = SessionLimits::default();
+    for message in vectors["messages"].as_array().unwrap() {
+        let link = &vectors["links"][text(&message["link"])];
+        let dh = link["dh_secret"].as_str().map(|h| hex::decode(h).unwrap());
+        let key = LinkKey::derive(
+            &unhex(&link["half_a"]),
+            text(&link["id_a"]),
+            &unhex(&link["half_b"]),
+            text(&link["id_b"]),
+            dh.as_deref(),
+        )
+        .unwrap();
+        let (sender, receiver) = (text(&message["sender"]), text(&message["receiver"]));
+        let (ns, nr) = (
+            unhex(&message["sender_nonce"]),
+            unhex(&message["receiver_nonce"]),
+        );
+        let mut tx = Session::new(&key, sender, receiver, &ns, &nr, limits).unwrap();
+        let mut rx = Session::new(&key, receiver, sender, &nr, &ns, limits).unwrap();
+        let stream = u32::try_from(message["stream"].as_u64().unwrap()).unwrap();
+        let payload = unhex(&message["payload"]);
+        for _ in 0..message["freshness"].as_u64().unwrap() {
+            tx.seal_message(stream, &payload).unwrap();
+        }
+        let sealed = tx.seal_message(stream, &payload).unwrap();
+        assert_eq!(hex::encode(&sealed), text(&message["sealed"]));
+        assert_eq!(rx.open_message(stream, &sealed).unwrap(), payload);
+    }
+}

@@ -21,6 +21,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DH_SECRET_LEN", crate::keys::DH_SECRET_LEN)?;
     m.add("MAX_DATA_LEN", crate::frame::MAX_DATA_LEN)?;
     m.add("FD_MAX_PAYLOAD", crate::frame::FD_MAX_PAYLOAD)?;
+    m.add("MESSAGE_MAX", crate::message::MESSAGE_MAX)?;
     m.add("STATUS_FORWARDED", crate::gateway::STATUS_FORWARDED)?;
     m.add("STATUS_PENDING", crate::gateway::STATUS_PENDING)?;
     let reasons: Vec<(u8, &str)> = crate::DropReason::ALL

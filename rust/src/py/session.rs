@@ -110,6 +110,28 @@ impl Session {
         (first_id, first_data, auth_id, auth_data).into_pyobject(py)
     }
 
+    /// Seal a message of up to 4096 bytes on `stream` (a logical id naming the channel).
+    fn seal_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        stream: u32,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let sealed = self.get()?.seal_message(stream, data)?;
+        Ok(PyBytes::new(py, &sealed))
+    }
+
+    /// Open a sealed message received on `stream`; raises the drop as a `FrameRejectedError`.
+    fn open_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        stream: u32,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let plain = self.get()?.open_message(stream, data)?;
+        Ok(PyBytes::new(py, &plain))
+    }
+
     /// Open a received frame; returns the plaintext (its id is `logical_id(can_id)`), or
     /// None for a pair's data frame that waits for its authenticator.
     fn open<'py>(
