@@ -1,0 +1,119 @@
+"""The control channel: typed request/response messages between two roles over ISO-TP.
+
+Control messages (discovery, bootstrap, key delivery, handshakes, configuration) are JSON
+objects with a ``type`` field, carried by a :class:`~modbatt.isotp_link.MessageChannel`.
+Before a link is upgraded they travel plain; once it is, they travel as sealed messages
+(docs/PROTOCOL.md §4.4) under the link's session, and a plain control message is dropped and
+counted unless its type is one that discovery and recovery need (``PLAIN_ALWAYS``): a pack
+that lost its keys must still be able to say so, and an app must still be able to ask.
+
+The first byte tells the two apart: ``{`` (0x7B) starts a plain JSON message, 0x04 a sealed one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from modbatt import Session, compose_id
+from modbatt.errors import FrameRejectedError, ModbattError
+from modbatt.isotp_link import MessageChannel
+
+log = logging.getLogger("modbatt.control")
+
+# App bus (CAN 1) control channel ids, node 0: the pack controller.
+APP_TO_PACK = compose_id(0x460, 0)
+PACK_TO_APP = compose_id(0x461, 0)
+# Module bus (CAN 2) pairing channel ids, node = module id.
+PACK_TO_MODULE_BASE = 0x530
+MODULE_TO_PACK_BASE = 0x531
+
+PLAIN_ALWAYS = frozenset({"discover", "device_info", "handshake_init", "error"})
+"""Types accepted in plain even on an upgraded link: discovery and recovery need them."""
+
+
+class ControlError(ModbattError):
+    """A control message is malformed, or arrived where the link does not allow it."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """A plain control message's bytes."""
+    if not isinstance(message.get("type"), str):
+        raise ControlError("a control message needs a string 'type'")
+    return json.dumps(message, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """A plain control message from its bytes."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        raise ControlError("a control message is not valid JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ControlError("a control message is a JSON object with a string 'type'")
+    return message
+
+
+@dataclass
+class ControlEndpoint:
+    """One end of a control channel; `session` is set once the link is upgraded."""
+
+    channel: MessageChannel
+    stream: int  # the logical id our sealed messages are bound to (our transmit id)
+    peer_stream: int  # the peer's
+    session: Session | None = None
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def send(self, message: dict[str, Any], *, plain: bool = False) -> None:
+        """Send a message: sealed when the link is upgraded.
+
+        `plain` sends it unsealed anyway, which only the PLAIN_ALWAYS types may.
+        """
+        data = encode(message)
+        if self.session is not None and not plain:
+            data = self.session.seal_message(self.stream, data)
+        elif self.session is not None and message["type"] not in PLAIN_ALWAYS:
+            raise ControlError(f"{message['type']!r} may not travel plain on an upgraded link")
+        self.channel.send(data)
+
+    def recv(self, timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The next acceptable message, or None when none arrives in time.
+
+        Sealed messages are opened with the session; plain ones are accepted before the
+        upgrade, and after it only for PLAIN_ALWAYS types. Everything else is dropped and
+        counted in `dropped` by reason.
+        """
+        while True:
+            data = self.channel.recv(timeout_s)
+            if data is None:
+                return None
+            message = self._accept(data)
+            if message is not None:
+                return message
+
+    def _accept(self, data: bytes) -> dict[str, Any] | None:
+        if data[:1] == b"\x04":
+            if self.session is None:
+                self.dropped["no_session"] += 1
+                return None
+            try:
+                return decode(self.session.open_message(self.peer_stream, data))
+            except FrameRejectedError as exc:
+                self.dropped[exc.reason] += 1
+                return None
+            except ControlError:
+                self.dropped["malformed"] += 1
+                return None
+        try:
+            message = decode(data)
+        except ControlError:
+            self.dropped["malformed"] += 1
+            return None
+        if self.session is not None and message["type"] not in PLAIN_ALWAYS:
+            self.dropped["downgrade"] += 1
+            log.warning("plain %r dropped on an upgraded link", message["type"])
+            return None
+        return message
