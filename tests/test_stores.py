@@ -34,23 +34,28 @@ from modbatt.stores import (
 )
 
 HALF_A, HALF_B, HALF_C = "ab" * 64, "cd" * 64, "ef" * 64
+DH = "12" * 32
 
 
 def pack_record(n: int = 0) -> PackFlash:
+    module = PairedModule(
+        module_component_id="COMP-alice-9",
+        pack_device_key_half=HALF_B,
+        pack_lct_key_half=HALF_C,
+        module_device_key_half=HALF_A,
+        dh_secret=DH,
+        lct_id="lct_1",
+    )
     return PackFlash(
         pack_component_id=f"COMP-alice-{n}",
         pack_device_key_half=HALF_A,
         pack_lct_key_half=HALF_B,
         app_device_key_half=HALF_C,
         configuration={"max_state": 3},
-        modules={
-            "COMP-alice-9": PairedModule(
-                module_component_id="COMP-alice-9",
-                device_key_half=HALF_B,
-                lct_key_half=HALF_C,
-                lct_id="lct_1",
-            )
-        },
+        app_component_id="COMP-alice-0",
+        app_link_dh_secret=DH,
+        lct_id="lct_0",
+        modules={"COMP-alice-9": module},
     )
 
 
@@ -77,8 +82,10 @@ def test_each_store_survives_a_restart(tmp_path: Path) -> None:
     record = ModuleFlash(
         module_component_id="m",
         module_device_key_half=HALF_A,
+        module_lct_key_half=HALF_C,
         pack_device_key_half=HALF_B,
         pack_component_id="p",
+        dh_secret=DH,
     )
     module.save(record)
     assert module_flash(tmp_path).load() == record
@@ -151,7 +158,7 @@ def test_any_bytes_decode_or_fail_cleanly(data: bytes) -> None:
 
 def test_reprs_hide_key_halves() -> None:
     shown = repr(pack_record()) + repr(AppKeys(host_id="h", app_device_key_half=HALF_A))
-    for half in (HALF_A, HALF_B, HALF_C):
+    for half in (HALF_A, HALF_B, HALF_C, DH):
         assert half not in shown
 
 

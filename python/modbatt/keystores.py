@@ -5,9 +5,13 @@
   controller's component id, the LCT id).
 - Pack controller flash (``pack-flash.slot0/1``): the pack's device key half and LCT key half,
   the app's device key half, the pack's component id, the device configuration, and per paired
-  module its component id, device key half and LCT key half (seed Workflow A.1 step 3).
-- Battery module flash (``module-flash.slot0/1``): its component id, its device key half, the
+  module its component id and the pack's halves for it (seed Workflow A.1 step 3).
+- Battery module flash (``module-flash.slot0/1``): its component id and key halves, the
   pack's device key half and component id.
+
+Each role also keeps, per link, what it needs to rebuild the link key after a restart and the
+seed does not list: the peer's device key half and the X25519 secret of the bootstrap or
+pairing that created the link (docs/PROTOCOL.md §2.4).
 
 Key halves are stored as hex and never shown: every key field has ``repr=False``, and logs
 carry `modbatt.stores.fingerprint` only.
@@ -24,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from modbatt.stores import StoreCorruptError, TwoSlotStore
 
 KeyHalfHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+SecretHex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 def key_field(default: Any = ...) -> Any:
@@ -46,14 +51,24 @@ class AppKeys(Record):
     app_lct_key_half: KeyHalfHex | None = key_field(None)
     pack_component_id: str | None = None
     lct_id: str | None = None
+    # Beyond the seed's list: without the pack's device half and the bootstrap's X25519
+    # secret the app could not rebuild the link key after a restart (docs/PROTOCOL.md §2.4).
+    pack_device_key_half: KeyHalfHex | None = key_field(None)
+    link_dh_secret: SecretHex32 | None = key_field(None)
 
 
 class PairedModule(Record):
-    """One paired module's keys in the pack's flash."""
+    """One paired module's keys in the pack's flash (seed Workflow A.1 step 3).
+
+    Also what the pack needs to rebuild the link: the module's device half and the pairing's
+    X25519 secret.
+    """
 
     module_component_id: str
-    device_key_half: KeyHalfHex = key_field()
-    lct_key_half: KeyHalfHex = key_field()
+    pack_device_key_half: KeyHalfHex = key_field()
+    pack_lct_key_half: KeyHalfHex = key_field()
+    module_device_key_half: KeyHalfHex = key_field()
+    dh_secret: SecretHex32 = key_field()
     lct_id: str
 
 
@@ -66,6 +81,10 @@ class PackFlash(Record):
     app_device_key_half: KeyHalfHex = key_field()
     configuration: dict[str, str | int | float | bool] = Field(default_factory=dict)
     modules: dict[str, PairedModule] = Field(default_factory=dict)
+    # Beyond the seed's list, to rebuild the app link after a restart (PROTOCOL.md §2.4).
+    app_component_id: str
+    app_link_dh_secret: SecretHex32 = key_field()
+    lct_id: str
 
 
 class ModuleFlash(Record):
@@ -73,8 +92,10 @@ class ModuleFlash(Record):
 
     module_component_id: str
     module_device_key_half: KeyHalfHex = key_field()
+    module_lct_key_half: KeyHalfHex = key_field()
     pack_device_key_half: KeyHalfHex = key_field()
     pack_component_id: str
+    dh_secret: SecretHex32 = key_field()
 
 
 RecordT = TypeVar("RecordT", bound=Record)
