@@ -31,7 +31,9 @@ PACK_TO_APP = compose_id(0x461, 0)
 PACK_TO_MODULE_BASE = 0x530
 MODULE_TO_PACK_BASE = 0x531
 
-PLAIN_ALWAYS = frozenset({"discover", "device_info", "handshake_init", "error"})
+PLAIN_ALWAYS = frozenset(
+    {"discover", "device_info", "handshake_init", "handshake_response", "handshake_finish", "error"}
+)
 """Types accepted in plain even on an upgraded link: discovery and recovery need them."""
 
 
@@ -66,6 +68,7 @@ class ControlEndpoint:
     peer_stream: int  # the peer's
     session: Session | None = None
     dropped: Counter[str] = field(default_factory=Counter)
+    last_sealed: bool = False  # whether the last accepted message came sealed
 
     def send(self, message: dict[str, Any], *, plain: bool = False) -> None:
         """Send a message: sealed when the link is upgraded.
@@ -75,7 +78,7 @@ class ControlEndpoint:
         data = encode(message)
         if self.session is not None and not plain:
             data = self.session.seal_message(self.stream, data)
-        elif self.session is not None and message["type"] not in PLAIN_ALWAYS:
+        elif self.session is not None and plain and message["type"] not in PLAIN_ALWAYS:
             raise ControlError(f"{message['type']!r} may not travel plain on an upgraded link")
         self.channel.send(data)
 
@@ -100,7 +103,9 @@ class ControlEndpoint:
                 self.dropped["no_session"] += 1
                 return None
             try:
-                return decode(self.session.open_message(self.peer_stream, data))
+                message = decode(self.session.open_message(self.peer_stream, data))
+                self.last_sealed = True
+                return message
             except FrameRejectedError as exc:
                 self.dropped[exc.reason] += 1
                 return None
@@ -116,4 +121,5 @@ class ControlEndpoint:
             self.dropped["downgrade"] += 1
             log.warning("plain %r dropped on an upgraded link", message["type"])
             return None
+        self.last_sealed = False
         return message

@@ -1,0 +1,182 @@
+"""The Modbatt app: discovery, bootstrap, the channel upgrade, and status.
+
+An :class:`App` drives a pack controller over the app bus control channel and the API-Bridge:
+
+- ``discover()``: what the pack says about itself (plain, allowed at any level);
+- ``bootstrap()``: register the app (component data = its host id) and the pack (component
+  data = ``MODBATT-PACK-<serial>``), create their LCT, run the X25519 exchange, deliver the
+  pack's key halves and the app's device half sealed, store the app's keystore, then upgrade;
+- ``connect()``: the channel upgrade alone (after a restart of either side): the session
+  handshake that proves both hold the link key, then ``upgraded`` under the new session;
+- ``status()``: discovery again, under the session once it is up.
+
+Refusals by the pack come back as :class:`AppError` naming the step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modbatt import LinkKey, Session
+from modbatt.api_bridge.client import ApiBridgeClient
+from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
+from modbatt.control import ControlEndpoint
+from modbatt.errors import ModbattError
+from modbatt.handshake import Initiator
+from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
+from modbatt.stores import AuditLog
+
+log = logging.getLogger("modbatt.app")
+
+REPLY_TIMEOUT_S = 2.0
+
+
+class AppError(ModbattError):
+    """A step of the app's workflow failed; the message names the step and the reason."""
+
+
+@dataclass
+class App:
+    """The app's side: its keystore, the API-Bridge and the control channel to the pack."""
+
+    state_dir: Path
+    endpoint: ControlEndpoint
+    bridge: ApiBridgeClient
+    audit: AuditLog | None = None
+    keystore: TypedStore[AppKeys] = field(init=False)
+    host_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keystore = app_keystore(self.state_dir)
+        self.host_id = host_id(self.keystore)
+
+    def _audit(self, event: str, **fields: str | int | bool | None) -> None:
+        if self.audit is not None:
+            self.audit.record(event, role="app", host=self.host_id, **fields)
+
+    def _ask(self, message: dict[str, Any], expect: str, *, plain: bool = False) -> dict[str, Any]:
+        self.endpoint.send(message, plain=plain)
+        answer = self.endpoint.recv(REPLY_TIMEOUT_S)
+        if answer is None:
+            raise AppError(f"{message['type']}: no answer from the pack controller")
+        if answer["type"] == "error":
+            raise AppError(f"{message['type']}: the pack refused: {answer.get('reason')}")
+        if answer["type"] != expect:
+            raise AppError(f"{message['type']}: expected {expect!r}, got {answer['type']!r}")
+        return answer
+
+    @property
+    def session(self) -> Session | None:
+        """The app link's session, once the channel is upgraded."""
+        return self.endpoint.session
+
+    def discover(self) -> dict[str, Any]:
+        """Ask the pack who and how it is (plain when no session is up)."""
+        return self._ask({"type": "discover"}, "device_info", plain=self.session is None)
+
+    def bootstrap(self) -> dict[str, Any]:
+        """Bring a factory-default pack to Bootstrap Complete with an encrypted app link."""
+        info = self.discover()
+        if info["state"] != 1:
+            raise AppError(
+                f"bootstrap: the pack is in state {info['state']} ({info['state_name']}),"
+                " not Factory Default"
+            )
+        serial = str(info["serial"])
+        app = self.bridge.register_component(self.host_id, "modbatt app")
+        pack = self.bridge.register_component(f"MODBATT-PACK-{serial}", "modbatt pack controller")
+        created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
+        keys = created.keys
+        self._audit(
+            "lct.created",
+            lct_id=created.record.lct_id,
+            app=app.component_id,
+            pack=pack.component_id,
+        )
+        ephemeral = Ephemeral()
+        hello = self._ask(
+            {
+                "type": "bootstrap_hello",
+                "app_id": self.host_id,
+                "public_key": ephemeral.public.hex(),
+            },
+            "bootstrap_hello_ack",
+        )
+        pack_public = bytes.fromhex(hello["public_key"])
+        shared = ephemeral.shared_secret(pack_public)
+        sealing = delivery_keys(shared, self.host_id, serial, ephemeral.public, pack_public)
+        delivery = seal(
+            sealing.delivery,
+            DELIVERY_LABEL,
+            {
+                "pack_component_id": pack.component_id,
+                "pack_device_key_half": keys.device_key_half_b.get_secret_value().hex(),
+                "pack_lct_key_half": keys.lct_key_half_b.get_secret_value().hex(),
+                "app_device_key_half": keys.device_key_half_a.get_secret_value().hex(),
+                "app_component_id": app.component_id,
+                "lct_id": created.record.lct_id,
+            },
+        )
+        ack = self._ask({"type": "key_delivery", "sealed": delivery.hex()}, "key_ack")
+        receipt = unseal(sealing.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
+        self.keystore.save(
+            AppKeys(
+                host_id=self.host_id,
+                app_component_id=app.component_id,
+                app_device_key_half=keys.device_key_half_a.get_secret_value().hex(),
+                app_lct_key_half=keys.lct_key_half_a.get_secret_value().hex(),
+                pack_component_id=pack.component_id,
+                lct_id=created.record.lct_id,
+                pack_device_key_half=keys.device_key_half_b.get_secret_value().hex(),
+                link_dh_secret=shared.hex(),
+            )
+        )
+        link = self.link()
+        if receipt.get("link") != link.fingerprint:
+            raise AppError("bootstrap: the pack derived another link key than the app")
+        self._audit("keys.delivered", link=link.fingerprint, lct_id=created.record.lct_id)
+        return self.connect()
+
+    def link(self) -> LinkKey:
+        """The app link's key, rebuilt from the keystore."""
+        keys = self.keystore.load()
+        if keys is None or keys.app_device_key_half is None or keys.pack_device_key_half is None:
+            raise AppError("no app link keys in the keystore: bootstrap first")
+        assert keys.app_component_id and keys.pack_component_id and keys.link_dh_secret
+        return LinkKey(
+            bytes.fromhex(keys.app_device_key_half),
+            keys.app_component_id,
+            bytes.fromhex(keys.pack_device_key_half),
+            keys.pack_component_id,
+            bytes.fromhex(keys.link_dh_secret),
+        )
+
+    def connect(self) -> dict[str, Any]:
+        """Run the session handshake and check the upgraded channel (the communication test)."""
+        keys = self.keystore.load()
+        assert keys is not None and keys.app_component_id and keys.pack_component_id
+        self.endpoint.session = None
+        initiator = Initiator(self.link(), keys.app_component_id, keys.pack_component_id)
+        response = self._ask(
+            {"type": "handshake_init", "data": initiator.start().hex()},
+            "handshake_response",
+            plain=True,
+        )
+        finish, session = initiator.on_response(bytes.fromhex(response["data"]))
+        self.endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
+        self.endpoint.session = session  # the answer must come sealed under the new session
+        answer = self.endpoint.recv(REPLY_TIMEOUT_S)
+        if answer is None or answer["type"] != "upgraded":
+            self.endpoint.session = None
+            raise AppError(f"connect: the upgraded channel did not answer ({answer})")
+        self._audit(
+            "session.established", link=self.link().fingerprint, level=int(answer["security_level"])
+        )
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        """The pack's device information, sealed once the channel is upgraded."""
+        return self.discover()

@@ -1,0 +1,148 @@
+"""App and pack controller end to end on a virtual CAN 1, with the real embedded API-Bridge."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import can
+import pytest
+
+from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
+from modbatt.app import App, AppError
+from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.isotp_link import MessageChannel
+from modbatt.pack import PackController, PackControllerRuntime, PackState
+from modbatt.stores import AuditLog
+from modbatt.transport import CanPort
+from tests.api_bridge_server import BridgeProcess
+
+
+@dataclass
+class System:
+    app: App
+    pack: PackController
+    runtime: PackControllerRuntime
+    recorded: can.BufferedReader
+    bridge: ApiBridgeClient
+    audit: AuditLog
+
+
+@pytest.fixture(scope="module")
+def api_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    server = BridgeProcess(tmp_path_factory.mktemp("bridge") / "bridge.sqlite3").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def system(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[System]:
+    channel = f"modbatt-can1-{uuid.uuid4().hex[:8]}"
+    app_port = CanPort(can.Bus(interface="virtual", channel=channel), "app")
+    pack_port = CanPort(can.Bus(interface="virtual", channel=channel), "pack")
+    listener_bus = can.Bus(interface="virtual", channel=channel)  # a passive listener
+    recorded = can.BufferedReader()
+    listener = can.Notifier(listener_bus, [recorded])
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    bridge = ApiBridgeClient(
+        ApiBridgeConfig(base_url=api_bridge.url, retry=RetryPolicy(attempts=2))
+    )
+    pack = PackController(
+        serial=f"PACK-{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "pack", audit=audit
+    )
+    runtime = PackControllerRuntime(
+        pack,
+        ControlEndpoint(
+            MessageChannel(pack_port, PACK_TO_APP, APP_TO_PACK), PACK_TO_APP, APP_TO_PACK
+        ),
+    ).start()
+    app = App(
+        tmp_path / "app",
+        ControlEndpoint(
+            MessageChannel(app_port, APP_TO_PACK, PACK_TO_APP), APP_TO_PACK, PACK_TO_APP
+        ),
+        bridge,
+        audit,
+    )
+    yield System(app, pack, runtime, recorded, bridge, audit)
+    runtime.stop()
+    app.endpoint.channel.close()
+    runtime.endpoint.channel.close()
+    listener.stop()
+    listener_bus.shutdown()
+    bridge.close()
+    app_port.close()
+    pack_port.close()
+
+
+def test_discovery_of_a_factory_default_pack(system: System) -> None:
+    info = system.app.discover()
+    assert info["state"] == PackState.FACTORY_DEFAULT
+    assert info["security_level"] == 0 and not info["registered"]
+    assert info["capabilities"]["max_modules"] == 31
+
+
+def test_bootstrap_upgrades_the_app_link(system: System) -> None:
+    upgraded = system.app.bootstrap()
+    assert upgraded["security_level"] == 1
+    assert upgraded["state"] == PackState.BOOTSTRAP_COMPLETE
+    status = system.app.status()  # now asked and answered sealed
+    assert status["state"] == PackState.BOOTSTRAP_COMPLETE and status["links"]["can1"]
+    assert system.app.endpoint.last_sealed
+    assert system.audit.verify() is None
+    events = [line for line in system.audit.path.read_text().splitlines()]
+    assert any('"keys.stored"' in line for line in events)
+
+
+def test_no_key_half_crosses_the_bus(system: System) -> None:
+    system.app.bootstrap()
+    keys = system.app.keystore.load()
+    assert keys is not None and keys.lct_id is not None
+    recovered = system.bridge.recover_lct_keys(keys.lct_id)
+    secrets = [
+        h.get_secret_value()
+        for h in (
+            recovered.device_key_half_a,
+            recovered.lct_key_half_a,
+            recovered.device_key_half_b,
+            recovered.lct_key_half_b,
+        )
+    ]
+    wire = b""
+    while (message := system.recorded.get_message(timeout=0.2)) is not None:
+        wire += bytes(message.data)
+    assert len(wire) > 500  # the whole bootstrap was recorded
+    for secret in secrets:
+        for start in range(0, 64 - 7, 8):  # not even 8 bytes of any half, in any frame
+            assert secret[start : start + 8] not in wire
+        assert secret.hex().encode()[:16] not in wire
+
+
+def test_both_sides_reconnect_after_a_restart(system: System, tmp_path: Path) -> None:
+    system.app.bootstrap()
+    # the pack reboots: a new controller on the same flash, no session
+    system.runtime.controller = reborn = PackController(system.pack.serial, tmp_path / "pack")
+    system.runtime.endpoint.session = None
+    assert reborn.state == PackState.BOOTSTRAP_COMPLETE and reborn.security_level == 0
+    assert system.app.connect()["security_level"] == 1
+
+
+def test_a_second_bootstrap_is_refused(system: System) -> None:
+    system.app.bootstrap()
+    with pytest.raises(AppError, match="not Factory Default"):
+        system.app.bootstrap()
+
+
+def test_a_corrupt_flash_is_reported_as_factory_state(system: System, tmp_path: Path) -> None:
+    system.app.bootstrap()
+    for slot in system.pack.flash_store.slots.slots:
+        if slot.exists():
+            slot.write_bytes(slot.read_bytes()[:-1] + b"\x00")
+    system.runtime.controller = PackController(system.pack.serial, tmp_path / "pack")
+    system.runtime.endpoint.session = None
+    system.app.endpoint.session = None
+    info = system.app.discover()
+    assert info["state"] == PackState.FACTORY_DEFAULT
+    assert "no slot verifies" in info["flash_problem"]
