@@ -142,7 +142,7 @@ def test_a_corrupt_flash_is_reported_as_factory_state(system: System, tmp_path: 
             slot.write_bytes(slot.read_bytes()[:-1] + b"\x00")
     system.runtime.controller = PackController(system.pack.serial, tmp_path / "pack")
     system.runtime.endpoint.session = None
-    system.app.endpoint.session = None
+    system.app.session = None
     info = system.app.discover()
     assert info["state"] == PackState.FACTORY_DEFAULT
     assert "no slot verifies" in info["flash_problem"]

@@ -52,6 +52,7 @@ class App:
     def __post_init__(self) -> None:
         self.keystore = app_keystore(self.state_dir)
         self.host_id = host_id(self.keystore)
+        self._session: Session | None = None
 
     def _audit(self, event: str, **fields: str | int | bool | None) -> None:
         if self.audit is not None:
@@ -71,7 +72,12 @@ class App:
     @property
     def session(self) -> Session | None:
         """The app link's session, once the channel is upgraded."""
-        return self.endpoint.session
+        return self._session
+
+    @session.setter
+    def session(self, session: Session | None) -> None:
+        self._session = session
+        self.endpoint.session = session
 
     def discover(self) -> dict[str, Any]:
         """Ask the pack who and how it is (plain when no session is up)."""
@@ -158,7 +164,7 @@ class App:
         """Run the session handshake and check the upgraded channel (the communication test)."""
         keys = self.keystore.load()
         assert keys is not None and keys.app_component_id and keys.pack_component_id
-        self.endpoint.session = None
+        self.session = None
         initiator = Initiator(self.link(), keys.app_component_id, keys.pack_component_id)
         response = self._ask(
             {"type": "handshake_init", "data": initiator.start().hex()},
@@ -167,10 +173,10 @@ class App:
         )
         finish, session = initiator.on_response(bytes.fromhex(response["data"]))
         self.endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
-        self.endpoint.session = session  # the answer must come sealed under the new session
+        self.session = session  # the answer must come sealed under the new session
         answer = self.endpoint.recv(REPLY_TIMEOUT_S)
         if answer is None or answer["type"] != "upgraded":
-            self.endpoint.session = None
+            self.session = None
             raise AppError(f"connect: the upgraded channel did not answer ({answer})")
         self._audit(
             "session.established", link=self.link().fingerprint, level=int(answer["security_level"])

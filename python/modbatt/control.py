@@ -16,9 +16,9 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from modbatt import Session, compose_id
+from modbatt import Gateway, compose_id
 from modbatt.errors import FrameRejectedError, ModbattError
 from modbatt.isotp_link import MessageChannel
 
@@ -35,6 +35,37 @@ PLAIN_ALWAYS = frozenset(
     {"discover", "device_info", "handshake_init", "handshake_response", "handshake_finish", "error"}
 )
 """Types accepted in plain even on an upgraded link: discovery and recovery need them."""
+
+
+class MessageSealer(Protocol):
+    """What seals control messages: a `Session`, or a gateway link (`GatewayLink`)."""
+
+    def seal_message(self, stream: int, data: bytes) -> bytes:
+        """Seal `data` on `stream`."""
+        ...
+
+    def open_message(self, stream: int, data: bytes) -> bytes:
+        """Open `data` received on `stream`."""
+        ...
+
+
+@dataclass(frozen=True)
+class GatewayLink:
+    """A link's session that lives in a gateway, sealing and opening control messages too.
+
+    The frame path needs the session in the gateway; control messages use it there.
+    """
+
+    gateway: Gateway
+    link: int
+
+    def seal_message(self, stream: int, data: bytes) -> bytes:
+        """Seal with the link's session."""
+        return self.gateway.seal_message(self.link, stream, data)
+
+    def open_message(self, stream: int, data: bytes) -> bytes:
+        """Open with the link's session."""
+        return self.gateway.open_message(self.link, stream, data)
 
 
 class ControlError(ModbattError):
@@ -66,7 +97,7 @@ class ControlEndpoint:
     channel: MessageChannel
     stream: int  # the logical id our sealed messages are bound to (our transmit id)
     peer_stream: int  # the peer's
-    session: Session | None = None
+    session: MessageSealer | None = None
     dropped: Counter[str] = field(default_factory=Counter)
     last_sealed: bool = False  # whether the last accepted message came sealed
 

@@ -27,7 +27,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from modbatt import Gateway, LinkKey, Session
+from modbatt import Gateway, LinkKey
 from modbatt.bootstrap import (
     ACK_LABEL,
     DELIVERY_LABEL,
@@ -37,7 +37,7 @@ from modbatt.bootstrap import (
     seal,
     unseal,
 )
-from modbatt.control import PLAIN_ALWAYS, ControlEndpoint
+from modbatt.control import PLAIN_ALWAYS, ControlEndpoint, GatewayLink
 from modbatt.handshake import HandshakeError, Responder
 from modbatt.keystores import PackFlash, TypedStore, pack_flash
 from modbatt.stores import AuditLog, StoreCorruptError
@@ -66,9 +66,8 @@ class PackController:
     flash_store: TypedStore[PackFlash] = field(init=False)
     flash: PackFlash | None = field(init=False, default=None)
     flash_problem: str | None = field(init=False, default=None)
-    app_session: Session | None = field(init=False, default=None)
-    module_sessions: dict[int, Session] = field(init=False, default_factory=dict)
     gateway: Gateway = field(init=False, default_factory=Gateway)
+    paired_links: set[int] = field(init=False, default_factory=set)  # module ids with a session
 
     def __post_init__(self) -> None:
         self.flash_store = pack_flash(self.state_dir)
@@ -101,15 +100,26 @@ class PackController:
             return PackState.FACTORY_DEFAULT
         if not self.flash.modules:
             return PackState.BOOTSTRAP_COMPLETE
-        all_up = self.app_session is not None and len(self.module_sessions) >= len(
-            self.flash.modules
-        )
+        all_up = self.app_link_up and len(self.module_links()) >= len(self.flash.modules)
         return PackState.OPERATIONAL if all_up else PackState.PAIRED
+
+    @property
+    def app_link_up(self) -> bool:
+        """Whether the app link has a session (CAN 1 encrypted)."""
+        return self.gateway.has_session(APP_LINK)
+
+    def module_links(self) -> list[int]:
+        """The module ids whose link has a session (CAN 2 encrypted for them)."""
+        return [m for m in sorted(self.paired_links) if self.gateway.has_session(m)]
+
+    def app_sealer(self) -> GatewayLink | None:
+        """What seals control messages to the app: the app link's session, in the gateway."""
+        return GatewayLink(self.gateway, APP_LINK) if self.app_link_up else None
 
     @property
     def security_level(self) -> int:
         """0 none, 1 CAN 1 encrypted, 2 CAN 2 encrypted, 3 both."""
-        return (1 if self.app_session is not None else 0) | (2 if self.module_sessions else 0)
+        return (1 if self.app_link_up else 0) | (2 if self.module_links() else 0)
 
     def device_info(self) -> dict[str, Any]:
         """What discovery reports."""
@@ -121,7 +131,7 @@ class PackController:
             "state": int(self.state),
             "state_name": self.state.name.replace("_", " ").title(),
             "security_level": self.security_level,
-            "links": {"can1": self.app_session is not None, "can2": bool(self.module_sessions)},
+            "links": {"can1": self.app_link_up, "can2": bool(self.module_links())},
             "capabilities": {"max_modules": 31, "can_fd": False, "protocol": 1},
             "paired_modules": 0 if self.flash is None else len(self.flash.modules),
             "flash_problem": self.flash_problem,
@@ -206,8 +216,7 @@ class PackController:
     def _handshake_init(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.flash is None:
             raise HandshakeError("no keys in flash: the pack is in factory state")
-        self.app_session = None  # a new handshake replaces the session
-        self.gateway.remove_session(APP_LINK)
+        self.gateway.remove_session(APP_LINK)  # a new handshake replaces the session
         self._handshake = Responder(
             self.app_link(), self.flash.pack_component_id, self.flash.app_component_id
         )
@@ -217,7 +226,9 @@ class PackController:
     def _handshake_finish(self, message: dict[str, Any]) -> dict[str, Any]:
         if self._handshake is None:
             raise HandshakeError("FINISH without INIT")
-        self.app_session = self._handshake.on_finish(bytes.fromhex(message["data"]))
+        self.gateway.install_session(
+            APP_LINK, self._handshake.on_finish(bytes.fromhex(message["data"]))
+        )
         self._handshake = None
         self._audit("session.established", link="app", level=self.security_level)
         return {"type": "upgraded", "security_level": self.security_level, "state": int(self.state)}
@@ -241,7 +252,7 @@ class PackControllerRuntime:
             answer = self.controller.handle(message)
             # The session that the answer travels under: a handshake answer goes plain (the
             # old session is being replaced), "upgraded" goes under the new one.
-            self.endpoint.session = self.controller.app_session
+            self.endpoint.session = self.controller.app_sealer()
             if answer is None:
                 continue
             plain = not answered_sealed and answer["type"] in PLAIN_ALWAYS

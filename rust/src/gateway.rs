@@ -20,6 +20,9 @@ pub struct Forward {
     pub bus: u8,
     /// The frames to send there, in order.
     pub frames: Sealed,
+    /// The message as it was opened (logical id, plaintext), for the gateway's owner: the
+    /// pack controller keeps its module table from the same frames it bridges.
+    pub plain: Frame,
 }
 
 /// Counters of the gateway as a whole.
@@ -169,6 +172,17 @@ impl Gateway {
         Ok(Some(Forward {
             bus: rule.dst_bus,
             frames,
+            plain,
         }))
+    }
+
+    /// Seal a message with a link's session (see `Session::seal_message`).
+    pub fn seal_message(&mut self, link: LinkId, stream: u32, payload: &[u8]) -> Result<Vec<u8>> {
+        self.session_mut(link)?.seal_message(stream, payload)
+    }
+
+    /// Open a message with a link's session (see `Session::open_message`).
+    pub fn open_message(&mut self, link: LinkId, stream: u32, data: &[u8]) -> Result<Vec<u8>> {
+        self.session_mut(link)?.open_message(stream, data)
     }
 }

@@ -175,6 +175,66 @@ impl Gateway {
         })
     }
 
+    /// Like `step`, and also the opened message `(logical id, plaintext)` (None when the
+    /// frame was held or dropped), for the pack's own use of what it bridges.
+    #[allow(clippy::type_complexity)]
+    fn step_tap<'py>(
+        &mut self,
+        py: Python<'py>,
+        bus: u8,
+        can_id: u32,
+        data: &[u8],
+    ) -> (
+        Vec<(u8, u32, Bound<'py, PyBytes>)>,
+        Option<(u32, Bound<'py, PyBytes>)>,
+    ) {
+        match self.inner.step(bus, can_id, data) {
+            Ok(Some(forward)) => (
+                forward
+                    .frames
+                    .frames()
+                    .iter()
+                    .map(|f| (forward.bus, f.id, PyBytes::new(py, f.payload())))
+                    .collect(),
+                Some((forward.plain.id, PyBytes::new(py, forward.plain.payload()))),
+            ),
+            Ok(None) | Err(_) => (Vec::new(), None),
+        }
+    }
+
+    /// Seal a message with link `link`'s session.
+    fn seal_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        link: LinkId,
+        stream: u32,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(
+            py,
+            &self.inner.seal_message(link, stream, data)?,
+        ))
+    }
+
+    /// Open a message with link `link`'s session.
+    fn open_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        link: LinkId,
+        stream: u32,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(
+            py,
+            &self.inner.open_message(link, stream, data)?,
+        ))
+    }
+
+    /// Whether link `link` has a live session.
+    fn has_session(&self, link: LinkId) -> bool {
+        self.inner.session(link).is_some_and(|s| !s.is_expired())
+    }
+
     /// Step a batch: buses, ids, lens (N) and data (N × 64) -> out buses, ids, lens, data
     /// (M × 64) and a status per input frame.
     fn step_batch<'py>(
