@@ -16,15 +16,17 @@ Refusals by the pack come back as :class:`AppError` naming the step.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modbatt import LinkKey, Session
+from modbatt import LinkKey, Session, is_encrypted, logical_id
 from modbatt.api_bridge.client import ApiBridgeClient
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
+from modbatt.catalogue import catalogue
 from modbatt.control import ControlEndpoint
-from modbatt.errors import ModbattError
+from modbatt.errors import FrameRejectedError, ModbattError
 from modbatt.handshake import Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
 from modbatt.stores import AuditLog
@@ -53,14 +55,24 @@ class App:
         self.keystore = app_keystore(self.state_dir)
         self.host_id = host_id(self.keystore)
         self._session: Session | None = None
+        self.telemetry: dict[int, dict[str, dict[str, Any]]] = {}
+        self.telemetry_frames = 0
+        self.dropped: Counter[str] = Counter()
 
     def _audit(self, event: str, **fields: str | int | bool | None) -> None:
         if self.audit is not None:
             self.audit.record(event, role="app", host=self.host_id, **fields)
 
-    def _ask(self, message: dict[str, Any], expect: str, *, plain: bool = False) -> dict[str, Any]:
+    def _ask(
+        self,
+        message: dict[str, Any],
+        expect: str,
+        *,
+        plain: bool = False,
+        timeout_s: float = REPLY_TIMEOUT_S,
+    ) -> dict[str, Any]:
         self.endpoint.send(message, plain=plain)
-        answer = self.endpoint.recv(REPLY_TIMEOUT_S)
+        answer = self.endpoint.recv(timeout_s)
         if answer is None:
             raise AppError(f"{message['type']}: no answer from the pack controller")
         if answer["type"] == "error":
@@ -182,6 +194,63 @@ class App:
             "session.established", link=self.link().fingerprint, level=int(answer["security_level"])
         )
         return answer
+
+    def pair(self, unique_id: int) -> dict[str, Any]:
+        """Pair a registered module (seed Workflow A).
+
+        Register it, create the pack-module LCT, and hand its keys to the pack, sealed; the
+        pack pairs the module on CAN 2.
+        """
+        keys = self.keystore.load()
+        if keys is None or keys.pack_component_id is None or self.session is None:
+            raise AppError("pair: bootstrap and connect first")
+        module = self.bridge.register_component(f"MODBATT-MODULE-{unique_id}", "battery module")
+        created = self.bridge.create_lct(keys.pack_component_id, module.component_id, "pack-module")
+        halves = created.keys
+        self._audit(
+            "lct.created",
+            lct_id=created.record.lct_id,
+            pack=keys.pack_component_id,
+            module=module.component_id,
+        )
+        result = self._ask(
+            {
+                "type": "pair_module",
+                "unique_id": unique_id,
+                "module_component_id": module.component_id,
+                "lct_id": created.record.lct_id,
+                "pack_device_key_half": halves.device_key_half_a.get_secret_value().hex(),
+                "pack_lct_key_half": halves.lct_key_half_a.get_secret_value().hex(),
+                "module_device_key_half": halves.device_key_half_b.get_secret_value().hex(),
+                "module_lct_key_half": halves.lct_key_half_b.get_secret_value().hex(),
+            },
+            "pair_result",
+            timeout_s=10.0,
+        )
+        self._audit(
+            "module.paired",
+            unique_id=unique_id,
+            module_id=int(result["module_id"]),
+            link=str(result["link"]),
+        )
+        return result
+
+    def on_frame(self, can_id: int, data: bytes, _timestamp: float = 0.0) -> None:
+        """Telemetry bridged by the pack (sealed with the app link): open, decode, keep."""
+        session = self.session
+        if session is None or not is_encrypted(can_id) or not 0x500 <= (can_id >> 18) < 0x510:
+            return
+        try:
+            plain = session.open(can_id, data)
+        except FrameRejectedError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        if plain is None:
+            return
+        decoded = catalogue().decode(logical_id(can_id), plain)
+        if decoded is not None:
+            self.telemetry.setdefault(decoded.node, {})[decoded.name] = decoded.values
+            self.telemetry_frames += 1
 
     def status(self) -> dict[str, Any]:
         """The pack's device information, sealed once the channel is upgraded."""

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from modbatt import Gateway, LinkKey
+from modbatt import Gateway, LinkKey, Session, is_encrypted
 from modbatt.bootstrap import (
     ACK_LABEL,
     DELIVERY_LABEL,
@@ -37,10 +39,15 @@ from modbatt.bootstrap import (
     seal,
     unseal,
 )
-from modbatt.control import PLAIN_ALWAYS, ControlEndpoint, GatewayLink
-from modbatt.handshake import HandshakeError, Responder
-from modbatt.keystores import PackFlash, TypedStore, pack_flash
+from modbatt.control import APP_TO_PACK, PACK_TO_APP, PLAIN_ALWAYS, ControlEndpoint, GatewayLink
+from modbatt.handshake import HandshakeError, Initiator, Responder
+from modbatt.isotp_link import MessageChannel
+from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
+from modbatt.nodes import NodeLoop
+from modbatt.pack_modules import ModuleManager
+from modbatt.pairing import module_channel_ids, responder_id
 from modbatt.stores import AuditLog, StoreCorruptError
+from modbatt.transport import CanPort
 
 log = logging.getLogger("modbatt.pack")
 
@@ -68,6 +75,9 @@ class PackController:
     flash_problem: str | None = field(init=False, default=None)
     gateway: Gateway = field(init=False, default_factory=Gateway)
     paired_links: set[int] = field(init=False, default_factory=set)  # module ids with a session
+
+    pair_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(init=False, default=None)
+    modules_view: Callable[[], list[dict[str, Any]]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.flash_store = pack_flash(self.state_dir)
@@ -134,6 +144,7 @@ class PackController:
             "links": {"can1": self.app_link_up, "can2": bool(self.module_links())},
             "capabilities": {"max_modules": 31, "can_fd": False, "protocol": 1},
             "paired_modules": 0 if self.flash is None else len(self.flash.modules),
+            "modules": [] if self.modules_view is None else self.modules_view(),
             "flash_problem": self.flash_problem,
         }
 
@@ -165,6 +176,8 @@ class PackController:
                 return self._handshake_init(message)
             if kind == "handshake_finish":
                 return self._handshake_finish(message)
+            if kind == "pair_module" and self.pair_with is not None:
+                return self.pair_with(message)
         except (KeyAgreementError, HandshakeError, KeyError, ValueError) as exc:
             self._audit("control.refused", message=kind, reason=str(exc))
             return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
@@ -267,3 +280,220 @@ class PackControllerRuntime:
         """Stop serving."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+MODULE_BASE_MASK = 0x7F0 << 18
+NODE_MASK = 0xFF
+TELEMETRY_BASE = 0x500 << 18  # module -> pack messages, 0x500-0x50F
+COMMAND_BASE = 0x510 << 18  # pack -> module messages, 0x510-0x51F
+CAN1, CAN2 = 0, 1
+
+
+def routing_rules(gateway: Gateway, paired: list[int]) -> None:
+    """The pack's routing table: paired modules' links first, then plain module traffic.
+
+    Module telemetry (0x500-0x50F) from CAN 2 goes to CAN 1 sealed with the app link: opened
+    with the module's link when it is paired, taken plain otherwise; app commands to modules
+    (0x510-0x51F) go the other way. Anything else is dropped (default deny).
+    """
+    gateway.clear_rules()
+    node = MODULE_BASE_MASK | NODE_MASK
+    for module_id in paired:
+        gateway.add_rule(
+            CAN2, TELEMETRY_BASE | module_id, node, CAN1, inbound=module_id, outbound=APP_LINK
+        )
+        gateway.add_rule(
+            CAN1, COMMAND_BASE | module_id, node, CAN2, inbound=APP_LINK, outbound=module_id
+        )
+    gateway.add_rule(CAN2, TELEMETRY_BASE, MODULE_BASE_MASK, CAN1, outbound=APP_LINK)
+    gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
+
+
+class PackRuntime:
+    """The whole pack controller on its two buses: control channel, module side, gateway."""
+
+    def __init__(self, controller: PackController, can1: CanPort, can2: CanPort) -> None:
+        self.controller = controller
+        self.can1, self.can2 = can1, can2
+        self.manager = ModuleManager()
+        self.module_loop = NodeLoop(can2, [self.manager])
+        endpoint = ControlEndpoint(
+            MessageChannel(can1, PACK_TO_APP, APP_TO_PACK), PACK_TO_APP, APP_TO_PACK
+        )
+        self.control = PackControllerRuntime(controller, endpoint)
+        controller.pair_with = self.pair_module
+        controller.modules_view = self.modules_view
+        self._restore_module_links()
+        routing_rules(controller.gateway, sorted(controller.paired_links))
+        can1.subscribe(self._from_app)
+        can2.subscribe(self._from_modules)
+
+    def start(self) -> PackRuntime:
+        """Start the control channel and the module side."""
+        self.module_loop.start()
+        self.control.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop both."""
+        self.control.stop()
+        self.module_loop.stop()
+        self.control.endpoint.channel.close()
+
+    def _restore_module_links(self) -> None:
+        """After a restart, paired modules come back as their sessions are re-established."""
+        self.controller.paired_links.clear()
+
+    def modules_view(self) -> list[dict[str, Any]]:
+        """The module table as device_info reports it."""
+        with self.module_loop.lock:
+            entries = self.manager.snapshot()
+        paired = set(self.controller.module_links())
+        return [
+            {
+                "module_id": m.module_id,
+                "unique_id": m.unique_id,
+                "online": m.online,
+                "paired": m.module_id in paired,
+                "state": m.state_name,
+            }
+            for m in entries
+        ]
+
+    # --- the gateway, frame by frame --------------------------------------------------------
+
+    def _send(self, outputs: list[tuple[int, int, bytes]]) -> None:
+        for bus, can_id, data in outputs:
+            (self.can1 if bus == CAN1 else self.can2).send(can_id, data)
+
+    def _from_modules(self, can_id: int, data: bytes, _timestamp: float) -> None:
+        outputs, plain = self.controller.gateway.step_tap(CAN2, can_id, data)
+        self._send(outputs)
+        if plain is not None and is_encrypted(can_id):
+            # The module table is kept from the same frames the gateway opened and bridged.
+            with self.module_loop.lock:
+                replies = self.manager.on_frame(plain[0], plain[1], time.monotonic())
+            for reply_id, reply in replies:
+                self.can2.send(reply_id, reply)
+
+    def _from_app(self, can_id: int, data: bytes, _timestamp: float) -> None:
+        if is_encrypted(can_id):
+            self._send(self.controller.gateway.step(CAN1, can_id, data))
+
+    # --- pairing (seed Workflow A) ----------------------------------------------------------
+
+    def pair_module(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Pair a registered module with the keys the app delivered (sealed)."""
+        controller = self.controller
+        flash = controller.flash
+        if flash is None:
+            raise KeyAgreementError("not bootstrapped")
+        unique_id = int(message["unique_id"])
+        with self.module_loop.lock:
+            entry = self.manager.by_unique_id(unique_id)
+        if entry is None or not entry.online:
+            raise KeyAgreementError(f"module {unique_id} is not registered and online")
+        module_id = entry.module_id
+        to_module, to_pack = module_channel_ids(module_id)
+        endpoint = ControlEndpoint(
+            MessageChannel(self.can2, to_module, to_pack, timeout_s=0.5), to_module, to_pack
+        )
+        try:
+            link, session = self._pair_over(endpoint, flash, message, unique_id)
+        finally:
+            endpoint.channel.close()
+        controller.gateway.install_session(module_id, session)
+        paired = PairedModule(
+            module_component_id=message["module_component_id"],
+            pack_device_key_half=message["pack_device_key_half"],
+            pack_lct_key_half=message["pack_lct_key_half"],
+            module_device_key_half=message["module_device_key_half"],
+            dh_secret=self._last_dh.hex(),
+            lct_id=message["lct_id"],
+        )
+        record = flash.model_copy(
+            update={"modules": {**flash.modules, paired.module_component_id: paired}}
+        )
+        controller.flash_store.save(record)
+        controller.flash = record
+        controller.paired_links.add(module_id)
+        routing_rules(controller.gateway, sorted(controller.paired_links))
+        controller._audit(
+            "module.paired",
+            module_id=module_id,
+            unique_id=unique_id,
+            link=link.fingerprint,
+            lct_id=paired.lct_id,
+        )
+        return {
+            "type": "pair_result",
+            "module_id": module_id,
+            "unique_id": unique_id,
+            "link": link.fingerprint,
+            "state": int(controller.state),
+            "security_level": controller.security_level,
+        }
+
+    def _pair_over(
+        self, endpoint: ControlEndpoint, flash: PackFlash, message: dict[str, Any], unique_id: int
+    ) -> tuple[LinkKey, Session]:
+        def ask(request: dict[str, Any], expect: str) -> dict[str, Any]:
+            endpoint.send(request, plain=True)
+            answer = endpoint.recv(2.0)
+            if answer is None or answer["type"] != expect:
+                raise KeyAgreementError(f"pairing: expected {expect}, got {answer}")
+            return answer
+
+        ephemeral = Ephemeral()
+        hello = ask(
+            {
+                "type": "pair_hello",
+                "pack_id": flash.pack_component_id,
+                "public_key": ephemeral.public.hex(),
+            },
+            "pair_hello_ack",
+        )
+        module_public = bytes.fromhex(hello["public_key"])
+        shared = ephemeral.shared_secret(module_public)
+        keys = delivery_keys(
+            shared,
+            flash.pack_component_id,
+            responder_id(unique_id),
+            ephemeral.public,
+            module_public,
+        )
+        delivery = seal(
+            keys.delivery,
+            DELIVERY_LABEL,
+            {
+                "module_component_id": message["module_component_id"],
+                "module_device_key_half": message["module_device_key_half"],
+                "module_lct_key_half": message["module_lct_key_half"],
+                "pack_device_key_half": message["pack_device_key_half"],
+                "pack_component_id": flash.pack_component_id,
+            },
+        )
+        ack = ask({"type": "pair_delivery", "sealed": delivery.hex()}, "pair_ack")
+        receipt = unseal(keys.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
+        link = LinkKey(
+            bytes.fromhex(message["pack_device_key_half"]),
+            flash.pack_component_id,
+            bytes.fromhex(message["module_device_key_half"]),
+            message["module_component_id"],
+            shared,
+        )
+        if receipt.get("link") != link.fingerprint:
+            raise KeyAgreementError("pairing: the module derived another link key")
+        initiator = Initiator(link, flash.pack_component_id, message["module_component_id"])
+        response = ask(
+            {"type": "handshake_init", "data": initiator.start().hex()}, "handshake_response"
+        )
+        finish, session = initiator.on_response(bytes.fromhex(response["data"]))
+        endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
+        endpoint.session = session
+        upgraded = endpoint.recv(2.0)
+        endpoint.session = None
+        if upgraded is None or upgraded["type"] != "upgraded":
+            raise KeyAgreementError("pairing: the module's upgraded channel did not answer")
+        self._last_dh = shared
+        return link, session

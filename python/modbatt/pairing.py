@@ -1,0 +1,253 @@
+"""Module pairing (seed Workflow A) on the module bus, and the module's encrypted operation.
+
+The pack controller pairs a registered module over the module's ISO-TP channel (base 0x530
+pack -> module, 0x531 module -> pack, node = module id), after the app delivered the keys
+of their LCT through the sealed control channel:
+
+```text
+pack                                             module (registered, id m)
+ pair_hello {pack_id, public_key}           ->
+                                            <-   pair_hello_ack {public_key, unique_id}
+ pair_delivery {sealed: module halves, pack device half, component ids}  ->
+                                                 module flash
+                                            <-   pair_ack {sealed: link fingerprint}
+ handshake_init / _response / _finish (docs/PROTOCOL.md §2.3)
+                                            <-   upgraded (sealed under the new session)
+```
+
+Once paired, a module seals everything it sends except its ANNOUNCEMENT, opens what the pack
+seals for it, and drops plain commands addressed to it (counted as downgrades); the pack's
+broadcasts (MAX_STATE, SET_TIME, ANNOUNCE_REQUEST, ALL_DEREGISTER, ALL_ISOLATE) and
+REGISTRATION stay plain: every module must understand them, and a paired module has no key
+in common with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modbatt import LinkKey, Session, compose_id, frames_of, is_encrypted, logical_id
+from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
+from modbatt.catalogue import ANNOUNCEMENT, catalogue
+from modbatt.control import ControlEndpoint
+from modbatt.errors import FrameRejectedError
+from modbatt.handshake import HandshakeError, Responder
+from modbatt.isotp_link import MessageChannel
+from modbatt.keystores import ModuleFlash, module_flash
+from modbatt.module_sim import BatteryModule
+from modbatt.nodes import Frames, NodeLoop
+from modbatt.transport import CanPort
+
+log = logging.getLogger("modbatt.pairing")
+
+PACK_TO_MODULE = 0x530
+MODULE_TO_PACK = 0x531
+PLAIN_TO_PAIRED = frozenset(
+    {"MAX_STATE", "SET_TIME", "ANNOUNCE_REQUEST", "ALL_DEREGISTER", "ALL_ISOLATE", "REGISTRATION"}
+)
+
+
+def module_channel_ids(module_id: int) -> tuple[int, int]:
+    """(pack -> module, module -> pack) ISO-TP ids of a module's pairing channel."""
+    return compose_id(PACK_TO_MODULE, module_id), compose_id(MODULE_TO_PACK, module_id)
+
+
+def responder_id(unique_id: int) -> str:
+    """The name a module goes by in the pairing's key derivation, before it has keys."""
+    return f"module-{unique_id}"
+
+
+@dataclass
+class SecureModule:
+    """A simulated module with its pairing state: a `Node` wrapping `BatteryModule`."""
+
+    module: BatteryModule
+    state_dir: Path | None = None
+    session: Session | None = None
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.flash = None if self.state_dir is None else module_flash(self.state_dir)
+
+    def on_frame(self, can_id: int, data: bytes, now: float) -> Frames:
+        """Open sealed frames for this module; refuse plain commands once paired."""
+        if is_encrypted(can_id):
+            if self.session is None:
+                return []
+            try:
+                plain = self.session.open(can_id, data)
+            except FrameRejectedError as exc:
+                # Frames sealed for other modules land here too: only our own id counts.
+                if (can_id & 0xFF) == self.module.module_id:
+                    self.dropped[exc.reason] += 1
+                return []
+            if plain is None:
+                return []
+            return self._seal(self.module.on_frame(logical_id(can_id), plain, now))
+        if self.session is not None:
+            decoded = catalogue().decode(can_id, data)
+            if decoded is not None and decoded.name not in PLAIN_TO_PAIRED:
+                if decoded.node == self.module.module_id:
+                    self.dropped["downgrade"] += 1
+                return []
+        return self._seal(self.module.on_frame(can_id, data, now))
+
+    def tick(self, now: float) -> Frames:
+        """The module's periodic frames, sealed once paired."""
+        return self._seal(self.module.tick(now))
+
+    def _seal(self, frames: Frames) -> Frames:
+        if self.session is None or self.module.module_id is None:
+            return frames
+        out: Frames = []
+        for can_id, data in frames:
+            decoded = catalogue().decode(can_id, data)
+            if decoded is not None and decoded.name == ANNOUNCEMENT:
+                out.append((can_id, data))  # announcements stay plain: registration needs them
+            else:
+                out.extend(frames_of(self.session.seal(can_id, data)))
+        return out
+
+
+class PairingAgent:
+    """The module side of pairing: one thread serving the pairing channels of its modules."""
+
+    def __init__(self, port: CanPort, modules: list[SecureModule], loop: NodeLoop) -> None:
+        self.port = port
+        self.modules = modules
+        self.loop = loop
+        self._channels: dict[int, tuple[int, ControlEndpoint]] = {}  # unique id -> (id, ep)
+        self._state: dict[int, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pairing", daemon=True)
+
+    def start(self) -> PairingAgent:
+        """Start serving."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the channels."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for _, endpoint in self._channels.values():
+            endpoint.channel.close()
+
+    def _endpoint(self, secure: SecureModule) -> ControlEndpoint | None:
+        module_id = secure.module.module_id
+        unique = secure.module.config.unique_id
+        current = self._channels.get(unique)
+        if current is not None and current[0] == module_id:
+            return current[1]
+        if current is not None:
+            current[1].channel.close()
+            del self._channels[unique]
+        if module_id is None:
+            return None
+        to_module, to_pack = module_channel_ids(module_id)
+        endpoint = ControlEndpoint(
+            MessageChannel(self.port, to_pack, to_module, timeout_s=0.5), to_pack, to_module
+        )
+        self._channels[unique] = (module_id, endpoint)
+        return endpoint
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = False
+            for secure in self.modules:
+                with self.loop.lock:
+                    endpoint = self._endpoint(secure)
+                if endpoint is None:
+                    continue
+                message = endpoint.recv(0.01)
+                if message is None:
+                    continue
+                busy = True
+                with self.loop.lock:
+                    answer = self._handle(secure, endpoint, message)
+                if answer is not None:
+                    endpoint.send(answer, plain=answer["type"] != "upgraded")
+                    if answer["type"] == "upgraded":
+                        endpoint.session = None
+            if not busy:
+                self._stop.wait(0.02)
+
+    def _handle(
+        self, secure: SecureModule, endpoint: ControlEndpoint, message: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        unique = secure.module.config.unique_id
+        state = self._state.setdefault(unique, {})
+        kind = message["type"]
+        try:
+            if kind == "pair_hello":
+                ephemeral = Ephemeral()
+                pack_public = bytes.fromhex(message["public_key"])
+                state.update(
+                    ephemeral=ephemeral,
+                    pack_public=pack_public,
+                    pack_id=str(message["pack_id"]),
+                    shared=ephemeral.shared_secret(pack_public),
+                )
+                return {
+                    "type": "pair_hello_ack",
+                    "public_key": ephemeral.public.hex(),
+                    "unique_id": unique,
+                }
+            if kind == "pair_delivery":
+                keys = delivery_keys(
+                    state["shared"],
+                    state["pack_id"],
+                    responder_id(unique),
+                    state["pack_public"],
+                    state["ephemeral"].public,
+                )
+                payload = unseal(keys.delivery, DELIVERY_LABEL, bytes.fromhex(message["sealed"]))
+                record = ModuleFlash(
+                    module_component_id=payload["module_component_id"],
+                    module_device_key_half=payload["module_device_key_half"],
+                    module_lct_key_half=payload["module_lct_key_half"],
+                    pack_device_key_half=payload["pack_device_key_half"],
+                    pack_component_id=payload["pack_component_id"],
+                    dh_secret=state["shared"].hex(),
+                )
+                if secure.flash is not None:
+                    secure.flash.save(record)
+                state["record"] = record
+                link = _module_link(record)
+                ack = seal(keys.acknowledgement, ACK_LABEL, {"link": link.fingerprint})
+                return {"type": "pair_ack", "sealed": ack.hex()}
+            if kind == "handshake_init":
+                stored = state.get("record") or (secure.flash.load() if secure.flash else None)
+                if not isinstance(stored, ModuleFlash):
+                    raise HandshakeError("not paired")
+                state["record"] = record = stored
+                secure.session = None
+                responder = Responder(
+                    _module_link(record), record.module_component_id, record.pack_component_id
+                )
+                state["responder"] = responder
+                response = responder.on_init(bytes.fromhex(message["data"]))
+                return {"type": "handshake_response", "data": response.hex()}
+            if kind == "handshake_finish":
+                session = state.pop("responder").on_finish(bytes.fromhex(message["data"]))
+                secure.session = session
+                endpoint.session = session
+                return {"type": "upgraded", "unique_id": unique}
+        except (HandshakeError, KeyError, ValueError) as exc:
+            return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
+        return {"type": "error", "in_reply_to": kind, "reason": "unexpected message"}
+
+
+def _module_link(record: ModuleFlash) -> LinkKey:
+    return LinkKey(
+        bytes.fromhex(record.module_device_key_half),
+        record.module_component_id,
+        bytes.fromhex(record.pack_device_key_half),
+        record.pack_component_id,
+        bytes.fromhex(record.dh_secret),
+    )

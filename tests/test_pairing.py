@@ -1,0 +1,135 @@
+"""Workflow A end to end: bootstrap, module registration, pairing, encrypted module bus, and
+telemetry bridged to the app through the Rust gateway; on virtual buses with the real
+embedded API-Bridge."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import can
+import pytest
+
+from modbatt import is_encrypted
+from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
+from modbatt.app import App
+from modbatt.catalogue import catalogue
+from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.isotp_link import MessageChannel
+from modbatt.module_sim import modules_for
+from modbatt.nodes import NodeLoop
+from modbatt.pack import PackController, PackRuntime, PackState
+from modbatt.pairing import PairingAgent, SecureModule
+from modbatt.stores import AuditLog
+from modbatt.transport import CanPort
+from tests.api_bridge_server import BridgeProcess
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@dataclass
+class Lifecycle:
+    app: App
+    pack: PackRuntime
+    modules: list[SecureModule]
+    can2_log: can.BufferedReader
+
+
+@pytest.fixture(scope="module")
+def api_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    server = BridgeProcess(tmp_path_factory.mktemp("bridge") / "bridge.sqlite3").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
+    run = uuid.uuid4().hex[:8]
+    ports = {
+        name: CanPort(can.Bus(interface="virtual", channel=f"modbatt-{bus}-{run}"), name)
+        for name, bus in (
+            ("app", "can1"),
+            ("pack1", "can1"),
+            ("pack2", "can2"),
+            ("modules", "can2"),
+        )
+    }
+    listener_bus = can.Bus(interface="virtual", channel=f"modbatt-can2-{run}")
+    can2_log = can.BufferedReader()
+    listener = can.Notifier(listener_bus, [can2_log])
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    controller = PackController(serial=f"PACK-{run}", state_dir=tmp_path / "pack", audit=audit)
+    pack = PackRuntime(controller, ports["pack1"], ports["pack2"]).start()
+    modules = [
+        SecureModule(m, tmp_path / f"module-{m.config.unique_id}")
+        for m in modules_for(int(run[:4], 16) * 100, 2, 8, time.monotonic())
+    ]
+    module_loop = NodeLoop(ports["modules"], modules).start()
+    agent = PairingAgent(ports["modules"], modules, module_loop).start()
+    bridge = ApiBridgeClient(
+        ApiBridgeConfig(base_url=api_bridge.url, retry=RetryPolicy(attempts=2))
+    )
+    app = App(
+        tmp_path / "app",
+        ControlEndpoint(
+            MessageChannel(ports["app"], APP_TO_PACK, PACK_TO_APP), APP_TO_PACK, PACK_TO_APP
+        ),
+        bridge,
+        audit,
+    )
+    ports["app"].subscribe(app.on_frame)
+    yield Lifecycle(app, pack, modules, can2_log)
+    agent.stop()
+    module_loop.stop()
+    pack.stop()
+    app.endpoint.channel.close()
+    bridge.close()
+    listener.stop()
+    listener_bus.shutdown()
+    for port in ports.values():
+        port.close()
+
+
+def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: Lifecycle) -> None:
+    app, pack, modules = lifecycle.app, lifecycle.pack, lifecycle.modules
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    for module in modules:
+        result = app.pair(module.module.config.unique_id)
+        assert result["module_id"] == module.module.module_id
+        assert module.session is not None and module.flash is not None
+        assert module.flash.load() is not None
+    status = app.status()
+    assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
+    assert all(m["paired"] for m in status["modules"])
+    # telemetry from both modules reaches the app, decrypted, through two reseals
+    ids = {m.module.module_id for m in modules}
+    app.telemetry.clear()
+    assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)
+    assert app.telemetry_frames > 0 and not app.dropped
+    # and on CAN 2 every module frame now has E set, except announcements
+    time.sleep(0.5)
+    while lifecycle.can2_log.get_message(timeout=0) is not None:
+        pass
+    time.sleep(1.0)
+    plain_from_modules = []
+    while (message := lifecycle.can2_log.get_message(timeout=0)) is not None:
+        base = message.arbitration_id >> 18
+        if 0x500 <= base < 0x510 and not is_encrypted(message.arbitration_id):
+            decoded = catalogue().decode(message.arbitration_id, bytes(message.data))
+            assert decoded is not None
+            plain_from_modules.append(decoded.name)
+    assert set(plain_from_modules) <= {"ANNOUNCEMENT"}
+    # the pack's module table follows the modules through the gateway's tap
+    view = {m["module_id"]: m for m in app.status()["modules"]}
+    assert all(view[i]["online"] for i in ids)
