@@ -101,7 +101,7 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
 
 
 def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: Lifecycle) -> None:
-    app, pack, modules = lifecycle.app, lifecycle.pack, lifecycle.modules
+    app, modules = lifecycle.app, lifecycle.modules
     app.bootstrap()
     assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
     for module in modules:
