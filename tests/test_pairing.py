@@ -15,7 +15,7 @@ import pytest
 
 from modbatt import is_encrypted
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
-from modbatt.app import App
+from modbatt.app import App, AppError
 from modbatt.catalogue import catalogue
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.isotp_link import MessageChannel
@@ -43,6 +43,9 @@ class Lifecycle:
     pack: PackRuntime
     modules: list[SecureModule]
     can2_log: can.BufferedReader
+    ports: dict[str, CanPort]
+    state_dir: Path
+    bridge: ApiBridgeClient
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +91,11 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
         audit,
     )
     ports["app"].subscribe(app.on_frame)
-    yield Lifecycle(app, pack, modules, can2_log)
+    life = Lifecycle(app, pack, modules, can2_log, ports, tmp_path, bridge)
+    yield life
     agent.stop()
     module_loop.stop()
-    pack.stop()
+    life.pack.stop()
     app.endpoint.channel.close()
     bridge.close()
     listener.stop()
@@ -133,3 +137,32 @@ def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: L
     # the pack's module table follows the modules through the gateway's tap
     view = {m["module_id"]: m for m in app.status()["modules"]}
     assert all(view[i]["online"] for i in ids)
+
+
+def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> None:
+    app, modules = lifecycle.app, lifecycle.modules
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    for module in modules:
+        app.pair(module.module.config.unique_id)
+    keys = app.keystore.load()
+    assert keys is not None and keys.lct_id is not None
+    old_lct = keys.lct_id
+    # the pack's flash is lost; the pack restarts in Factory Default
+    lifecycle.pack.stop()
+    old = lifecycle.pack.controller
+    old.flash_store.erase()
+    reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
+    lifecycle.pack = PackRuntime(reborn, lifecycle.ports["pack1"], lifecycle.ports["pack2"]).start()
+    with pytest.raises(AppError, match="confirm"):
+        app.recover(confirm=False)
+    result = app.recover(confirm=True)
+    assert result["repaired_modules"] == 2
+    status = app.status()
+    assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
+    assert lifecycle.bridge.get_lct(old_lct).status == "revoked"
+    app.telemetry.clear()
+    ids = {m.module.module_id for m in modules}
+    assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)
+    assert app.audit is not None and app.audit.verify() is None
+    assert '"rebootstrap.confirmed"' in app.audit.path.read_text()

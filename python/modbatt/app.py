@@ -95,8 +95,12 @@ class App:
         """Ask the pack who and how it is (plain when no session is up)."""
         return self._ask({"type": "discover"}, "device_info", plain=self.session is None)
 
-    def bootstrap(self) -> dict[str, Any]:
-        """Bring a factory-default pack to Bootstrap Complete with an encrypted app link."""
+    def bootstrap(self, *, replaces: str | None = None) -> dict[str, Any]:
+        """Bring a factory-default pack to Bootstrap Complete with an encrypted app link.
+
+        With `replaces` (key recovery), the old app-pack LCT is revoked and replaced instead
+        of a new one being created.
+        """
         info = self.discover()
         if info["state"] != 1:
             raise AppError(
@@ -106,7 +110,10 @@ class App:
         serial = str(info["serial"])
         app = self.bridge.register_component(self.host_id, "modbatt app")
         pack = self.bridge.register_component(f"MODBATT-PACK-{serial}", "modbatt pack controller")
-        created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
+        if replaces is None:
+            created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
+        else:
+            created = self.bridge.replace_lct(replaces, "key recovery")
         keys = created.keys
         self._audit(
             "lct.created",
@@ -195,7 +202,7 @@ class App:
         )
         return answer
 
-    def pair(self, unique_id: int) -> dict[str, Any]:
+    def pair(self, unique_id: int, *, replaces: str | None = None) -> dict[str, Any]:
         """Pair a registered module (seed Workflow A).
 
         Register it, create the pack-module LCT, and hand its keys to the pack, sealed; the
@@ -227,6 +234,12 @@ class App:
             "pair_result",
             timeout_s=10.0,
         )
+        keys = self.keystore.load() or keys
+        self.keystore.save(
+            keys.model_copy(
+                update={"module_lcts": {**keys.module_lcts, str(unique_id): created.record.lct_id}}
+            )
+        )
         self._audit(
             "module.paired",
             unique_id=unique_id,
@@ -251,6 +264,42 @@ class App:
         if decoded is not None:
             self.telemetry.setdefault(decoded.node, {})[decoded.name] = decoded.values
             self.telemetry_frames += 1
+
+    def recover(self, *, confirm: bool) -> dict[str, Any]:
+        """Workflow C: bring back a pack that lost its keys.
+
+        A pack that still holds its keys only needs the channel upgrade again. A pack back in
+        Factory Default (lost or corrupt flash) needs a new bootstrap: that is never automatic
+        and needs the operator's `confirm`; it replaces the LCTs on the API-Bridge (the old
+        keys are revoked), delivers new keys in a fresh X25519 exchange, and pairs again every
+        module the app had paired.
+        """
+        self.session = None
+        info = self.discover()
+        if info["state"] != 1:
+            return self.connect()
+        if not confirm:
+            raise AppError(
+                "recover: the pack is in Factory Default"
+                + (f" ({info['flash_problem']})" if info.get("flash_problem") else "")
+                + "; a new bootstrap needs the operator's confirmation (--confirm-rebootstrap)"
+            )
+        keys = self.keystore.load()
+        old_lct = None if keys is None else keys.lct_id
+        self._audit(
+            "rebootstrap.confirmed",
+            lct_id=old_lct,
+            serial=str(info["serial"]),
+            flash_problem=info.get("flash_problem"),
+        )
+        upgraded = self.bootstrap(replaces=old_lct)
+        modules = {} if keys is None else dict(keys.module_lcts)
+        if modules:
+            online = {m["unique_id"] for m in self.status()["modules"] if m["online"]}
+            for unique, lct_id in modules.items():
+                if int(unique) in online:
+                    self.pair(int(unique), replaces=lct_id)
+        return {**upgraded, "repaired_modules": len(modules)}
 
     def status(self) -> dict[str, Any]:
         """The pack's device information, sealed once the channel is upgraded."""

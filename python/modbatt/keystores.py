@@ -55,6 +55,8 @@ class AppKeys(Record):
     # secret the app could not rebuild the link key after a restart (docs/PROTOCOL.md §2.4).
     pack_device_key_half: KeyHalfHex | None = key_field(None)
     link_dh_secret: SecretHex32 | None = key_field(None)
+    # The LCT of each module the app paired (by unique id), for key recovery.
+    module_lcts: dict[str, str] = Field(default_factory=dict)
 
 
 class PairedModule(Record):

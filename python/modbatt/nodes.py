@@ -101,3 +101,4 @@ class NodeLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.port.unsubscribe(self._reader)

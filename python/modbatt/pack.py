@@ -325,8 +325,10 @@ class PackRuntime:
         controller.modules_view = self.modules_view
         self._restore_module_links()
         routing_rules(controller.gateway, sorted(controller.paired_links))
-        can1.subscribe(self._from_app)
-        can2.subscribe(self._from_modules)
+        self._listeners = [
+            (can1, can1.subscribe(self._from_app)),
+            (can2, can2.subscribe(self._from_modules)),
+        ]
 
     def start(self) -> PackRuntime:
         """Start the control channel and the module side."""
@@ -335,7 +337,9 @@ class PackRuntime:
         return self
 
     def stop(self) -> None:
-        """Stop both."""
+        """Stop both (the ports stay open: a restarted runtime can take them over)."""
+        for port, listener in self._listeners:
+            port.unsubscribe(listener)
         self.control.stop()
         self.module_loop.stop()
         self.control.endpoint.channel.close()

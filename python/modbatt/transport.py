@@ -137,6 +137,10 @@ class CanPort:
         self._notifier.add_listener(listener)
         return listener
 
+    def unsubscribe(self, listener: can.Listener) -> None:
+        """Stop calling a subscribed handler."""
+        self._notifier.remove_listener(listener)
+
     def reader(self) -> can.BufferedReader:
         """A queue of received messages, fed by this port's notifier."""
         reader = can.BufferedReader()
