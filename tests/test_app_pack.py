@@ -13,7 +13,6 @@ import pytest
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app import App, AppError
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
-from modbatt.isotp_link import MessageChannel
 from modbatt.pack import PackController, PackControllerRuntime, PackState
 from modbatt.stores import AuditLog
 from modbatt.transport import CanPort
@@ -54,22 +53,18 @@ def system(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[System]:
     )
     runtime = PackControllerRuntime(
         pack,
-        ControlEndpoint(
-            MessageChannel(pack_port, PACK_TO_APP, APP_TO_PACK), PACK_TO_APP, APP_TO_PACK
-        ),
+        ControlEndpoint.open(pack_port, PACK_TO_APP, APP_TO_PACK),
     ).start()
     app = App(
         tmp_path / "app",
-        ControlEndpoint(
-            MessageChannel(app_port, APP_TO_PACK, PACK_TO_APP), APP_TO_PACK, PACK_TO_APP
-        ),
+        ControlEndpoint.open(app_port, APP_TO_PACK, PACK_TO_APP),
         bridge,
         audit,
     )
     yield System(app, pack, runtime, recorded, bridge, audit)
     runtime.stop()
-    app.endpoint.channel.close()
-    runtime.endpoint.channel.close()
+    app.endpoint.close()
+    runtime.endpoint.close()
     listener.stop()
     listener_bus.shutdown()
     bridge.close()

@@ -18,7 +18,6 @@ from modbatt.control import (
     decode,
     encode,
 )
-from modbatt.isotp_link import MessageChannel
 from modbatt.transport import CanPort, parse_bus_spec
 
 APP, PACK = "COMP-alice-1", "COMP-alice-2"
@@ -28,15 +27,11 @@ APP, PACK = "COMP-alice-1", "COMP-alice-2"
 def endpoints() -> Iterator[tuple[ControlEndpoint, ControlEndpoint]]:
     name = f"virtual:modbatt-control-{uuid.uuid4().hex[:8]}"
     app_port, pack_port = CanPort.open(parse_bus_spec(name)), CanPort.open(parse_bus_spec(name))
-    app = ControlEndpoint(
-        MessageChannel(app_port, APP_TO_PACK, PACK_TO_APP), APP_TO_PACK, PACK_TO_APP
-    )
-    pack = ControlEndpoint(
-        MessageChannel(pack_port, PACK_TO_APP, APP_TO_PACK), PACK_TO_APP, APP_TO_PACK
-    )
+    app = ControlEndpoint.open(app_port, APP_TO_PACK, PACK_TO_APP)
+    pack = ControlEndpoint.open(pack_port, PACK_TO_APP, APP_TO_PACK)
     yield app, pack
     for endpoint in (app, pack):
-        endpoint.channel.close()
+        endpoint.close()
     app_port.close()
     pack_port.close()
 

@@ -1,31 +1,63 @@
-"""`modbatt demo` delivers both messages intact over virtual buses and drops the attack."""
+"""`modbatt demo`: the whole lifecycle, in one process, ends Operational after a recovery."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from modbatt.demo import run_demo
 
 
-def test_demo_delivers_and_drops() -> None:
+def test_the_demo_walks_the_whole_lifecycle() -> None:
     lines: list[str] = []
-    report = run_demo(out=lines.append)
-    assert report.command_received == report.command_sent != b""
-    assert report.telemetry_received == report.telemetry_sent != b""
-    assert report.gateway_stats["replay"] == 1
-    assert report.gateway_stats["downgrade"] == 1
-    assert report.gateway_stats["forwarded"] == 2
-    assert any("both messages delivered intact" in line for line in lines)
+    summary = run_demo(modules=3, duration_s=1.0, out=lines.append)
+    assert summary.pack_state == "Operational" and summary.security_level == 3
+    assert summary.modules_paired == 3 and summary.recovery_ok
+    assert summary.telemetry_frames_received > 0
+    text = "\n".join(lines)
+    for phase in (
+        "discovery",
+        "bootstrap",
+        "paired module",
+        "operational",
+        "flash is lost",
+        "recovered",
+    ):
+        assert phase in text, phase
 
 
-def test_demo_command_runs() -> None:
+def test_the_demo_command_writes_its_summary(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
     result = subprocess.run(
-        [sys.executable, "-m", "modbatt", "demo"],
+        [
+            sys.executable,
+            "-m",
+            "modbatt",
+            "demo",
+            "--modules",
+            "2",
+            "--duration",
+            "0.5",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert "both messages delivered intact" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(out.read_text())
+    for key in (
+        "pack_state",
+        "security_level",
+        "modules_paired",
+        "telemetry_frames_received",
+        "frames_dropped",
+        "recovery_ok",
+    ):
+        assert key in summary
+    assert summary["pack_state"] == "Operational" and summary["recovery_ok"] is True
+    assert isinstance(summary["frames_dropped"], dict)

@@ -18,7 +18,6 @@ from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPol
 from modbatt.app import App, AppError
 from modbatt.catalogue import catalogue
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
-from modbatt.isotp_link import MessageChannel
 from modbatt.module_sim import modules_for
 from modbatt.nodes import NodeLoop
 from modbatt.pack import PackController, PackRuntime, PackState
@@ -84,9 +83,7 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
     )
     app = App(
         tmp_path / "app",
-        ControlEndpoint(
-            MessageChannel(ports["app"], APP_TO_PACK, PACK_TO_APP), APP_TO_PACK, PACK_TO_APP
-        ),
+        ControlEndpoint.open(ports["app"], APP_TO_PACK, PACK_TO_APP),
         bridge,
         audit,
     )
@@ -96,7 +93,7 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
     agent.stop()
     module_loop.stop()
     life.pack.stop()
-    app.endpoint.channel.close()
+    app.endpoint.close()
     bridge.close()
     listener.stop()
     listener_bus.shutdown()

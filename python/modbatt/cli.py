@@ -32,13 +32,23 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modbatt {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo",
-        help="show the secure frame path at work on python-can virtual buses",
-        description="Seal a command on CAN 1, carry it through the pack's gateway to CAN 2, "
-        "open it at the module, send telemetry back, and show an attacker's replay and "
-        "downgrade being dropped.",
+        help="the whole system in one process: API-Bridge, pack, modules and app",
+        description="The embedded API-Bridge, a pack controller, N battery modules and the "
+        "app on two virtual buses: discovery, bootstrap, pairing, encrypted operation with "
+        "live telemetry, a lost flash and its recovery, then a summary.",
     )
+    demo.add_argument(
+        "--modules", type=int, default=4, help="battery modules, 1-31 (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds of operational telemetry (default: %(default)s)",
+    )
+    demo.add_argument("--json", type=Path, metavar="FILE", help="write the summary here")
 
     bridge = commands.add_parser(
         "api-bridge",
@@ -133,8 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from modbatt.demo import run_demo
 
-        run_demo(out=print)
-        return 0
+        if not 1 <= args.modules <= 31:
+            parser.error("--modules must be between 1 and 31")
+        summary = run_demo(args.modules, args.duration, args.json, out=print)
+        return 0 if summary.recovery_ok and summary.security_level == 3 else 1
     if args.command == "dbc":
         from modbatt.catalogue import dbc_path
 

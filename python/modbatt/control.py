@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modbatt import Gateway, compose_id
+from modbatt import Gateway, compose_id, set_encrypted
 from modbatt.errors import FrameRejectedError, ModbattError
 from modbatt.isotp_link import MessageChannel
+from modbatt.transport import CanPort
 
 log = logging.getLogger("modbatt.control")
 
@@ -98,8 +100,33 @@ class ControlEndpoint:
     stream: int  # the logical id our sealed messages are bound to (our transmit id)
     peer_stream: int  # the peer's
     session: MessageSealer | None = None
+    secure: MessageChannel | None = None  # the same ids with E set: sealed messages go here
     dropped: Counter[str] = field(default_factory=Counter)
     last_sealed: bool = False  # whether the last accepted message came sealed
+
+    @classmethod
+    def open(
+        cls, port: CanPort, txid: int, rxid: int, *, timeout_s: float = 1.0
+    ) -> ControlEndpoint:
+        """Both channels of a control conversation on `port`.
+
+        The plain ids, and the same ids with E set, on which sealed messages travel once the
+        link is upgraded.
+        """
+        return cls(
+            MessageChannel(port, txid, rxid, timeout_s=timeout_s),
+            txid,
+            rxid,
+            secure=MessageChannel(
+                port, set_encrypted(txid), set_encrypted(rxid), timeout_s=timeout_s
+            ),
+        )
+
+    def close(self) -> None:
+        """Stop both ISO-TP stacks (the port stays open)."""
+        self.channel.close()
+        if self.secure is not None:
+            self.secure.close()
 
     def send(self, message: dict[str, Any], *, plain: bool = False) -> None:
         """Send a message: sealed when the link is upgraded.
@@ -108,8 +135,9 @@ class ControlEndpoint:
         """
         data = encode(message)
         if self.session is not None and not plain:
-            data = self.session.seal_message(self.stream, data)
-        elif self.session is not None and plain and message["type"] not in PLAIN_ALWAYS:
+            (self.secure or self.channel).send(self.session.seal_message(self.stream, data))
+            return
+        if self.session is not None and message["type"] not in PLAIN_ALWAYS:
             raise ControlError(f"{message['type']!r} may not travel plain on an upgraded link")
         self.channel.send(data)
 
@@ -120,13 +148,19 @@ class ControlEndpoint:
         upgrade, and after it only for PLAIN_ALWAYS types. Everything else is dropped and
         counted in `dropped` by reason.
         """
+        wait = self.channel.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait
         while True:
-            data = self.channel.recv(timeout_s)
-            if data is None:
+            if self.secure is None:
+                data = self.channel.recv(max(0.0, deadline - time.monotonic()))
+            else:  # listen on both channels, a slice at a time
+                data = self.secure.recv(0.005) or self.channel.recv(0.005)
+            if data is not None:
+                message = self._accept(data)
+                if message is not None:
+                    return message
+            if time.monotonic() >= deadline:
                 return None
-            message = self._accept(data)
-            if message is not None:
-                return message
 
     def _accept(self, data: bytes) -> dict[str, Any] | None:
         if data[:1] == b"\x04":

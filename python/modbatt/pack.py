@@ -41,7 +41,6 @@ from modbatt.bootstrap import (
 )
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, PLAIN_ALWAYS, ControlEndpoint, GatewayLink
 from modbatt.handshake import HandshakeError, Initiator, Responder
-from modbatt.isotp_link import MessageChannel
 from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
 from modbatt.nodes import NodeLoop
 from modbatt.pack_modules import ModuleManager
@@ -317,9 +316,7 @@ class PackRuntime:
         self.can1, self.can2 = can1, can2
         self.manager = ModuleManager()
         self.module_loop = NodeLoop(can2, [self.manager])
-        endpoint = ControlEndpoint(
-            MessageChannel(can1, PACK_TO_APP, APP_TO_PACK), PACK_TO_APP, APP_TO_PACK
-        )
+        endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
         self.control = PackControllerRuntime(controller, endpoint)
         controller.pair_with = self.pair_module
         controller.modules_view = self.modules_view
@@ -342,7 +339,7 @@ class PackRuntime:
             port.unsubscribe(listener)
         self.control.stop()
         self.module_loop.stop()
-        self.control.endpoint.channel.close()
+        self.control.endpoint.close()
 
     def _restore_module_links(self) -> None:
         """After a restart, paired modules come back as their sessions are re-established."""
@@ -399,13 +396,11 @@ class PackRuntime:
             raise KeyAgreementError(f"module {unique_id} is not registered and online")
         module_id = entry.module_id
         to_module, to_pack = module_channel_ids(module_id)
-        endpoint = ControlEndpoint(
-            MessageChannel(self.can2, to_module, to_pack, timeout_s=0.5), to_module, to_pack
-        )
+        endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
         try:
             link, session = self._pair_over(endpoint, flash, message, unique_id)
         finally:
-            endpoint.channel.close()
+            endpoint.close()
         controller.gateway.install_session(module_id, session)
         paired = PairedModule(
             module_component_id=message["module_component_id"],

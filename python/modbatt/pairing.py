@@ -37,7 +37,6 @@ from modbatt.catalogue import ANNOUNCEMENT, catalogue
 from modbatt.control import ControlEndpoint
 from modbatt.errors import FrameRejectedError
 from modbatt.handshake import HandshakeError, Responder
-from modbatt.isotp_link import MessageChannel
 from modbatt.keystores import ModuleFlash, module_flash
 from modbatt.module_sim import BatteryModule
 from modbatt.nodes import Frames, NodeLoop
@@ -136,7 +135,7 @@ class PairingAgent:
         self._stop.set()
         self._thread.join(timeout=5)
         for _, endpoint in self._channels.values():
-            endpoint.channel.close()
+            endpoint.close()
 
     def _endpoint(self, secure: SecureModule) -> ControlEndpoint | None:
         module_id = secure.module.module_id
@@ -145,14 +144,12 @@ class PairingAgent:
         if current is not None and current[0] == module_id:
             return current[1]
         if current is not None:
-            current[1].channel.close()
+            current[1].close()
             del self._channels[unique]
         if module_id is None:
             return None
         to_module, to_pack = module_channel_ids(module_id)
-        endpoint = ControlEndpoint(
-            MessageChannel(self.port, to_pack, to_module, timeout_s=0.5), to_pack, to_module
-        )
+        endpoint = ControlEndpoint.open(self.port, to_pack, to_module, timeout_s=0.5)
         self._channels[unique] = (module_id, endpoint)
         return endpoint
 
