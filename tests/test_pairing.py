@@ -118,6 +118,13 @@ def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: L
     app.telemetry.clear()
     assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)
     assert app.telemetry_frames > 0 and not app.dropped
+    # it keeps flowing: no module's session wears out on the other modules' sealed frames
+    before = app.telemetry_frames
+    time.sleep(2.0)
+    assert app.telemetry_frames > before + 10
+    for module in modules:
+        assert module.session is not None and not module.session.expired
+        assert not module.dropped, module.dropped
     # and on CAN 2 every module frame now has E set, except announcements
     time.sleep(0.5)
     while lifecycle.can2_log.get_message(timeout=0) is not None:

@@ -79,3 +79,11 @@ def test_python_can_configuration_is_the_alternative() -> None:
 def test_bad_bus_names_say_what_is_wrong(text: str, problem: str) -> None:
     with pytest.raises(errors.InvalidArgumentError, match=problem):
         parse_bus_spec(text)
+
+
+def test_interface_options() -> None:
+    spec = parse_bus_spec("udp_multicast:239.74.163.10,port=43114,hop_limit=1")
+    assert spec.channel == "239.74.163.10"
+    assert spec.options == (("port", 43114), ("hop_limit", 1))
+    with pytest.raises(errors.InvalidArgumentError, match="key=value"):
+        parse_bus_spec("virtual:x,nonsense")

@@ -26,7 +26,7 @@ from modbatt.api_bridge.client import ApiBridgeClient
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
 from modbatt.catalogue import catalogue
 from modbatt.control import ControlEndpoint
-from modbatt.errors import FrameRejectedError, ModbattError
+from modbatt.errors import FrameRejectedError, ModbattError, SessionError
 from modbatt.handshake import Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
 from modbatt.stores import AuditLog
@@ -248,6 +248,14 @@ class App:
         )
         return result
 
+    def configure(self, *, max_state: int) -> dict[str, Any]:
+        """Operational parameters (Workflow B.1): sealed, applied and kept in the pack's flash."""
+        if self.session is None:
+            raise AppError("configure: connect first")
+        answer = self._ask({"type": "configure", "max_state": max_state}, "configured")
+        self._audit("pack.configured", max_state=max_state)
+        return answer
+
     def on_frame(self, can_id: int, data: bytes, _timestamp: float = 0.0) -> None:
         """Telemetry bridged by the pack (sealed with the app link): open, decode, keep."""
         session = self.session
@@ -257,6 +265,9 @@ class App:
             plain = session.open(can_id, data)
         except FrameRejectedError as exc:
             self.dropped[exc.reason] += 1
+            return
+        except SessionError:
+            self.dropped["no_session"] += 1  # torn down: `connect` sets up a new one
             return
         if plain is None:
             return

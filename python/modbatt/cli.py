@@ -102,6 +102,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="modules in this process, with consecutive unique ids (default: %(default)s)",
     )
     module_run.add_argument("--fd", action="store_true", help="open the bus as CAN FD")
+    module_run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep each module's flash store "
+        "(pairing keys) here; without it, pairings are forgotten on exit",
+    )
     module_run.add_argument("--duration", type=float, help="stop after this many seconds")
 
     pack = commands.add_parser("pack", help="the pack controller")
@@ -112,9 +118,26 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Registers announcing modules (ids 1-31), sends the max-state heartbeat, "
         "watches for silent and returning modules and prints the module table as it changes.",
     )
-    pack_run.add_argument("--can2", required=True, metavar="BUS", help=BUS_HELP)
-    pack_run.add_argument("--fd", action="store_true", help="open the bus as CAN FD")
+    pack_run.add_argument(
+        "--can1",
+        metavar="BUS",
+        help="the app bus; without it only the module side runs. " + BUS_HELP,
+    )
+    pack_run.add_argument("--can2", required=True, metavar="BUS", help="the module bus")
+    pack_run.add_argument(
+        "--state-dir", type=Path, help="the pack's flash and audit log (required with --can1)"
+    )
+    pack_run.add_argument(
+        "--serial",
+        default="PACK-0001",
+        help="the pack controller's serial number (default: %(default)s)",
+    )
+    pack_run.add_argument("--fd", action="store_true", help="open the buses as CAN FD")
     pack_run.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    from modbatt.app_cli import add_app_parser
+
+    add_app_parser(commands, BUS_HELP)
 
     bench = commands.add_parser(
         "bench",
@@ -159,12 +182,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 1 <= args.count <= 255 or not 1 <= args.cells <= 255:
             parser.error("--count and --cells must be between 1 and 255")
         spec = parse_bus_spec(args.can, fd=args.fd)
-        return run_modules(spec, args.unique_id, args.count, args.cells, args.duration)
+        return run_modules(
+            spec, args.unique_id, args.count, args.cells, args.duration, state_dir=args.state_dir
+        )
     if args.command == "pack" and args.pack_command == "run":
-        from modbatt.roles import run_pack
+        from modbatt.roles import run_pack, run_pack_module_side
         from modbatt.transport import parse_bus_spec
 
-        return run_pack(parse_bus_spec(args.can2, fd=args.fd), args.duration)
+        can2 = parse_bus_spec(args.can2, fd=args.fd)
+        if args.can1 is None:
+            return run_pack_module_side(can2, args.duration)
+        if args.state_dir is None:
+            parser.error("pack run --can1 needs --state-dir (the pack's flash)")
+        return run_pack(
+            parse_bus_spec(args.can1, fd=args.fd), can2, args.state_dir, args.serial, args.duration
+        )
+    if args.command == "app":
+        from modbatt.app_cli import run_app
+
+        return run_app(args)
     if args.command == "api-bridge":
         return _api_bridge(args, parser)
     if args.command == "bench":

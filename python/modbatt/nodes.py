@@ -68,13 +68,21 @@ class NodeLoop:
                 if can_id >= 0:
                     now = self.clock()
                     for node in self.nodes:
-                        self._send(node.on_frame(can_id, data, now))
+                        self._send(self._guarded(node.on_frame, can_id, data, now))
                 message = self._reader.get_message(timeout=0)
             now = self.clock()
             for node in self.nodes:
-                self._send(node.tick(now))
+                self._send(self._guarded(node.tick, now))
         if self.after_step is not None:
             self.after_step()
+
+    def _guarded(self, call: Callable[..., Frames], *args: object) -> Frames:
+        """A node's reaction; an error in one node is logged, never the end of the loop."""
+        try:
+            return call(*args)
+        except Exception:
+            log.exception("node %r failed", call)
+            return []
 
     def _send(self, frames: Frames) -> None:
         for can_id, data in frames:

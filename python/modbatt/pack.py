@@ -77,6 +77,9 @@ class PackController:
 
     pair_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(init=False, default=None)
     modules_view: Callable[[], list[dict[str, Any]]] | None = field(init=False, default=None)
+    configure_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(
+        init=False, default=None
+    )
 
     def __post_init__(self) -> None:
         self.flash_store = pack_flash(self.state_dir)
@@ -177,6 +180,8 @@ class PackController:
                 return self._handshake_finish(message)
             if kind == "pair_module" and self.pair_with is not None:
                 return self.pair_with(message)
+            if kind == "configure" and self.configure_with is not None:
+                return self.configure_with(message)
         except (KeyAgreementError, HandshakeError, KeyError, ValueError) as exc:
             self._audit("control.refused", message=kind, reason=str(exc))
             return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
@@ -320,6 +325,9 @@ class PackRuntime:
         self.control = PackControllerRuntime(controller, endpoint)
         controller.pair_with = self.pair_module
         controller.modules_view = self.modules_view
+        controller.configure_with = self.configure
+        if controller.flash is not None:
+            self.manager.max_state = int(controller.flash.configuration.get("max_state", 3))
         self._restore_module_links()
         routing_rules(controller.gateway, sorted(controller.paired_links))
         self._listeners = [
@@ -373,13 +381,35 @@ class PackRuntime:
         if plain is not None and is_encrypted(can_id):
             # The module table is kept from the same frames the gateway opened and bridged.
             with self.module_loop.lock:
-                replies = self.manager.on_frame(plain[0], plain[1], time.monotonic())
+                try:
+                    replies = self.manager.on_frame(plain[0], plain[1], time.monotonic())
+                except Exception:
+                    log.exception("module table update failed")
+                    return
             for reply_id, reply in replies:
                 self.can2.send(reply_id, reply)
 
     def _from_app(self, can_id: int, data: bytes, _timestamp: float) -> None:
         if is_encrypted(can_id):
             self._send(self.controller.gateway.step(CAN1, can_id, data))
+
+    def configure(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Operational parameters from the app (arrives sealed): applied and kept in flash."""
+        flash = self.controller.flash
+        if flash is None:
+            raise KeyAgreementError("not bootstrapped")
+        max_state = int(message["max_state"])
+        if not 0 <= max_state <= 3:
+            raise ValueError("max_state is 0 (Off) to 3 (On)")
+        record = flash.model_copy(
+            update={"configuration": {**flash.configuration, "max_state": max_state}}
+        )
+        self.controller.flash_store.save(record)
+        self.controller.flash = record
+        with self.module_loop.lock:
+            self.manager.max_state = max_state
+        self.controller._audit("pack.configured", max_state=max_state)
+        return {"type": "configured", "max_state": max_state}
 
     # --- pairing (seed Workflow A) ----------------------------------------------------------
 

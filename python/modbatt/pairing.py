@@ -35,7 +35,7 @@ from modbatt import LinkKey, Session, compose_id, frames_of, is_encrypted, logic
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
 from modbatt.catalogue import ANNOUNCEMENT, catalogue
 from modbatt.control import ControlEndpoint
-from modbatt.errors import FrameRejectedError
+from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.handshake import HandshakeError, Responder
 from modbatt.keystores import ModuleFlash, module_flash
 from modbatt.module_sim import BatteryModule
@@ -76,14 +76,18 @@ class SecureModule:
     def on_frame(self, can_id: int, data: bytes, now: float) -> Frames:
         """Open sealed frames for this module; refuse plain commands once paired."""
         if is_encrypted(can_id):
-            if self.session is None:
+            # Other modules' sealed telemetry and other links' frames share the bus: only
+            # pack -> module messages on our own id are ours to open.
+            base, node = can_id >> 18, can_id & 0xFF
+            if self.session is None or node != self.module.module_id or not 0x510 <= base < 0x520:
                 return []
             try:
                 plain = self.session.open(can_id, data)
             except FrameRejectedError as exc:
-                # Frames sealed for other modules land here too: only our own id counts.
-                if (can_id & 0xFF) == self.module.module_id:
-                    self.dropped[exc.reason] += 1
+                self.dropped[exc.reason] += 1
+                return []
+            except SessionError:
+                self.dropped["no_session"] += 1
                 return []
             if plain is None:
                 return []

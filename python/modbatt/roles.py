@@ -10,11 +10,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from modbatt.module_sim import modules_for
 from modbatt.nodes import NodeLoop
+from modbatt.pack import PackController, PackRuntime
 from modbatt.pack_modules import ModuleManager, format_table
+from modbatt.pairing import PairingAgent, SecureModule
+from modbatt.stores import AuditLog
 from modbatt.transport import BusSpec, CanPort
 
 Printer = Callable[[str], object]
@@ -41,35 +45,87 @@ def run_modules(
     cells: int,
     duration_s: float | None = None,
     out: Printer = print,
+    state_dir: Path | None = None,
 ) -> int:
-    """Simulate `count` modules on one bus."""
+    """Simulate `count` modules on one bus, with pairing (flash under `state_dir`)."""
     stop = _until_stopped(duration_s)
     with CanPort.open(spec) as port:
-        modules = modules_for(first_unique_id, count, cells, time.monotonic())
-        known: dict[int, int | None] = {m.config.unique_id: None for m in modules}
+        modules = [
+            SecureModule(
+                m, None if state_dir is None else state_dir / f"module-{m.config.unique_id}"
+            )
+            for m in modules_for(first_unique_id, count, cells, time.monotonic())
+        ]
+        known: dict[int, tuple[int | None, bool]] = {
+            m.module.config.unique_id: (None, False) for m in modules
+        }
 
         def report() -> None:
-            for module in modules:
-                if module.module_id != known[module.config.unique_id]:
-                    known[module.config.unique_id] = module.module_id
+            for secure in modules:
+                module = secure.module
+                now = (module.module_id, secure.session is not None)
+                if now != known[module.config.unique_id]:
+                    known[module.config.unique_id] = now
                     where = (
                         f"registered as module {module.module_id}"
                         if module.registered
                         else "unregistered, announcing on node 0xFF"
                     )
-                    out(f"unique id {module.config.unique_id}: {where}")
+                    paired = ", paired: frames sealed" if now[1] else ""
+                    out(f"unique id {module.config.unique_id}: {where}{paired}")
 
         out(
             f"{count} module(s), unique ids {first_unique_id}..{first_unique_id + count - 1}, "
             f"{cells} cells, on {port.name}"
         )
         loop = NodeLoop(port, modules, after_step=report).start()
+        agent = PairingAgent(port, modules, loop).start()
         stop.wait()
+        agent.stop()
         loop.stop()
     return 0
 
 
-def run_pack(spec: BusSpec, duration_s: float | None = None, out: Printer = print) -> int:
+def run_pack(
+    can1: BusSpec,
+    can2: BusSpec,
+    state_dir: Path,
+    serial: str,
+    duration_s: float | None = None,
+    out: Printer = print,
+) -> int:
+    """The pack controller: the app side, the module side and the gateway."""
+    stop = _until_stopped(duration_s)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with CanPort.open(can1) as port1, CanPort.open(can2) as port2:
+        controller = PackController(serial, state_dir, AuditLog(state_dir / "audit.jsonl"))
+        runtime = PackRuntime(controller, port1, port2).start()
+        out(
+            f"pack controller {serial}: CAN 1 on {port1.name}, CAN 2 on {port2.name}, "
+            f"state in {state_dir}"
+        )
+        if controller.flash_problem:
+            out(f"FLASH PROBLEM: {controller.flash_problem} (run key recovery from the app)")
+        shown: tuple[int, int, int] | None = None
+        while not stop.wait(0.5):
+            with runtime.module_loop.lock:
+                events = runtime.manager.drain_events()
+            for event in events:
+                out(str(event))
+            now = (int(controller.state), controller.security_level, len(controller.module_links()))
+            if now != shown:
+                shown = now
+                out(
+                    f"state {now[0]} {controller.state.name.replace('_', ' ').title()}, "
+                    f"security level {now[1]}, {now[2]} module link(s) encrypted"
+                )
+        runtime.stop()
+    return 0
+
+
+def run_pack_module_side(
+    spec: BusSpec, duration_s: float | None = None, out: Printer = print
+) -> int:
     """The pack controller's module side alone: register modules, print the table."""
     stop = _until_stopped(duration_s)
     with CanPort.open(spec) as port:

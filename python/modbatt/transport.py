@@ -48,7 +48,10 @@ class BusSpec:
     """A bus as named on the command line: ``INTERFACE:CHANNEL[@BITRATE]``, or ``config``.
 
     Examples: ``virtual:modules``, ``udp_multicast:239.74.163.10``, ``socketcan:can1@500000``,
-    ``pcan:PCAN_USBBUS1@500000``, ``slcan:/dev/ttyACM0@500000``. ``config`` (or
+    ``pcan:PCAN_USBBUS1@500000``, ``slcan:/dev/ttyACM0@500000``. Interface options follow
+    as ``,key=value`` (``udp_multicast:239.74.163.10,port=43114``: two udp_multicast buses
+    on one host need two ports, since a socket receives every group joined on its port).
+    ``config`` (or
     ``config:CONTEXT``) leaves everything to python-can's own configuration (``~/.canrc``,
     ``can.ini``, ``CAN_INTERFACE``/``CAN_CHANNEL``/``CAN_BITRATE``).
     """
@@ -58,18 +61,32 @@ class BusSpec:
     bitrate: int | None = None
     fd: bool = False
     context: str | None = None
+    options: tuple[tuple[str, str | int | bool], ...] = ()
 
     def __str__(self) -> str:
         if self.interface is None:
             return "config" + (f":{self.context}" if self.context else "")
         rate = f"@{self.bitrate}" if self.bitrate else ""
-        return f"{self.interface}:{self.channel}{rate}" + (" (FD)" if self.fd else "")
+        options = "".join(f",{k}={v}" for k, v in self.options)
+        return f"{self.interface}:{self.channel}{rate}{options}" + (" (FD)" if self.fd else "")
 
 
 def parse_bus_spec(text: str, fd: bool = False) -> BusSpec:
     """Parse ``INTERFACE:CHANNEL[@BITRATE]`` (the channel may itself contain ``:``)."""
     if text == "config" or text.startswith("config:"):
         return BusSpec(None, None, fd=fd, context=text.partition(":")[2] or None)
+    text, *option_texts = text.split(",")
+    options: list[tuple[str, str | int | bool]] = []
+    for option in option_texts:
+        key, eq, value = option.partition("=")
+        if not eq or not key.isidentifier():
+            raise InvalidArgumentError(f"bus option {option!r}: expected key=value")
+        parsed: str | int | bool = value
+        if value.isdigit():
+            parsed = int(value)
+        elif value.lower() in ("true", "false"):
+            parsed = value.lower() == "true"
+        options.append((key, parsed))
     interface, sep, rest = text.partition(":")
     if not sep or not interface or not rest:
         raise InvalidArgumentError(
@@ -89,12 +106,12 @@ def parse_bus_spec(text: str, fd: bool = False) -> BusSpec:
             f"bus {text!r}: unknown python-can interface {interface!r}; known: "
             + ", ".join(sorted(can.VALID_INTERFACES))
         )
-    return BusSpec(interface, channel, bitrate, fd)
+    return BusSpec(interface, channel, bitrate, fd, options=tuple(options))
 
 
 def open_bus(spec: BusSpec) -> can.BusABC:
     """Open the bus `spec` names, through python-can."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(spec.options)
     if spec.bitrate is not None:
         kwargs["bitrate"] = spec.bitrate
     if spec.fd:

@@ -1,0 +1,128 @@
+"""``modbatt app``: the Modbatt app on the command line.
+
+Every command opens CAN 1, reads the app's keystore from ``--state-dir`` and, when the app
+holds keys, first runs the session handshake with the pack (the channel upgrade), then does
+its job: ``discover``, ``bootstrap``, ``pair``, ``status``, ``configure``, ``recover`` and
+``monitor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
+from modbatt.app import App, AppError
+from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.errors import ModbattError
+from modbatt.stores import AuditLog
+from modbatt.transport import CanPort, parse_bus_spec
+
+Printer = Callable[[str], object]
+
+
+def add_app_parser(commands: Any, bus_help: str) -> None:
+    """Add ``modbatt app`` and its actions to the command line."""
+    app = commands.add_parser("app", help="the Modbatt app: discover, bootstrap, pair, ...")
+    app.add_argument("--can", required=True, metavar="BUS", help=bus_help)
+    app.add_argument(
+        "--state-dir", type=Path, required=True, help="the app's keystore and audit log"
+    )
+    app.add_argument(
+        "--api-bridge",
+        metavar="URL",
+        help="API-Bridge base URL (default: $MODBATT_API_BRIDGE_URL or http://127.0.0.1:8082)",
+    )
+    app.add_argument("--creator", help="creator name (default: $MODBATT_CREATOR or alice)")
+    app.add_argument("--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)")
+    actions = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
+    actions.add_parser("discover", help="ask the pack who and how it is")
+    actions.add_parser("bootstrap", help="register, create the LCT, deliver keys, upgrade CAN 1")
+    pair = actions.add_parser("pair", help="pair modules (Workflow A)")
+    which = pair.add_mutually_exclusive_group(required=True)
+    which.add_argument("--unique-id", type=int, help="the module to pair")
+    which.add_argument("--all", action="store_true", help="every registered, unpaired module")
+    actions.add_parser("status", help="state, security level and modules")
+    configure = actions.add_parser("configure", help="operational parameters (Workflow B.1)")
+    configure.add_argument(
+        "--max-state",
+        type=int,
+        choices=range(4),
+        required=True,
+        help="the highest state modules may take (0 Off ... 3 On)",
+    )
+    recover = actions.add_parser("recover", help="key recovery (Workflow C)")
+    recover.add_argument(
+        "--confirm-rebootstrap",
+        action="store_true",
+        help="allow a new bootstrap of a pack that lost its keys",
+    )
+    monitor = actions.add_parser("monitor", help="decrypted module telemetry (Workflow B.2)")
+    monitor.add_argument("--duration", type=float, default=10.0, help="seconds (default: 10)")
+
+
+def run_app(args: argparse.Namespace, out: Printer = print) -> int:
+    """Run one `modbatt app` action; returns the exit status."""
+    config = ApiBridgeConfig.from_env(
+        base_url=args.api_bridge, creator=args.creator, token=args.token
+    )
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    with CanPort.open(parse_bus_spec(args.can)) as port, ApiBridgeClient(config) as bridge:
+        endpoint = ControlEndpoint.open(port, APP_TO_PACK, PACK_TO_APP)
+        app = App(args.state_dir, endpoint, bridge, AuditLog(args.state_dir / "audit.jsonl"))
+        port.subscribe(app.on_frame)
+        try:
+            return _act(app, args, out)
+        except ModbattError as exc:
+            out(f"error: {exc}")
+            return 1
+        finally:
+            endpoint.close()
+
+
+def _act(app: App, args: argparse.Namespace, out: Printer) -> int:
+    command = args.app_command
+    keys = app.keystore.load()
+    has_keys = keys is not None and keys.app_device_key_half is not None
+    if command == "discover":
+        out(json.dumps(app.discover(), indent=2))
+        return 0
+    if command == "bootstrap":
+        out(json.dumps(app.bootstrap(), indent=2))
+        return 0
+    if command == "recover":
+        out(json.dumps(app.recover(confirm=args.confirm_rebootstrap), indent=2))
+        return 0
+    if not has_keys:
+        raise AppError(f"{command}: the app holds no keys yet (run bootstrap)")
+    app.connect()
+    if command == "status":
+        out(json.dumps(app.status(), indent=2))
+    elif command == "pair":
+        targets = (
+            [args.unique_id]
+            if args.unique_id is not None
+            else [
+                m["unique_id"] for m in app.status()["modules"] if m["online"] and not m["paired"]
+            ]
+        )
+        for unique_id in targets:
+            out(json.dumps(app.pair(int(unique_id))))
+    elif command == "configure":
+        out(json.dumps(app.configure(max_state=args.max_state)))
+    elif command == "monitor":
+        end = time.monotonic() + args.duration
+        while time.monotonic() < end:
+            time.sleep(1.0)
+            for node in sorted(app.telemetry):
+                s1 = app.telemetry[node].get("STATUS_1", {})
+                out(
+                    f"module {node}: state {s1.get('State')}, SOC {s1.get('SOC')} %, "
+                    f"{s1.get('ModuleVoltage')} V, {s1.get('Current')} A"
+                )
+        out(f"{app.telemetry_frames} telemetry frames decrypted")
+    return 0
