@@ -1,0 +1,67 @@
+"""The lifecycle with every role in its own process over udp_multicast, started as a user
+would start them: the API-Bridge, the pack controller, the modules, and app commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api_bridge_server import BridgeProcess
+
+MODBATT = [sys.executable, "-u", "-m", "modbatt"]
+
+
+def app(args: list[str], can1: str, state: Path, url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MODBATT_API_BRIDGE_URL": url}
+    return subprocess.run([*MODBATT, "app", "--can", can1, "--state-dir", str(state), *args],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
+    pytest.importorskip("msgpack")
+    group = f"239.74.{random.randint(0, 255)}"
+    port = random.randint(43200, 43900)
+    can1 = f"udp_multicast:{group}.1,port={port}"
+    can2 = f"udp_multicast:{group}.2,port={port + 1}"
+    bridge = BridgeProcess(tmp_path / "bridge.sqlite3").start()
+    pack = subprocess.Popen([*MODBATT, "pack", "run", "--can1", can1, "--can2", can2,
+                             "--state-dir", str(tmp_path / "pack")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    modules = subprocess.Popen([*MODBATT, "module", "run", "--can", can2, "--unique-id", "700",
+                                "--count", "2", "--state-dir", str(tmp_path / "modules")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "app"
+    try:
+        time.sleep(2.0)  # the modules announce and register
+        boot = app(["bootstrap"], can1, state, bridge.url)
+        assert boot.returncode == 0, boot.stdout + boot.stderr
+        assert json.loads(boot.stdout)["security_level"] == 1
+        paired = app(["pair", "--all"], can1, state, bridge.url)
+        assert paired.returncode == 0, paired.stdout + paired.stderr
+        results: list[dict[str, Any]] = [json.loads(line) for line in paired.stdout.splitlines()]
+        assert {r["unique_id"] for r in results} == {700, 701}
+        status = app(["status"], can1, state, bridge.url)
+        info = json.loads(status.stdout)
+        assert info["state"] == 4 and info["security_level"] == 3
+        monitor = app(["monitor", "--duration", "2"], can1, state, bridge.url)
+        assert monitor.returncode == 0
+        frames = int(monitor.stdout.strip().splitlines()[-1].split()[0])
+        assert frames > 10, monitor.stdout
+    finally:
+        for process in (modules, pack):
+            process.terminate()
+        for process in (modules, pack):
+            process.wait(timeout=10)
+        log = pack.stdout.read() if pack.stdout else ""
+        if pack.stdout:
+            pack.stdout.close()
+        bridge.stop()
+    assert "state 4 Operational, security level 3" in log, log
