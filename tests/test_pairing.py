@@ -13,7 +13,7 @@ from pathlib import Path
 import can
 import pytest
 
-from modbatt import is_encrypted
+from modbatt import LinkKey, is_encrypted
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app import App, AppError
 from modbatt.catalogue import catalogue
@@ -42,6 +42,7 @@ class Lifecycle:
     pack: PackRuntime
     modules: list[SecureModule]
     can2_log: can.BufferedReader
+    can1_log: can.BufferedReader
     ports: dict[str, CanPort]
     state_dir: Path
     bridge: ApiBridgeClient
@@ -69,6 +70,9 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
     listener_bus = can.Bus(interface="virtual", channel=f"modbatt-can2-{run}")
     can2_log = can.BufferedReader()
     listener = can.Notifier(listener_bus, [can2_log])
+    listener1_bus = can.Bus(interface="virtual", channel=f"modbatt-can1-{run}")
+    can1_log = can.BufferedReader()
+    listener1 = can.Notifier(listener1_bus, [can1_log])
     audit = AuditLog(tmp_path / "audit.jsonl")
     controller = PackController(serial=f"PACK-{run}", state_dir=tmp_path / "pack", audit=audit)
     pack = PackRuntime(controller, ports["pack1"], ports["pack2"]).start()
@@ -88,7 +92,7 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
         audit,
     )
     ports["app"].subscribe(app.on_frame)
-    life = Lifecycle(app, pack, modules, can2_log, ports, tmp_path, bridge)
+    life = Lifecycle(app, pack, modules, can2_log, can1_log, ports, tmp_path, bridge)
     yield life
     agent.stop()
     module_loop.stop()
@@ -97,6 +101,8 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
     bridge.close()
     listener.stop()
     listener_bus.shutdown()
+    listener1.stop()
+    listener1_bus.shutdown()
     for port in ports.values():
         port.close()
 
@@ -170,3 +176,78 @@ def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> No
     assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)
     assert app.audit is not None and app.audit.verify() is None
     assert '"rebootstrap.confirmed"' in app.audit.path.read_text()
+
+
+def _isotp_payloads(frames: list[can.Message]) -> dict[int, bytes]:
+    """The ISO-TP payload bytes per id, PCI stripped (single, first and consecutive frames)."""
+    streams: dict[int, bytearray] = {}
+    for message in frames:
+        data = bytes(message.data)
+        if not data:
+            continue
+        kind = data[0] >> 4
+        stream = streams.setdefault(message.arbitration_id, bytearray())
+        if kind == 0:
+            stream += data[1 : 1 + (data[0] & 0x0F)]
+        elif kind == 1:
+            stream += data[2:]
+        elif kind == 2:
+            stream += data[1:]
+    return {k: bytes(v) for k, v in streams.items()}
+
+
+def test_a_passive_listener_learns_no_key(lifecycle: Lifecycle) -> None:
+    app, modules = lifecycle.app, lifecycle.modules
+    app.bootstrap()
+    upgraded_at = time.time()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    results = [app.pair(m.module.config.unique_id) for m in modules]
+    time.sleep(0.5)
+    keys = app.keystore.load()
+    assert keys is not None and keys.lct_id is not None
+    lcts = [keys.lct_id, *keys.module_lcts.values()]
+    halves = []
+    for lct_id in lcts:
+        recovered = lifecycle.bridge.recover_lct_keys(lct_id)
+        halves += [
+            h.get_secret_value()
+            for h in (
+                recovered.device_key_half_a,
+                recovered.lct_key_half_a,
+                recovered.device_key_half_b,
+                recovered.lct_key_half_b,
+            )
+        ]
+    recorded = []
+    can1 = []
+    while (message := lifecycle.can1_log.get_message(timeout=0)) is not None:
+        can1.append(message)
+    recorded += can1
+    while (message := lifecycle.can2_log.get_message(timeout=0)) is not None:
+        recorded.append(message)
+    assert len(recorded) > 1000
+    blobs = [bytes(m.data) for m in recorded] + list(_isotp_payloads(recorded).values())
+    for half in halves:
+        for start in range(0, 57, 8):
+            window = half[start : start + 8]
+            assert not any(window in blob for blob in blobs), "a piece of a key half was on a bus"
+        assert not any(half.hex()[:16].encode() in blob for blob in blobs)
+    # After the app link's upgrade, plain CAN 1 frames are only the control channel's
+    # documented exceptions (discovery and handshakes).
+    plain_after = [
+        m for m in can1 if m.timestamp > upgraded_at and not is_encrypted(m.arbitration_id)
+    ]
+    assert {m.arbitration_id >> 18 for m in plain_after} <= {0x460, 0x461}
+    assert sum(is_encrypted(m.arbitration_id) for m in can1 if m.timestamp > upgraded_at) > 100
+    for payload in _isotp_payloads(plain_after).values():
+        assert b'"type":"pair_module"' not in payload and b'"type":"configure"' not in payload
+    # And knowing every half is not enough: each link key mixes in an X25519 secret.
+    for result, lct_id in zip(results, keys.module_lcts.values(), strict=True):
+        recovered = lifecycle.bridge.recover_lct_keys(lct_id)
+        without_dh = LinkKey(
+            recovered.device_key_half_a.get_secret_value(),
+            recovered.component_a,
+            recovered.device_key_half_b.get_secret_value(),
+            recovered.component_b,
+        )
+        assert without_dh.fingerprint != result["link"]

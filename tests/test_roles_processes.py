@@ -21,8 +21,14 @@ MODBATT = [sys.executable, "-u", "-m", "modbatt"]
 
 def app(args: list[str], can1: str, state: Path, url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MODBATT_API_BRIDGE_URL": url}
-    return subprocess.run([*MODBATT, "app", "--can", can1, "--state-dir", str(state), *args],
-                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    return subprocess.run(
+        [*MODBATT, "app", "--can", can1, "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
@@ -32,12 +38,39 @@ def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
     can1 = f"udp_multicast:{group}.1,port={port}"
     can2 = f"udp_multicast:{group}.2,port={port + 1}"
     bridge = BridgeProcess(tmp_path / "bridge.sqlite3").start()
-    pack = subprocess.Popen([*MODBATT, "pack", "run", "--can1", can1, "--can2", can2,
-                             "--state-dir", str(tmp_path / "pack")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    modules = subprocess.Popen([*MODBATT, "module", "run", "--can", can2, "--unique-id", "700",
-                                "--count", "2", "--state-dir", str(tmp_path / "modules")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pack = subprocess.Popen(
+        [
+            *MODBATT,
+            "pack",
+            "run",
+            "--can1",
+            can1,
+            "--can2",
+            can2,
+            "--state-dir",
+            str(tmp_path / "pack"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    modules = subprocess.Popen(
+        [
+            *MODBATT,
+            "module",
+            "run",
+            "--can",
+            can2,
+            "--unique-id",
+            "700",
+            "--count",
+            "2",
+            "--state-dir",
+            str(tmp_path / "modules"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tmp_path / "app"
     try:
         time.sleep(2.0)  # the modules announce and register
