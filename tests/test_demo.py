@@ -61,3 +61,10 @@ def test_the_demo_command_writes_its_summary(tmp_path: Path) -> None:
         assert key in summary
     assert summary["pack_state"] == "Operational" and summary["recovery_ok"] is True
     assert isinstance(summary["frames_dropped"], dict)
+
+
+def test_a_full_pack_of_31_modules() -> None:
+    summary = run_demo(modules=31, duration_s=0.5, out=lambda _line: None)
+    assert summary.modules_paired == 31
+    assert summary.pack_state == "Operational" and summary.security_level == 3
+    assert summary.recovery_ok

@@ -251,3 +251,22 @@ def test_a_passive_listener_learns_no_key(lifecycle: Lifecycle) -> None:
             recovered.component_b,
         )
         assert without_dh.fingerprint != result["link"]
+
+
+def test_a_restarted_pack_brings_its_modules_back_without_an_operator(lifecycle: Lifecycle) -> None:
+    app, modules = lifecycle.app, lifecycle.modules
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    for module in modules:
+        app.pair(module.module.config.unique_id)
+    # the pack restarts with its flash intact: no sessions at all
+    lifecycle.pack.stop()
+    old = lifecycle.pack.controller
+    reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
+    lifecycle.pack = PackRuntime(reborn, lifecycle.ports["pack1"], lifecycle.ports["pack2"]).start()
+    app.connect()  # the app's side of the restart: a handshake, no keys on the bus
+    assert wait_for(lambda: app.status()["state"] == PackState.OPERATIONAL, 10.0)
+    assert app.status()["security_level"] == 3
+    app.telemetry.clear()
+    ids = {m.module.module_id for m in modules}
+    assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)

@@ -45,6 +45,7 @@ def pack_record(n: int = 0) -> PackFlash:
         module_device_key_half=HALF_A,
         dh_secret=DH,
         lct_id="lct_1",
+        unique_id=9,
     )
     return PackFlash(
         pack_component_id=f"COMP-alice-{n}",

@@ -154,7 +154,8 @@ class ControlEndpoint:
             if self.secure is None:
                 data = self.channel.recv(max(0.0, deadline - time.monotonic()))
             else:  # listen on both channels, a slice at a time
-                data = self.secure.recv(0.005) or self.channel.recv(0.005)
+                piece = min(0.005, max(0.0, deadline - time.monotonic()))
+                data = self.secure.recv(piece) or self.channel.recv(piece)
             if data is not None:
                 message = self._accept(data)
                 if message is not None:

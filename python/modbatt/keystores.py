@@ -72,6 +72,7 @@ class PairedModule(Record):
     module_device_key_half: KeyHalfHex = key_field()
     dh_secret: SecretHex32 = key_field()
     lct_id: str
+    unique_id: int
 
 
 class PackFlash(Record):

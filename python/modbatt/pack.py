@@ -40,6 +40,7 @@ from modbatt.bootstrap import (
     unseal,
 )
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, PLAIN_ALWAYS, ControlEndpoint, GatewayLink
+from modbatt.errors import ModbattError
 from modbatt.handshake import HandshakeError, Initiator, Responder
 from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
 from modbatt.nodes import NodeLoop
@@ -336,22 +337,33 @@ class PackRuntime:
         ]
 
     def start(self) -> PackRuntime:
-        """Start the control channel and the module side."""
+        """Start the control channel, the module side and the re-linking of paired modules."""
         self.module_loop.start()
         self.control.start()
+        self._relinker.start()
         return self
 
     def stop(self) -> None:
         """Stop both (the ports stay open: a restarted runtime can take them over)."""
         for port, listener in self._listeners:
             port.unsubscribe(listener)
+        self._relink_stop.set()
+        self._relinker.join(timeout=5)
         self.control.stop()
         self.module_loop.stop()
         self.control.endpoint.close()
 
     def _restore_module_links(self) -> None:
-        """After a restart, paired modules come back as their sessions are re-established."""
+        """After a restart no module has a session.
+
+        `relink_once` (every second) brings each paired module back as soon as it is
+        registered again.
+        """
         self.controller.paired_links.clear()
+        self._pairing_lock = threading.Lock()
+        self._retry_at: dict[int, float] = {}
+        self._relink_stop = threading.Event()
+        self._relinker = threading.Thread(target=self._relink_loop, name="relink", daemon=True)
 
     def modules_view(self) -> list[dict[str, Any]]:
         """The module table as device_info reports it."""
@@ -422,15 +434,16 @@ class PackRuntime:
         unique_id = int(message["unique_id"])
         with self.module_loop.lock:
             entry = self.manager.by_unique_id(unique_id)
-        if entry is None or not entry.online:
-            raise KeyAgreementError(f"module {unique_id} is not registered and online")
+        if entry is None:
+            raise KeyAgreementError(f"module {unique_id} is not registered")
         module_id = entry.module_id
         to_module, to_pack = module_channel_ids(module_id)
-        endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
-        try:
-            link, session = self._pair_over(endpoint, flash, message, unique_id)
-        finally:
-            endpoint.close()
+        with self._pairing_lock:
+            endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
+            try:
+                link, session = self._pair_over(endpoint, flash, message, unique_id)
+            finally:
+                endpoint.close()
         controller.gateway.install_session(module_id, session)
         paired = PairedModule(
             module_component_id=message["module_component_id"],
@@ -438,6 +451,7 @@ class PackRuntime:
             pack_lct_key_half=message["pack_lct_key_half"],
             module_device_key_half=message["module_device_key_half"],
             dh_secret=self._last_dh.hex(),
+            unique_id=unique_id,
             lct_id=message["lct_id"],
         )
         record = flash.model_copy(
@@ -513,16 +527,84 @@ class PackRuntime:
         )
         if receipt.get("link") != link.fingerprint:
             raise KeyAgreementError("pairing: the module derived another link key")
-        initiator = Initiator(link, flash.pack_component_id, message["module_component_id"])
-        response = ask(
-            {"type": "handshake_init", "data": initiator.start().hex()}, "handshake_response"
+        session = _handshake_over(
+            endpoint, link, flash.pack_component_id, message["module_component_id"]
         )
-        finish, session = initiator.on_response(bytes.fromhex(response["data"]))
-        endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
-        endpoint.session = session
-        upgraded = endpoint.recv(2.0)
-        endpoint.session = None
-        if upgraded is None or upgraded["type"] != "upgraded":
-            raise KeyAgreementError("pairing: the module's upgraded channel did not answer")
         self._last_dh = shared
         return link, session
+
+    # --- links back after a restart ---------------------------------------------------------
+
+    def _relink_loop(self) -> None:
+        while not self._relink_stop.wait(1.0):
+            try:
+                self.relink_once()
+            except Exception:
+                log.exception("re-establishing module links failed")
+
+    def relink_once(self) -> int:
+        """Re-establish the session of every paired module that is registered but has none.
+
+        That is after the pack restarted, or a module did; returns how many came back.
+        """
+        flash = self.controller.flash
+        if flash is None:
+            return 0
+        restored = 0
+        for paired in flash.modules.values():
+            with self.module_loop.lock:
+                entry = self.manager.by_unique_id(paired.unique_id)
+            if entry is None or self.controller.gateway.has_session(entry.module_id):
+                continue
+            if time.monotonic() < self._retry_at.get(paired.unique_id, 0.0):
+                continue
+            link = LinkKey(
+                bytes.fromhex(paired.pack_device_key_half),
+                flash.pack_component_id,
+                bytes.fromhex(paired.module_device_key_half),
+                paired.module_component_id,
+                bytes.fromhex(paired.dh_secret),
+            )
+            to_module, to_pack = module_channel_ids(entry.module_id)
+            with self._pairing_lock:
+                endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
+                try:
+                    session = _handshake_over(
+                        endpoint, link, flash.pack_component_id, paired.module_component_id
+                    )
+                except (KeyAgreementError, HandshakeError, ModbattError) as exc:
+                    self._retry_at[paired.unique_id] = time.monotonic() + 5.0
+                    log.info("module %d: link not re-established (%s)", entry.module_id, exc)
+                    continue
+                finally:
+                    endpoint.close()
+                self.controller.gateway.install_session(entry.module_id, session)
+                self.controller.paired_links.add(entry.module_id)
+                routing_rules(self.controller.gateway, sorted(self.controller.paired_links))
+            self.controller._audit(
+                "module.relinked",
+                module_id=entry.module_id,
+                unique_id=paired.unique_id,
+                link=link.fingerprint,
+            )
+            restored += 1
+        return restored
+
+
+def _handshake_over(
+    endpoint: ControlEndpoint, link: LinkKey, pack_id: str, module_id: str
+) -> Session:
+    """The session handshake with a module over its pairing channel (the pack initiates)."""
+    initiator = Initiator(link, pack_id, module_id)
+    endpoint.send({"type": "handshake_init", "data": initiator.start().hex()}, plain=True)
+    response = endpoint.recv(2.0)
+    if response is None or response["type"] != "handshake_response":
+        raise KeyAgreementError(f"handshake: expected handshake_response, got {response}")
+    finish, session = initiator.on_response(bytes.fromhex(response["data"]))
+    endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
+    endpoint.session = session
+    upgraded = endpoint.recv(2.0)
+    endpoint.session = None
+    if upgraded is None or upgraded["type"] != "upgraded":
+        raise KeyAgreementError("handshake: the module's upgraded channel did not answer")
+    return session

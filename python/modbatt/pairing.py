@@ -165,7 +165,7 @@ class PairingAgent:
                     endpoint = self._endpoint(secure)
                 if endpoint is None:
                     continue
-                message = endpoint.recv(0.01)
+                message = endpoint.recv(0.0)
                 if message is None:
                     continue
                 busy = True
@@ -176,7 +176,7 @@ class PairingAgent:
                     if answer["type"] == "upgraded":
                         endpoint.session = None
             if not busy:
-                self._stop.wait(0.02)
+                self._stop.wait(0.005)
 
     def _handle(
         self, secure: SecureModule, endpoint: ControlEndpoint, message: dict[str, Any]
