@@ -270,3 +270,17 @@ def test_a_restarted_pack_brings_its_modules_back_without_an_operator(lifecycle:
     app.telemetry.clear()
     ids = {m.module.module_id for m in modules}
     assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)
+
+
+def test_configuration_reaches_the_modules_and_stays_in_flash(lifecycle: Lifecycle) -> None:
+    app, modules = lifecycle.app, lifecycle.modules
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    for module in modules:
+        app.pair(module.module.config.unique_id)
+    assert app.configure(max_state=1) == {"type": "configured", "max_state": 1}
+    assert wait_for(lambda: all(m.module.max_state == 1 for m in modules), 2.0)  # heartbeat cap
+    flash = lifecycle.pack.controller.flash_store.load()
+    assert flash is not None and flash.configuration["max_state"] == 1
+    audit = lifecycle.pack.controller.audit
+    assert audit is not None and '"pack.configured"' in audit.path.read_text()

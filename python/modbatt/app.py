@@ -259,7 +259,10 @@ class App:
     def on_frame(self, can_id: int, data: bytes, _timestamp: float = 0.0) -> None:
         """Telemetry bridged by the pack (sealed with the app link): open, decode, keep."""
         session = self.session
-        if session is None or not is_encrypted(can_id) or not 0x500 <= (can_id >> 18) < 0x510:
+        if session is None or not 0x500 <= (can_id >> 18) < 0x510:
+            return
+        if not is_encrypted(can_id):
+            self.dropped["downgrade"] += 1  # plain telemetry on an upgraded app bus
             return
         try:
             plain = session.open(can_id, data)
