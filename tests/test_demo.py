@@ -68,3 +68,10 @@ def test_a_full_pack_of_31_modules() -> None:
     assert summary.modules_paired == 31
     assert summary.pack_state == "Operational" and summary.security_level == 3
     assert summary.recovery_ok
+
+
+def test_the_demo_with_every_role_in_its_own_process(tmp_path: Path) -> None:
+    summary = run_demo(modules=2, duration_s=0.5, out=lambda _line: None, interface="udp_multicast")
+    assert summary.pack_state == "Operational" and summary.security_level == 3
+    assert summary.modules_paired == 2 and summary.recovery_ok
+    assert summary.telemetry_frames_received > 0

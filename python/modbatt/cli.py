@@ -49,6 +49,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="seconds of operational telemetry (default: %(default)s)",
     )
     demo.add_argument("--json", type=Path, metavar="FILE", help="write the summary here")
+    demo.add_argument(
+        "--interface",
+        choices=("virtual", "udp_multicast"),
+        default="virtual",
+        help="virtual: one process; udp_multicast: each role in its own process",
+    )
 
     bridge = commands.add_parser(
         "api-bridge",
@@ -168,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not 1 <= args.modules <= 31:
             parser.error("--modules must be between 1 and 31")
-        summary = run_demo(args.modules, args.duration, args.json, out=print)
+        summary = run_demo(
+            args.modules, args.duration, args.json, out=print, interface=args.interface
+        )
         return 0 if summary.recovery_ok and summary.security_level == 3 else 1
     if args.command == "dbc":
         from modbatt.catalogue import dbc_path

@@ -1,16 +1,21 @@
-"""``modbatt demo``: the whole system in one process, on two python-can ``virtual`` buses.
+"""``modbatt demo``: the whole system, on two buses, with the embedded API-Bridge.
 
-The embedded API-Bridge on a free loopback port with a temporary database, a pack
-controller, N battery modules and the app. It walks the lifecycle: discovery, registration
-and LCT, bootstrap key delivery, the encrypted app bus, module registration and pairing, the
-encrypted module bus, telemetry bridged to the app for ``--duration`` seconds, a simulated
-loss of the pack's flash and its recovery, and Operational again; then a summary.
+By default in one process on python-can ``virtual`` buses; with ``--interface
+udp_multicast`` the API-Bridge, the pack controller and the modules each run in their own
+process, started as a user would start them, and the demo drives the app. It walks the
+lifecycle: discovery, registration and LCT, bootstrap key delivery, the encrypted app bus,
+module registration and pairing, the encrypted module bus, telemetry bridged to the app for
+``--duration`` seconds, a simulated loss of the pack's flash and its recovery (the demo gives
+the operator's confirmation), and Operational again; then a summary.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,10 +23,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import can
+import httpx
 import uvicorn
 
 from modbatt import is_encrypted
@@ -34,17 +41,24 @@ from modbatt.nodes import NodeLoop
 from modbatt.pack import PackController, PackRuntime, PackState
 from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.stores import AuditLog
-from modbatt.transport import CanPort
+from modbatt.transport import BusSpec, CanPort, open_bus, parse_bus_spec
 
 Printer = Callable[[str], object]
+FIRST_UNIQUE_ID = 10_000
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @contextmanager
 def embedded_api_bridge(db: Path) -> Iterator[str]:
     """The embedded API-Bridge on a free loopback port, in this process; yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             build(db, None), host="127.0.0.1", port=port, log_level="warning", access_log=False
@@ -63,7 +77,7 @@ def embedded_api_bridge(db: Path) -> Iterator[str]:
 
 
 class BusCounter(can.Listener):
-    """Counts frames on a bus: all, with E set, and plain module-bus frames after a moment."""
+    """Counts the frames a passive listener sees on a bus: all, and those with E set."""
 
     def __init__(self) -> None:
         self.frames = 0
@@ -91,15 +105,136 @@ class Summary:
     recovery_ok: bool
     modules: int
     duration_s: float
+    interface: str
     can1_frames: int
     can1_encrypted: int
     can2_frames: int
     can2_encrypted: int
 
 
+class InProcess:
+    """Pack controller and modules as objects in this process, on `virtual` buses."""
+
+    def __init__(self, base: Path, run: str, count: int) -> None:
+        self.base, self.count = base, count
+        self.serial = f"PACK-{run[:6].upper()}"
+        self.specs = {
+            bus: BusSpec("virtual", f"modbatt-demo-{run}-{bus}") for bus in ("can1", "can2")
+        }
+        self.ports = {
+            name: CanPort.open(self.specs[bus])
+            for name, bus in (("pack1", "can1"), ("pack2", "can2"), ("modules", "can2"))
+        }
+        self.audit = AuditLog(base / "pack" / "audit.jsonl")
+        self.pack: PackRuntime | None = None
+        self.simulated = [
+            SecureModule(m, base / "modules" / f"module-{m.config.unique_id}")
+            for m in modules_for(FIRST_UNIQUE_ID, count, 14, time.monotonic())
+        ]
+        self.module_loop = NodeLoop(self.ports["modules"], self.simulated)
+        self.agent = PairingAgent(self.ports["modules"], self.simulated, self.module_loop)
+
+    def start(self, _url: str) -> None:
+        """Start the pack controller and the modules."""
+        self.start_pack()
+        self.module_loop.start()
+        self.agent.start()
+
+    def start_pack(self) -> None:
+        """(Re)start the pack controller on its flash."""
+        controller = PackController(self.serial, self.base / "pack", self.audit)
+        self.pack = PackRuntime(controller, self.ports["pack1"], self.ports["pack2"]).start()
+
+    def stop_pack(self) -> None:
+        """Stop the pack controller (its flash stays)."""
+        if self.pack is not None:
+            self.pack.stop()
+            self.pack = None
+
+    def close(self) -> None:
+        """Stop everything."""
+        self.agent.stop()
+        self.module_loop.stop()
+        self.stop_pack()
+        for port in self.ports.values():
+            port.close()
+
+
+class Processes:
+    """API-Bridge, pack controller and modules each in their own process.
+
+    Over `udp_multicast`: two groups on two ports, since they share one host.
+    """
+
+    def __init__(self, base: Path, run: str, count: int) -> None:
+        self.base, self.count = base, count
+        self.serial = f"PACK-{run[:6].upper()}"
+        group, port = f"239.74.{random.randint(0, 255)}", random.randint(43200, 43800)  # noqa: S311
+        self.specs = {
+            "can1": parse_bus_spec(f"udp_multicast:{group}.1,port={port}"),
+            "can2": parse_bus_spec(f"udp_multicast:{group}.2,port={port + 1}"),
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, *args: str) -> None:
+        log = (self.base / f"{name}.log").open("wb")
+        self.processes[name] = subprocess.Popen(  # noqa: S603 (our own command line)
+            [sys.executable, "-m", "modbatt", *args], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def start(self, _url: str) -> None:
+        """Start the pack controller and the modules, as `modbatt ... run` commands."""
+        self.start_pack()
+        self._spawn(
+            "modules",
+            "module",
+            "run",
+            "--can",
+            str(self.specs["can2"]).split(" ")[0],
+            "--unique-id",
+            str(FIRST_UNIQUE_ID),
+            "--count",
+            str(self.count),
+            "--state-dir",
+            str(self.base / "modules"),
+        )
+
+    def start_pack(self) -> None:
+        """(Re)start `modbatt pack run` on its state directory."""
+        self._spawn(
+            "pack",
+            "pack",
+            "run",
+            "--can1",
+            str(self.specs["can1"]).split(" ")[0],
+            "--can2",
+            str(self.specs["can2"]).split(" ")[0],
+            "--state-dir",
+            str(self.base / "pack"),
+            "--serial",
+            self.serial,
+        )
+        time.sleep(1.0)  # its python-can buses and ISO-TP stacks come up
+
+    def stop_pack(self) -> None:
+        """Stop the pack controller's process."""
+        process = self.processes.pop("pack", None)
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)
+
+    def close(self) -> None:
+        """Stop every process."""
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+
+
 def _table(app: App, out: Printer) -> None:
     out(f"   {'module':>6}  {'state':9}  {'SOC %':>6}  {'V':>7}  {'A':>7}  {'T max °C':>8}")
-    for node in sorted(app.telemetry):
+    for node in sorted(n for n in app.telemetry if 1 <= n <= 31):  # not unregistered (0xFF)
         t = app.telemetry[node]
         s1, s3 = t.get("STATUS_1", {}), t.get("STATUS_3", {})
         state = {0: "Off", 1: "Standby", 2: "Precharge", 3: "On"}.get(int(s1.get("State", -1)), "?")
@@ -119,169 +254,220 @@ def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
 
 
 def run_demo(
-    modules: int = 4, duration_s: float = 10.0, json_path: Path | None = None, out: Printer = print
+    modules: int = 4,
+    duration_s: float = 10.0,
+    json_path: Path | None = None,
+    out: Printer = print,
+    interface: str = "virtual",
 ) -> Summary:
     """Run the whole lifecycle; returns (and with `json_path` writes) the summary."""
     if not 1 <= modules <= 31:
         raise ValueError("--modules must be between 1 and 31")
+    if interface not in ("virtual", "udp_multicast"):
+        raise ValueError("--interface is virtual or udp_multicast")
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="modbatt-demo-") as tmp:
         base = Path(tmp)
+        topology: InProcess | Processes = (InProcess if interface == "virtual" else Processes)(
+            base, run, modules
+        )
+        with _api_bridge(base, interface) as url:
+            return _lifecycle(base, url, topology, interface, modules, duration_s, json_path, out)
+
+
+@contextmanager
+def _api_bridge(base: Path, interface: str) -> Iterator[str]:
+    if interface == "virtual":
         with embedded_api_bridge(base / "api-bridge.sqlite3") as url:
-            return _lifecycle(base, url, run, modules, duration_s, json_path, out)
+            yield url
+        return
+    port = free_port()
+    log = (base / "api-bridge.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 (our own command line)
+        [
+            sys.executable,
+            "-m",
+            "modbatt",
+            "api-bridge",
+            "serve",
+            "--db",
+            str(base / "api-bridge.sqlite3"),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _wait_http(url: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the API-Bridge at {url} did not start")
 
 
 def _lifecycle(
     base: Path,
     url: str,
-    run: str,
+    topology: InProcess | Processes,
+    interface: str,
     count: int,
     duration_s: float,
     json_path: Path | None,
     out: Printer,
 ) -> Summary:
+    specs = topology.specs
     out(
-        f"modbatt demo: API-Bridge at {url}; CAN 1 = virtual:modbatt-demo-{run}-can1, "
-        f"CAN 2 = virtual:modbatt-demo-{run}-can2; {count} module(s)"
+        f"modbatt demo ({interface}): API-Bridge at {url}; CAN 1 = {specs['can1']}, "
+        f"CAN 2 = {specs['can2']}; {count} module(s)"
     )
-    ports = {
-        name: CanPort(can.Bus(interface="virtual", channel=f"modbatt-demo-{run}-{bus}"), name)
-        for name, bus in (
-            ("app", "can1"),
-            ("pack1", "can1"),
-            ("pack2", "can2"),
-            ("modules", "can2"),
-        )
-    }
     counters = {bus: BusCounter() for bus in ("can1", "can2")}
-    watchers = [
-        can.Bus(interface="virtual", channel=f"modbatt-demo-{run}-{bus}") for bus in counters
-    ]
+    watchers = [open_bus(specs[bus]) for bus in counters]
     notifiers = [
         can.Notifier(bus, [counters[name]]) for bus, name in zip(watchers, counters, strict=True)
     ]
-    audit = AuditLog(base / "audit.jsonl")
-    serial = f"PACK-{run[:6].upper()}"
-    pack = PackRuntime(
-        PackController(serial, base / "pack", audit), ports["pack1"], ports["pack2"]
-    ).start()
-    simulated = [
-        SecureModule(m, base / f"module-{m.config.unique_id}")
-        for m in modules_for(10_000, count, 14, time.monotonic())
-    ]
-    module_loop = NodeLoop(ports["modules"], simulated).start()
-    agent = PairingAgent(ports["modules"], simulated, module_loop).start()
+    topology.start(url)
+    app_port = CanPort.open(specs["can1"])
     bridge = ApiBridgeClient(ApiBridgeConfig(base_url=url))
     app = App(
         base / "app",
-        ControlEndpoint.open(ports["app"], APP_TO_PACK, PACK_TO_APP),
+        ControlEndpoint.open(app_port, APP_TO_PACK, PACK_TO_APP),
         bridge,
-        audit,
+        AuditLog(base / "app" / "audit.jsonl"),
     )
-    ports["app"].subscribe(app.on_frame)
-    recovery_ok = False
+    app_port.subscribe(app.on_frame)
     try:
-        info = app.discover()
-        out(
-            f"\n1. discovery: pack {info['serial']}, state {info['state']} {info['state_name']}, "
-            f"security level {info['security_level']}"
-        )
-        upgraded = app.bootstrap()
-        keys = app.keystore.load()
-        assert keys is not None
-        out(
-            f"2. bootstrap: app {keys.app_component_id}, pack {keys.pack_component_id}, "
-            f"LCT {keys.lct_id}; keys delivered sealed (X25519), session handshake done"
-        )
-        out(
-            f"   pack state {upgraded['state']} Bootstrap Complete, security level "
-            f"{upgraded['security_level']} (CAN 1 encrypted)"
-        )
-        _wait(
-            lambda: len([m for m in app.status()["modules"] if m["online"]]) == count,
-            3.0 + 0.1 * count,
-        )
-        registered = [m for m in app.status()["modules"] if m["online"]]
-        out(
-            f"3. module bus: {len(registered)} module(s) registered: "
-            + ", ".join(f"{m['module_id']}←{m['unique_id']}" for m in registered)
-        )
-        for module in registered:
-            result = app.pair(int(module["unique_id"]))
-            out(
-                f"   paired module {result['module_id']} (link {result['link']}): "
-                f"state {result['state']}, security level {result['security_level']}"
-            )
-        status = app.status()
-        out(
-            f"4. operational: state {status['state']} {status['state_name']}, security level "
-            f"{status['security_level']}; telemetry for {duration_s:g} s, decrypted by the app:"
-        )
-        app.telemetry_frames = 0
-        end = time.monotonic() + duration_s
-        while time.monotonic() < end:
-            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-            _table(app, out)
-        telemetry = app.telemetry_frames
-        out("5. the pack's flash is lost (erased) and the pack restarts")
-        pack.stop()
-        pack.controller.flash_store.erase()
-        pack = PackRuntime(
-            PackController(serial, base / "pack", audit), ports["pack1"], ports["pack2"]
-        ).start()
-        app.session = None
-        lost = app.discover()
-        out(
-            f"   pack state {lost['state']} {lost['state_name']}; the operator confirms the "
-            "re-bootstrap (the demo does, as --confirm-rebootstrap would)"
-        )
-        recovered = app.recover(confirm=True)
-        status = app.status()
-        recovery_ok = status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
-        out(
-            f"   recovered: LCTs replaced, keys delivered again, {recovered['repaired_modules']} "
-            f"module(s) paired again; state {status['state']} {status['state_name']}, security "
-            f"level {status['security_level']}"
-        )
-        _wait(lambda: app.telemetry_frames > telemetry, 2.0)
-        stats = pack.controller.gateway.stats()
-        dropped = {
-            k: v for k, v in stats.items() if k not in ("received", "forwarded", "pending") and v
-        }
-        for reason, n in app.dropped.items():
-            dropped[f"app_{reason}"] = n
-        summary = Summary(
-            pack_state=PackState(status["state"]).name.replace("_", " ").title(),
-            security_level=int(status["security_level"]),
-            modules_paired=sum(1 for m in status["modules"] if m["paired"]),
-            telemetry_frames_received=app.telemetry_frames,
-            frames_dropped=dropped,
-            recovery_ok=recovery_ok,
-            modules=count,
-            duration_s=duration_s,
+        summary = _phases(app, topology, count, duration_s, out)
+        result = Summary(
+            **summary,
+            interface=interface,
             can1_frames=counters["can1"].frames,
             can1_encrypted=counters["can1"].encrypted,
             can2_frames=counters["can2"].frames,
             can2_encrypted=counters["can2"].encrypted,
         )
     finally:
-        agent.stop()
-        module_loop.stop()
-        pack.stop()
         app.endpoint.close()
         bridge.close()
+        topology.close()
+        app_port.close()
         for notifier in notifiers:
             notifier.stop()
         for watcher in watchers:
             watcher.shutdown()
-        for port in ports.values():
-            port.close()
     out(
-        f"\nsummary: state {summary.pack_state}, security level {summary.security_level}, "
-        f"{summary.modules_paired} module(s) paired, {summary.telemetry_frames_received} "
-        f"telemetry frames decrypted by the app, dropped {summary.frames_dropped or 'nothing'}, "
-        f"recovery {'ok' if summary.recovery_ok else 'FAILED'}"
+        f"\nsummary: state {result.pack_state}, security level {result.security_level}, "
+        f"{result.modules_paired} module(s) paired, {result.telemetry_frames_received} "
+        f"telemetry frames decrypted by the app, dropped {result.frames_dropped or 'nothing'}, "
+        f"recovery {'ok' if result.recovery_ok else 'FAILED'}"
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(summary.__dict__, indent=2) + "\n")
-    return summary
+        json_path.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def _phases(
+    app: App, topology: InProcess | Processes, count: int, duration_s: float, out: Printer
+) -> dict[str, Any]:
+    _wait(lambda: _answers(app), 10.0)
+    info = app.discover()
+    out(
+        f"\n1. discovery: pack {info['serial']}, state {info['state']} {info['state_name']}, "
+        f"security level {info['security_level']}"
+    )
+    upgraded = app.bootstrap()
+    keys = app.keystore.load()
+    assert keys is not None
+    out(
+        f"2. bootstrap: app {keys.app_component_id}, pack {keys.pack_component_id}, "
+        f"LCT {keys.lct_id}; keys delivered sealed (X25519), session handshake done"
+    )
+    out(
+        f"   pack state {upgraded['state']} Bootstrap Complete, security level "
+        f"{upgraded['security_level']} (CAN 1 encrypted)"
+    )
+    _wait(
+        lambda: len([m for m in app.status()["modules"] if m["online"]]) == count, 5.0 + 0.1 * count
+    )
+    registered = [m for m in app.status()["modules"] if m["online"]]
+    out(
+        f"3. module bus: {len(registered)} module(s) registered: "
+        + ", ".join(f"{m['module_id']}←{m['unique_id']}" for m in registered)
+    )
+    for module in registered:
+        result = app.pair(int(module["unique_id"]))
+        out(
+            f"   paired module {result['module_id']} (link {result['link']}): "
+            f"state {result['state']}, security level {result['security_level']}"
+        )
+    status = app.status()
+    out(
+        f"4. operational: state {status['state']} {status['state_name']}, security level "
+        f"{status['security_level']}; telemetry for {duration_s:g} s, decrypted by the app:"
+    )
+    app.telemetry_frames = 0
+    end = time.monotonic() + duration_s
+    while time.monotonic() < end:
+        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+        _table(app, out)
+    telemetry = app.telemetry_frames
+    out("5. the pack's flash is lost (erased) and the pack restarts")
+    topology.stop_pack()
+    for slot in (topology.base / "pack").glob("pack-flash.slot*"):
+        slot.unlink()
+    topology.start_pack()
+    app.session = None
+    _wait(lambda: _answers(app), 10.0)
+    lost = app.discover()
+    out(
+        f"   pack state {lost['state']} {lost['state_name']}; the operator confirms the "
+        "re-bootstrap (the demo does, as --confirm-rebootstrap would)"
+    )
+    recovered = app.recover(confirm=True)
+    status = app.status()
+    recovery_ok = status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
+    out(
+        f"   recovered: LCTs replaced, keys delivered again, {recovered['repaired_modules']} "
+        f"module(s) paired again; state {status['state']} {status['state_name']}, security "
+        f"level {status['security_level']}"
+    )
+    _wait(lambda: app.telemetry_frames > telemetry, 3.0)
+    status = app.status()
+    dropped = {
+        k: v
+        for k, v in status["gateway"].items()
+        if k not in ("received", "forwarded", "pending") and v
+    }
+    for reason, n in app.dropped.items():
+        dropped[f"app_{reason}"] = n
+    return {
+        "pack_state": PackState(status["state"]).name.replace("_", " ").title(),
+        "security_level": int(status["security_level"]),
+        "modules_paired": sum(1 for m in status["modules"] if m["paired"]),
+        "telemetry_frames_received": app.telemetry_frames,
+        "frames_dropped": dropped,
+        "recovery_ok": recovery_ok,
+        "modules": count,
+        "duration_s": duration_s,
+    }
+
+
+def _answers(app: App) -> bool:
+    try:
+        app.discover()
+    except Exception:
+        return False
+    return True

@@ -148,6 +148,7 @@ class PackController:
             "capabilities": {"max_modules": 31, "can_fd": False, "protocol": 1},
             "paired_modules": 0 if self.flash is None else len(self.flash.modules),
             "modules": [] if self.modules_view is None else self.modules_view(),
+            "gateway": self.gateway.stats(),
             "flash_problem": self.flash_problem,
         }
 
