@@ -284,3 +284,53 @@ def test_configuration_reaches_the_modules_and_stays_in_flash(lifecycle: Lifecyc
     assert flash is not None and flash.configuration["max_state"] == 1
     audit = lifecycle.pack.controller.audit
     assert audit is not None and '"pack.configured"' in audit.path.read_text()
+
+
+def test_status_frames_alerts_diagnostics_and_policy(lifecycle: Lifecycle) -> None:
+    app, modules = lifecycle.app, lifecycle.modules
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    app.pair(modules[0].module.config.unique_id)  # one paired, one not
+    # the pack's status frame, sealed, once a second
+    assert wait_for(lambda: app.pack_status.get("paired") == 1, 3.0)
+    assert app.pack_status["security_level"] == 3 and app.pack_status["registered"] == 2
+    # the security policy: no plain module traffic bridged any more
+    app.configure(bridge_unpaired_modules=False)
+    unpaired = modules[1].module.module_id or 0
+    app.telemetry.pop(unpaired, None)
+    time.sleep(1.0)
+    assert unpaired not in app.telemetry
+    diagnostics = app.diagnostics()
+    assert diagnostics["audit_log"] == "intact" and "0" in diagnostics["links"]
+    assert diagnostics["gateway"]["received"] > 0
+    # a module goes quiet: the app gets an alert
+    lifecycle.pack.manager.silence_timeout_s = 0.5
+    lifecycle.ports["modules"].bus.send = lambda *_a, **_k: None  # type: ignore[method-assign]
+    assert wait_for(lambda: any(a["code"] == 1 for a in app.alerts), 4.0)
+
+
+def test_firmware_update_is_stored_only_when_it_verifies(lifecycle: Lifecycle) -> None:
+    app = lifecycle.app
+    app.bootstrap()
+    image = bytes(range(256)) * 20  # 5120 bytes: six chunks
+    stored = app.update_firmware(image, "1.2.3")
+    assert stored == {"type": "firmware_stored", "version": "1.2.3", "size": len(image)}
+    path = lifecycle.pack.controller.state_dir / "firmware" / "1.2.3.bin"
+    assert path.read_bytes() == image
+    # a corrupted image (the digest does not match) is refused and nothing is stored
+    with pytest.raises(AppError, match="mismatch"):
+        app._ask(
+            {"type": "firmware_begin", "version": "9.9.9", "size": 4, "sha256": "00" * 32},
+            "firmware_ready",
+        )
+        app._ask({"type": "firmware_chunk", "index": 0, "data": "01020304"}, "firmware_chunk_ok")
+        app._ask({"type": "firmware_end"}, "firmware_stored")
+    assert not (path.parent / "9.9.9.bin").exists()
+    # a chunk out of order abandons the transfer
+    app._ask(
+        {"type": "firmware_begin", "version": "2.0.0", "size": 8, "sha256": "ab" * 32},
+        "firmware_ready",
+    )
+    with pytest.raises(AppError, match="expected chunk 0"):
+        app._ask({"type": "firmware_chunk", "index": 1, "data": "00" * 8}, "firmware_chunk_ok")
+    assert app.diagnostics()["firmware"] == ["1.2.3"]

@@ -15,6 +15,7 @@ Refusals by the pack come back as :class:`AppError` naming the step.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class App:
         self.telemetry: dict[int, dict[str, dict[str, Any]]] = {}
         self.telemetry_frames = 0
         self.dropped: Counter[str] = Counter()
+        self.pack_status: dict[str, int] = {}
+        self.alerts: list[dict[str, int]] = []
 
     def _audit(self, event: str, **fields: str | int | bool | None) -> None:
         if self.audit is not None:
@@ -248,18 +251,60 @@ class App:
         )
         return result
 
-    def configure(self, *, max_state: int) -> dict[str, Any]:
-        """Operational parameters (Workflow B.1): sealed, applied and kept in the pack's flash."""
+    def configure(
+        self, *, max_state: int | None = None, bridge_unpaired_modules: bool | None = None
+    ) -> dict[str, Any]:
+        """Operational parameters and security policy (Workflow B.1), sealed, kept in flash."""
         if self.session is None:
             raise AppError("configure: connect first")
-        answer = self._ask({"type": "configure", "max_state": max_state}, "configured")
-        self._audit("pack.configured", max_state=max_state)
+        request: dict[str, Any] = {"type": "configure"}
+        if max_state is not None:
+            request["max_state"] = max_state
+        if bridge_unpaired_modules is not None:
+            request["bridge_unpaired_modules"] = bridge_unpaired_modules
+        answer = self._ask(request, "configured")
+        self._audit(
+            "pack.configured", max_state=max_state, bridge_unpaired_modules=bridge_unpaired_modules
+        )
         return answer
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Counters, links, flash and audit log health, firmware images (sealed)."""
+        if self.session is None:
+            raise AppError("diagnostics: connect first")
+        return self._ask({"type": "diagnostics"}, "diagnostics")
+
+    def update_firmware(self, image: bytes, version: str) -> dict[str, Any]:
+        """Send a firmware image in sealed chunks; the pack stores it only if it verifies."""
+        if self.session is None:
+            raise AppError("firmware: connect first")
+        digest = hashlib.sha256(image).hexdigest()
+        ready = self._ask(
+            {"type": "firmware_begin", "version": version, "size": len(image), "sha256": digest},
+            "firmware_ready",
+        )
+        size = int(ready["chunk"])
+        for index, start in enumerate(range(0, len(image), size)):
+            self._ask(
+                {
+                    "type": "firmware_chunk",
+                    "index": index,
+                    "data": image[start : start + size].hex(),
+                },
+                "firmware_chunk_ok",
+            )
+        stored = self._ask({"type": "firmware_end"}, "firmware_stored")
+        self._audit("firmware.sent", version=version, sha256=digest)
+        return stored
 
     def on_frame(self, can_id: int, data: bytes, _timestamp: float = 0.0) -> None:
         """Telemetry bridged by the pack (sealed with the app link): open, decode, keep."""
         session = self.session
-        if session is None or not 0x500 <= (can_id >> 18) < 0x510:
+        base = can_id >> 18
+        if session is not None and base in (0x470, 0x471) and is_encrypted(can_id):
+            self._pack_frame(session, can_id, data)
+            return
+        if session is None or not 0x500 <= base < 0x510:
             return
         if not is_encrypted(can_id):
             self.dropped["downgrade"] += 1  # plain telemetry on an upgraded app bus
@@ -314,6 +359,32 @@ class App:
                 if int(unique) in online:
                     self.pair(int(unique), replaces=lct_id)
         return {**upgraded, "repaired_modules": len(modules)}
+
+    def _pack_frame(self, session: Session, can_id: int, data: bytes) -> None:
+        try:
+            plain = session.open(can_id, data)
+        except (FrameRejectedError, SessionError) as exc:
+            self.dropped[getattr(exc, "reason", "no_session")] += 1
+            return
+        if plain is None or len(plain) < 4:
+            return
+        if can_id >> 18 == 0x470 and len(plain) >= 6:
+            self.pack_status = {
+                "state": plain[0],
+                "security_level": plain[1],
+                "registered": plain[2],
+                "paired": plain[3],
+                "online": plain[4],
+                "flags": plain[5],
+            }
+        elif can_id >> 18 == 0x471:
+            self.alerts.append(
+                {
+                    "code": plain[0],
+                    "module_id": plain[1],
+                    "value": int.from_bytes(plain[2:4], "little"),
+                }
+            )
 
     def status(self) -> dict[str, Any]:
         """The pack's device information, sealed once the channel is upgraded."""

@@ -3,7 +3,7 @@
 Every command opens CAN 1, reads the app's keystore from ``--state-dir`` and, when the app
 holds keys, first runs the session handshake with the pack (the channel upgrade), then does
 its job: ``discover``, ``bootstrap``, ``pair``, ``status``, ``configure``, ``recover`` and
-``monitor``.
+``monitor``, ``diagnose`` and ``firmware``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,14 @@ def _act(app: App, args: argparse.Namespace, out: Printer) -> int:
         for unique_id in targets:
             out(json.dumps(app.pair(int(unique_id))))
     elif command == "configure":
-        out(json.dumps(app.configure(max_state=args.max_state)))
+        bridge = None if args.bridge_unpaired is None else args.bridge_unpaired == "yes"
+        if args.max_state is None and bridge is None:
+            raise AppError("configure: give --max-state and/or --bridge-unpaired")
+        out(json.dumps(app.configure(max_state=args.max_state, bridge_unpaired_modules=bridge)))
+    elif command == "diagnose":
+        out(json.dumps(app.diagnostics(), indent=2))
+    elif command == "firmware":
+        out(json.dumps(app.update_firmware(args.image.read_bytes(), args.version)))
     elif command == "monitor":
         end = time.monotonic() + args.duration
         while time.monotonic() < end:

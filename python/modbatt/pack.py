@@ -20,6 +20,7 @@ out) and its flash; :class:`PackControllerRuntime` binds it to the buses.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -46,7 +47,7 @@ from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
 from modbatt.nodes import NodeLoop
 from modbatt.pack_modules import ModuleManager
 from modbatt.pairing import module_channel_ids, responder_id
-from modbatt.stores import AuditLog, StoreCorruptError
+from modbatt.stores import AuditLog, StoreCorruptError, atomic_write
 from modbatt.transport import CanPort
 
 log = logging.getLogger("modbatt.pack")
@@ -78,8 +79,8 @@ class PackController:
 
     pair_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(init=False, default=None)
     modules_view: Callable[[], list[dict[str, Any]]] | None = field(init=False, default=None)
-    configure_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(
-        init=False, default=None
+    extra_handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(
+        init=False, default_factory=dict
     )
 
     def __post_init__(self) -> None:
@@ -182,8 +183,8 @@ class PackController:
                 return self._handshake_finish(message)
             if kind == "pair_module" and self.pair_with is not None:
                 return self.pair_with(message)
-            if kind == "configure" and self.configure_with is not None:
-                return self.configure_with(message)
+            if kind in self.extra_handlers:
+                return self.extra_handlers[kind](message)
         except (KeyAgreementError, HandshakeError, KeyError, ValueError) as exc:
             self._audit("control.refused", message=kind, reason=str(exc))
             return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
@@ -293,9 +294,12 @@ NODE_MASK = 0xFF
 TELEMETRY_BASE = 0x500 << 18  # module -> pack messages, 0x500-0x50F
 COMMAND_BASE = 0x510 << 18  # pack -> module messages, 0x510-0x51F
 CAN1, CAN2 = 0, 1
+STATUS_ID = 0x470 << 18  # pack status on CAN 1: state, level, modules, flags
+ALERT_ID = 0x471 << 18  # alerts on CAN 1: code, module id, value
+ALERT_MODULE_SILENT, ALERT_MODULE_RETURNED, ALERT_FLASH_PROBLEM = 1, 2, 3
 
 
-def routing_rules(gateway: Gateway, paired: list[int]) -> None:
+def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = True) -> None:
     """The pack's routing table: paired modules' links first, then plain module traffic.
 
     Module telemetry (0x500-0x50F) from CAN 2 goes to CAN 1 sealed with the app link: opened
@@ -311,8 +315,9 @@ def routing_rules(gateway: Gateway, paired: list[int]) -> None:
         gateway.add_rule(
             CAN1, COMMAND_BASE | module_id, node, CAN2, inbound=APP_LINK, outbound=module_id
         )
-    gateway.add_rule(CAN2, TELEMETRY_BASE, MODULE_BASE_MASK, CAN1, outbound=APP_LINK)
-    gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
+    if bridge_unpaired:  # the security policy may forbid plain module traffic altogether
+        gateway.add_rule(CAN2, TELEMETRY_BASE, MODULE_BASE_MASK, CAN1, outbound=APP_LINK)
+        gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
 
 
 class PackRuntime:
@@ -323,15 +328,22 @@ class PackRuntime:
         self.can1, self.can2 = can1, can2
         self.manager = ModuleManager()
         self.module_loop = NodeLoop(can2, [self.manager])
+        self.firmware = FirmwareReceiver(controller)
         endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
         self.control = PackControllerRuntime(controller, endpoint)
         controller.pair_with = self.pair_module
         controller.modules_view = self.modules_view
-        controller.configure_with = self.configure
+        controller.extra_handlers.update(
+            configure=self.configure,
+            diagnostics=self.diagnostics,
+            firmware_begin=self.firmware.begin,
+            firmware_chunk=self.firmware.chunk,
+            firmware_end=self.firmware.end,
+        )
         if controller.flash is not None:
             self.manager.max_state = int(controller.flash.configuration.get("max_state", 3))
         self._restore_module_links()
-        routing_rules(controller.gateway, sorted(controller.paired_links))
+        self._rules()
         self._listeners = [
             (can1, can1.subscribe(self._from_app)),
             (can2, can2.subscribe(self._from_modules)),
@@ -364,6 +376,8 @@ class PackRuntime:
         self._pairing_lock = threading.Lock()
         self._retry_at: dict[int, float] = {}
         self._relink_stop = threading.Event()
+        self._events: list[Any] = []
+        self._flash_alerted = False
         self._relinker = threading.Thread(target=self._relink_loop, name="relink", daemon=True)
 
     def modules_view(self) -> list[dict[str, Any]]:
@@ -406,23 +420,64 @@ class PackRuntime:
         if is_encrypted(can_id):
             self._send(self.controller.gateway.step(CAN1, can_id, data))
 
+    def _rules(self) -> None:
+        flash = self.controller.flash
+        bridge = (
+            True
+            if flash is None
+            else bool(flash.configuration.get("bridge_unpaired_modules", True))
+        )
+        routing_rules(self.controller.gateway, sorted(self.controller.paired_links), bridge)
+
     def configure(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Operational parameters from the app (arrives sealed): applied and kept in flash."""
+        """Operational parameters and security policy from the app (sealed).
+
+        ``max_state`` (0-3) and ``bridge_unpaired_modules`` (bool), applied and kept in flash.
+        """
         flash = self.controller.flash
         if flash is None:
             raise KeyAgreementError("not bootstrapped")
-        max_state = int(message["max_state"])
-        if not 0 <= max_state <= 3:
-            raise ValueError("max_state is 0 (Off) to 3 (On)")
-        record = flash.model_copy(
-            update={"configuration": {**flash.configuration, "max_state": max_state}}
-        )
+        changes: dict[str, int | bool] = {}
+        if "max_state" in message:
+            max_state = message["max_state"]
+            if (
+                not isinstance(max_state, int)
+                or isinstance(max_state, bool)
+                or not 0 <= max_state <= 3
+            ):
+                raise ValueError("max_state is 0 (Off) to 3 (On)")
+            changes["max_state"] = max_state
+        if "bridge_unpaired_modules" in message:
+            if not isinstance(message["bridge_unpaired_modules"], bool):
+                raise ValueError("bridge_unpaired_modules is true or false")
+            changes["bridge_unpaired_modules"] = message["bridge_unpaired_modules"]
+        if not changes:
+            raise ValueError("nothing to configure (max_state, bridge_unpaired_modules)")
+        record = flash.model_copy(update={"configuration": {**flash.configuration, **changes}})
         self.controller.flash_store.save(record)
         self.controller.flash = record
         with self.module_loop.lock:
-            self.manager.max_state = max_state
-        self.controller._audit("pack.configured", max_state=max_state)
-        return {"type": "configured", "max_state": max_state}
+            self.manager.max_state = int(record.configuration.get("max_state", 3))
+        self._rules()
+        self.controller._audit("pack.configured", **changes)
+        return {"type": "configured", **record.configuration}
+
+    def diagnostics(self, _message: dict[str, Any]) -> dict[str, Any]:
+        """What a technician needs to see: counters, links, flash and audit log health."""
+        gateway = self.controller.gateway
+        links = {
+            str(link): gateway.session_stats(link)
+            for link in [APP_LINK, *self.controller.module_links()]
+        }
+        audit = self.controller.audit
+        return {
+            "type": "diagnostics",
+            "gateway": gateway.stats(),
+            "links": links,
+            "flash_problem": self.controller.flash_problem,
+            "audit_log": None if audit is None else (audit.verify() or "intact"),
+            "firmware": self.firmware.installed(),
+        }
 
     # --- pairing (seed Workflow A) ----------------------------------------------------------
 
@@ -461,7 +516,7 @@ class PackRuntime:
         controller.flash_store.save(record)
         controller.flash = record
         controller.paired_links.add(module_id)
-        routing_rules(controller.gateway, sorted(controller.paired_links))
+        self._rules()
         controller._audit(
             "module.paired",
             module_id=module_id,
@@ -540,8 +595,58 @@ class PackRuntime:
         while not self._relink_stop.wait(1.0):
             try:
                 self.relink_once()
-            except Exception:
-                log.exception("re-establishing module links failed")
+                self.send_status()
+                self._alerts_from_events()
+            except Exception:  # the loop must survive a failed attempt
+                log.exception("module links, status or alerts failed")
+
+    def send_status(self) -> None:
+        """The pack status frame on CAN 1 (once a second): sealed once the app link is up."""
+        controller = self.controller
+        with self.module_loop.lock:
+            entries = self.manager.snapshot()
+        flags = (1 if controller.flash_problem else 0) | (2 if controller.flash is None else 0)
+        payload = bytes(
+            [
+                int(controller.state),
+                controller.security_level,
+                len(entries),
+                len(controller.module_links()),
+                sum(1 for e in entries if e.online),
+                flags,
+            ]
+        )
+        self._send_app_frame(STATUS_ID, payload)
+
+    def _alerts_from_events(self) -> None:
+        with self.module_loop.lock:
+            events = self.manager.drain_events()
+        self._events.extend(events)
+        for event in events:
+            if event.kind == "silent":
+                self.send_alert(ALERT_MODULE_SILENT, event.module_id)
+            elif event.kind == "returned":
+                self.send_alert(ALERT_MODULE_RETURNED, event.module_id)
+        if self.controller.flash_problem and not self._flash_alerted:
+            self._flash_alerted = True
+            self.send_alert(ALERT_FLASH_PROBLEM)
+
+    def take_events(self) -> list[Any]:
+        """The module events since the last call (for whoever prints them)."""
+        events, self._events = self._events, []
+        return events
+
+    def send_alert(self, code: int, module_id: int = 0, value: int = 0) -> None:
+        """An alert frame on CAN 1: code, module id, a 16-bit value (sealed once upgraded)."""
+        self._send_app_frame(ALERT_ID, bytes([code, module_id]) + value.to_bytes(2, "little"))
+
+    def _send_app_frame(self, can_id: int, payload: bytes) -> None:
+        gateway = self.controller.gateway
+        if gateway.has_session(APP_LINK):
+            for frame_id, data in gateway.seal_frame(APP_LINK, can_id, payload):
+                self.can1.send(frame_id, data)
+        else:
+            self.can1.send(can_id, payload)
 
     def relink_once(self) -> int:
         """Re-establish the session of every paired module that is registered but has none.
@@ -581,7 +686,7 @@ class PackRuntime:
                     endpoint.close()
                 self.controller.gateway.install_session(entry.module_id, session)
                 self.controller.paired_links.add(entry.module_id)
-                routing_rules(self.controller.gateway, sorted(self.controller.paired_links))
+                self._rules()
             self.controller._audit(
                 "module.relinked",
                 module_id=entry.module_id,
@@ -609,3 +714,83 @@ def _handshake_over(
     if upgraded is None or upgraded["type"] != "upgraded":
         raise KeyAgreementError("handshake: the module's upgraded channel did not answer")
     return session
+
+
+class FirmwareReceiver:
+    """The firmware update (Workflow B.1): a chunked transfer with an integrity check.
+
+    ``firmware_begin`` {version, size, sha256} opens a transfer; ``firmware_chunk`` {index,
+    data (hex, at most 1024 bytes)} must come in order; ``firmware_end`` checks the size and
+    the SHA-256 and only then stores the image atomically as ``firmware/<version>.bin`` in the
+    pack's state directory. A missing, repeated, reordered or altered chunk fails the transfer
+    and nothing is stored. (Installing the image on the controller is the hardware's job.)
+    """
+
+    MAX_SIZE = 4 << 20
+    CHUNK = 1024
+
+    def __init__(self, controller: PackController) -> None:
+        self.controller = controller
+        self.directory = controller.state_dir / "firmware"
+        self._transfer: dict[str, Any] | None = None
+
+    def begin(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Open a transfer."""
+        version, size, digest = (
+            str(message["version"]),
+            int(message["size"]),
+            str(message["sha256"]),
+        )
+        if not version.replace(".", "").replace("-", "").isalnum() or len(version) > 32:
+            raise ValueError("firmware version: letters, digits, dots and dashes, at most 32")
+        if not 0 < size <= self.MAX_SIZE or len(digest) != 64:
+            raise ValueError(f"firmware size 1..{self.MAX_SIZE} bytes and a 64-hex SHA-256")
+        self._transfer = {
+            "version": version,
+            "size": size,
+            "sha256": digest,
+            "next": 0,
+            "data": bytearray(),
+        }
+        return {"type": "firmware_ready", "chunk": self.CHUNK}
+
+    def chunk(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Take the next chunk, in order."""
+        transfer = self._transfer
+        if transfer is None:
+            raise ValueError("no firmware transfer open")
+        index, data = int(message["index"]), bytes.fromhex(message["data"])
+        if index != transfer["next"] or not 0 < len(data) <= self.CHUNK:
+            self._transfer = None
+            raise ValueError(
+                f"firmware chunk {index}: expected chunk {transfer['next']} of at "
+                f"most {self.CHUNK} bytes; transfer abandoned"
+            )
+        transfer["data"] += data
+        transfer["next"] += 1
+        if len(transfer["data"]) > transfer["size"]:
+            self._transfer = None
+            raise ValueError("firmware: more data than announced; transfer abandoned")
+        return {"type": "firmware_chunk_ok", "index": index}
+
+    def end(self, _message: dict[str, Any]) -> dict[str, Any]:
+        """Check the whole image and store it."""
+        transfer, self._transfer = self._transfer, None
+        if transfer is None:
+            raise ValueError("no firmware transfer open")
+        image = bytes(transfer["data"])
+        if (
+            len(image) != transfer["size"]
+            or hashlib.sha256(image).hexdigest() != transfer["sha256"]
+        ):
+            self.controller._audit("firmware.rejected", version=transfer["version"])
+            raise ValueError("firmware: size or SHA-256 mismatch; nothing stored")
+        atomic_write(self.directory / f"{transfer['version']}.bin", image)
+        self.controller._audit(
+            "firmware.stored", version=transfer["version"], sha256=transfer["sha256"]
+        )
+        return {"type": "firmware_stored", "version": transfer["version"], "size": len(image)}
+
+    def installed(self) -> list[str]:
+        """The firmware images stored, by version."""
+        return sorted(p.stem for p in self.directory.glob("*.bin"))

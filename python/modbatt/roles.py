@@ -108,9 +108,7 @@ def run_pack(
             out(f"FLASH PROBLEM: {controller.flash_problem} (run key recovery from the app)")
         shown: tuple[int, int, int] | None = None
         while not stop.wait(0.5):
-            with runtime.module_loop.lock:
-                events = runtime.manager.drain_events()
-            for event in events:
+            for event in runtime.take_events():
                 out(str(event))
             now = (int(controller.state), controller.security_level, len(controller.module_links()))
             if now != shown:

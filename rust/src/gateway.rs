@@ -176,6 +176,17 @@ impl Gateway {
         }))
     }
 
+    /// Seal a frame of the gateway's own (a status or an alert) with a link's session.
+    pub fn seal_frame(
+        &mut self,
+        link: LinkId,
+        can_id: u32,
+        payload: &[u8],
+        fd: bool,
+    ) -> Result<Sealed> {
+        self.session_mut(link)?.seal(can_id, payload, fd)
+    }
+
     /// Seal a message with a link's session (see `Session::seal_message`).
     pub fn seal_message(&mut self, link: LinkId, stream: u32, payload: &[u8]) -> Result<Vec<u8>> {
         self.session_mut(link)?.seal_message(stream, payload)

@@ -202,6 +202,24 @@ impl Gateway {
         }
     }
 
+    /// Seal a frame of the gateway's own with link `link`'s session: the (id, data) frames.
+    #[pyo3(signature = (link, can_id, data, fd=false))]
+    fn seal_frame<'py>(
+        &mut self,
+        py: Python<'py>,
+        link: LinkId,
+        can_id: u32,
+        data: &[u8],
+        fd: bool,
+    ) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
+        let sealed = self.inner.seal_frame(link, can_id, data, fd)?;
+        Ok(sealed
+            .frames()
+            .iter()
+            .map(|f| (f.id, PyBytes::new(py, f.payload())))
+            .collect())
+    }
+
     /// Seal a message with link `link`'s session.
     fn seal_message<'py>(
         &mut self,
