@@ -334,3 +334,25 @@ def test_firmware_update_is_stored_only_when_it_verifies(lifecycle: Lifecycle) -
     with pytest.raises(AppError, match="expected chunk 0"):
         app._ask({"type": "firmware_chunk", "index": 1, "data": "00" * 8}, "firmware_chunk_ok")
     assert app.diagnostics()["firmware"] == ["1.2.3"]
+
+
+def test_an_app_command_reaches_its_module_through_the_gateway(lifecycle: Lifecycle) -> None:
+    app, modules = lifecycle.app, lifecycle.modules
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    for module in modules:
+        app.pair(module.module.config.unique_id)
+    target, other = modules
+    app.command_state(target.module.module_id or 0, 3, 400.0)
+    assert wait_for(lambda: target.module.state == 3, 2.0)  # Precharge, then On
+    assert other.module.state == 1  # addressed to one module only
+    # the app sees it in the bridged telemetry, and the module's audit log has its keys' story
+    assert wait_for(
+        lambda: (
+            app.telemetry.get(target.module.module_id or 0, {}).get("STATUS_1", {}).get("State")
+            == 3
+        ),
+        2.0,
+    )
+    assert target.audit is not None and target.audit.verify() is None
+    assert '"keys.stored"' in target.audit.path.read_text()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modbatt import LinkKey, Session, is_encrypted, logical_id
+from modbatt import LinkKey, Session, frames_of, is_encrypted, logical_id
 from modbatt.api_bridge.client import ApiBridgeClient
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
 from modbatt.catalogue import catalogue
@@ -267,6 +267,23 @@ class App:
             "pack.configured", max_state=max_state, bridge_unpaired_modules=bridge_unpaired_modules
         )
         return answer
+
+    def command_state(self, module_id: int, state: int, hv_bus_voltage: float = 0.0) -> None:
+        """Ask a module for a state (Off 0 ... On 3) (Workflow B.3).
+
+        A STATE_CHANGE sealed with the app link, which the pack's gateway reseals for the
+        module's own link.
+        """
+        if self.session is None:
+            raise AppError("command: connect first")
+        can_id, payload = catalogue().encode(
+            "STATE_CHANGE",
+            module_id,
+            {"ModuleId": module_id, "RequestedState": state, "HvBusVoltage": hv_bus_voltage},
+        )
+        for frame_id, data in frames_of(self.session.seal(can_id, payload)):
+            self.endpoint.channel.port.send(frame_id, data)
+        self._audit("module.commanded", module_id=module_id, state=state)
 
     def diagnostics(self) -> dict[str, Any]:
         """Counters, links, flash and audit log health, firmware images (sealed)."""

@@ -117,6 +117,10 @@ def _act(app: App, args: argparse.Namespace, out: Printer) -> int:
         if args.max_state is None and bridge is None:
             raise AppError("configure: give --max-state and/or --bridge-unpaired")
         out(json.dumps(app.configure(max_state=args.max_state, bridge_unpaired_modules=bridge)))
+    elif command == "command":
+        state = {"off": 0, "standby": 1, "on": 3}[args.state]
+        app.command_state(args.module, state)
+        out(json.dumps({"module": args.module, "requested_state": state}))
     elif command == "diagnose":
         out(json.dumps(app.diagnostics(), indent=2))
     elif command == "firmware":

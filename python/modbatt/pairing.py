@@ -40,6 +40,7 @@ from modbatt.handshake import HandshakeError, Responder
 from modbatt.keystores import ModuleFlash, module_flash
 from modbatt.module_sim import BatteryModule
 from modbatt.nodes import Frames, NodeLoop
+from modbatt.stores import AuditLog
 from modbatt.transport import CanPort
 
 log = logging.getLogger("modbatt.pairing")
@@ -72,6 +73,14 @@ class SecureModule:
 
     def __post_init__(self) -> None:
         self.flash = None if self.state_dir is None else module_flash(self.state_dir)
+        self.audit = None if self.state_dir is None else AuditLog(self.state_dir / "audit.jsonl")
+
+    def record(self, event: str, **fields: str | int | bool | None) -> None:
+        """Write a key operation to the module's audit log (fingerprints only)."""
+        if self.audit is not None:
+            self.audit.record(
+                event, role="module", unique_id=self.module.config.unique_id, **fields
+            )
 
     def on_frame(self, can_id: int, data: bytes, now: float) -> Frames:
         """Open sealed frames for this module; refuse plain commands once paired."""
@@ -220,6 +229,7 @@ class PairingAgent:
                     secure.flash.save(record)
                 state["record"] = record
                 link = _module_link(record)
+                secure.record("keys.stored", link=link.fingerprint, pack=record.pack_component_id)
                 ack = seal(keys.acknowledgement, ACK_LABEL, {"link": link.fingerprint})
                 return {"type": "pair_ack", "sealed": ack.hex()}
             if kind == "handshake_init":
@@ -238,6 +248,7 @@ class PairingAgent:
                 session = state.pop("responder").on_finish(bytes.fromhex(message["data"]))
                 secure.session = session
                 endpoint.session = session
+                secure.record("session.established", module_id=secure.module.module_id)
                 return {"type": "upgraded", "unique_id": unique}
         except (HandshakeError, KeyError, ValueError) as exc:
             return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
