@@ -413,7 +413,10 @@ def _phases(
             f"   paired module {result['module_id']} (link {result['link']}): "
             f"state {result['state']}, security level {result['security_level']}"
         )
+    for module in registered:
+        app.command_state(int(module["module_id"]), 3, 400.0)
     status = app.status()
+    out("   the app switches every module On (STATE_CHANGE, resealed by the pack per module)")
     out(
         f"4. operational: state {status['state']} {status['state_name']}, security level "
         f"{status['security_level']}; telemetry for {duration_s:g} s, decrypted by the app:"
