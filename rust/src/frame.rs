@@ -23,7 +23,6 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use crate::error::{DropReason, Error, Result};
-use crate::freshness::StreamMap;
 use crate::ids::Format;
 use crate::keys::DirectionKeys;
 
@@ -288,20 +287,34 @@ impl Ahead {
     }
 }
 
-/// Work done ahead, per stream, for one direction of a session. Wiped on drop: a keystream
-/// is as secret as the plaintext it will cover.
-#[derive(Default)]
-pub(crate) struct AheadCache(StreamMap<Ahead>);
+/// Work done ahead for one direction of a session: a small direct-mapped table indexed by a
+/// hash of the stream id. Losing an entry to another stream only costs recomputing it, so no
+/// map lookups are needed on the hot path. Wiped on drop: a keystream is as secret as the
+/// plaintext it will cover.
+pub(crate) struct AheadCache([Option<Ahead>; AHEAD_SLOTS]);
+
+const AHEAD_SLOTS: usize = 16;
+
+impl Default for AheadCache {
+    fn default() -> Self {
+        AheadCache([None; AHEAD_SLOTS])
+    }
+}
+
+fn ahead_slot(logical_id: u32) -> usize {
+    // Fibonacci hashing; the top 4 bits index the 16 slots.
+    (logical_id.wrapping_mul(0x9E37_79B1) >> 28) as usize
+}
 
 impl AheadCache {
     /// The work for exactly this message, if it was done ahead.
     fn take(&mut self, header: &Header) -> Option<Ahead> {
-        let pre = self.0.get(&header.logical_id)?;
-        (pre.header == *header).then_some(*pre)
+        let pre = self.0[ahead_slot(header.logical_id)]?;
+        (pre.header == *header).then_some(pre)
     }
 
     fn put(&mut self, pre: Ahead) {
-        self.0.insert(pre.header.logical_id, pre);
+        self.0[ahead_slot(pre.header.logical_id)] = Some(pre);
     }
 
     /// Do the work for the stream's next value, assuming the same length and form.
@@ -314,7 +327,7 @@ impl AheadCache {
 
 impl Drop for AheadCache {
     fn drop(&mut self) {
-        for pre in self.0.values_mut() {
+        for pre in self.0.iter_mut().flatten() {
             pre.mac_state.zeroize();
             pre.keystream.zeroize();
         }

@@ -182,6 +182,20 @@ impl Session {
     /// payloads of up to 3 bytes take the single-frame form, 4 to 8 bytes the pair form;
     /// `fd` selects the FD form (up to 51 bytes).
     pub fn seal(&mut self, can_id: u32, payload: &[u8], fd: bool) -> Result<Sealed> {
+        let mut sealed = Sealed::empty();
+        self.seal_into(can_id, payload, fd, &mut sealed)?;
+        Ok(sealed)
+    }
+
+    /// [`Session::seal`] into a caller's buffer: the per-frame binding avoids moving the
+    /// 150-byte result around.
+    pub fn seal_into(
+        &mut self,
+        can_id: u32,
+        payload: &[u8],
+        fd: bool,
+        sealed: &mut Sealed,
+    ) -> Result<()> {
         self.check_alive()?;
         let logical_id = ids::check_logical(can_id)?;
         let n = payload.len();
@@ -213,15 +227,8 @@ impl Session {
             .tx_keys
             .encrypt_and_tag(&mut self.tx_ahead, &header, &mut ct);
         let id = logical_id | ENCRYPTION_FLAG;
-        let blank = Frame {
-            id: id | format.bits(),
-            len: 0,
-            data: [0; frame::MAX_DATA_LEN],
-        };
-        let mut sealed = Sealed {
-            frames: [blank, blank],
-            count: 1,
-        };
+        sealed.frames[0].id = id | format.bits();
+        sealed.count = 1;
         match format {
             Format::Single => frame::write_single(&ct, n, freshness, &tag, &mut sealed.frames[0]),
             Format::Fd => frame::write_fd(&ct, n, freshness, &tag, &mut sealed.frames[0]),
@@ -234,7 +241,7 @@ impl Session {
             }
         }
         self.stats.sealed += 1;
-        Ok(sealed)
+        Ok(())
     }
 
     /// Seal a message of up to 4096 bytes on `stream` (a logical id naming the channel, e.g.
@@ -295,11 +302,23 @@ impl Session {
     /// Open one received frame. Returns the plaintext frame (logical id, E clear), or `None`
     /// when the frame is a pair's data frame now waiting for its authenticator.
     pub fn open(&mut self, can_id: u32, data: &[u8]) -> Result<Option<Frame>> {
+        let mut out = Frame {
+            id: 0,
+            len: 0,
+            data: [0; frame::MAX_DATA_LEN],
+        };
+        Ok(self.open_into(can_id, data, &mut out)?.then_some(out))
+    }
+
+    /// [`Session::open`] into a caller's frame: true when a message was delivered into `out`,
+    /// false when the frame is a pair's data frame now waiting. The per-frame binding avoids
+    /// moving the result around.
+    pub fn open_into(&mut self, can_id: u32, data: &[u8], out: &mut Frame) -> Result<bool> {
         self.frames_received += 1;
-        let result = self.open_inner(can_id, data);
+        let result = self.open_inner(can_id, data, out);
         match &result {
-            Ok(Some(_)) => self.stats.opened += 1,
-            Ok(None) => {}
+            Ok(true) => self.stats.opened += 1,
+            Ok(false) => {}
             Err(err) => {
                 let reason = err.drop_reason();
                 self.stats.dropped[reason.index()] += 1;
@@ -308,7 +327,7 @@ impl Session {
         result
     }
 
-    fn open_inner(&mut self, can_id: u32, data: &[u8]) -> Result<Option<Frame>> {
+    fn open_inner(&mut self, can_id: u32, data: &[u8], out: &mut Frame) -> Result<bool> {
         self.check_alive()?;
         if ids::check_extended(can_id).is_err() || data.len() > frame::MAX_DATA_LEN {
             return Err(Error::rejected(
@@ -327,18 +346,18 @@ impl Session {
         match format {
             Format::Single => {
                 let parsed = frame::parse_single(data)?;
-                self.verify_and_decrypt(format, logical_id, &parsed)
-                    .map(Some)
+                self.verify_and_decrypt(format, logical_id, &parsed, out)?;
+                Ok(true)
             }
             Format::Fd => {
                 let parsed = frame::parse_fd(data)?;
-                self.verify_and_decrypt(format, logical_id, &parsed)
-                    .map(Some)
+                self.verify_and_decrypt(format, logical_id, &parsed, out)?;
+                Ok(true)
             }
             Format::PairData => {
                 frame::check_pair_data(data)?;
                 self.hold_pair_data(logical_id, data);
-                Ok(None)
+                Ok(false)
             }
             Format::PairAuth => {
                 let (freshness_low, tag) = frame::parse_pair_auth(data)?;
@@ -369,9 +388,9 @@ impl Session {
                 };
                 // A failed authenticator leaves the data frame waiting: a forged
                 // authenticator must not be able to discard the genuine message.
-                let opened = self.verify_and_decrypt(format, logical_id, &parsed)?;
+                self.verify_and_decrypt(format, logical_id, &parsed, out)?;
                 self.pending.swap_remove(index);
-                Ok(Some(opened))
+                Ok(true)
             }
         }
     }
@@ -405,7 +424,8 @@ impl Session {
         format: Format,
         logical_id: u32,
         parsed: &frame::Parsed<'_>,
-    ) -> Result<Frame> {
+        out: &mut Frame,
+    ) -> Result<()> {
         let (low, bits) = (parsed.freshness_low, parsed.freshness_bits);
         let n = parsed.ciphertext.len();
         let mut buf = frame::padded(parsed.ciphertext);
@@ -423,11 +443,10 @@ impl Session {
                 .verify_and_decrypt(&mut self.rx_ahead, &header, &mut buf, parsed.tag)
             {
                 self.rx_window.accept(logical_id, freshness);
-                return Ok(Frame {
-                    id: logical_id,
-                    len: frame::len_byte(n),
-                    data: buf,
-                });
+                out.id = logical_id;
+                out.len = frame::len_byte(n);
+                out.data = buf;
+                return Ok(());
             }
         }
         // Tell a replay (a genuine frame whose counter was already used) from a forgery.
@@ -454,6 +473,19 @@ impl std::fmt::Debug for Session {
 }
 
 impl Sealed {
+    /// Room for a seal's frames, to be filled by [`Session::seal_into`].
+    pub fn empty() -> Sealed {
+        let blank = Frame {
+            id: 0,
+            len: 0,
+            data: [0; frame::MAX_DATA_LEN],
+        };
+        Sealed {
+            frames: [blank, blank],
+            count: 0,
+        }
+    }
+
     /// A single frame passed through unsealed.
     pub fn one(frame: Frame) -> Sealed {
         Sealed {

@@ -9,6 +9,7 @@ use super::ids::IdObjects;
 use super::keys::{secret_bytes, LinkKey};
 use crate::batch::{self, BatchIn};
 use crate::error::{DropReason, Error};
+use crate::frame::Frame;
 use crate::session::{self, SessionLimits};
 
 /// One session of one link, from the local end: seals local -> peer, opens peer -> local.
@@ -90,7 +91,8 @@ impl Session {
         data: &[u8],
         fd: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let sealed = self.get()?.seal(can_id, data, fd)?;
+        let mut sealed = session::Sealed::empty();
+        self.get()?.seal_into(can_id, data, fd, &mut sealed)?;
         let (first, auth) = match sealed.frames() {
             [first] => (first, None),
             [first, auth] => (first, Some(auth)),
@@ -140,8 +142,13 @@ impl Session {
         can_id: u32,
         data: &[u8],
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let opened = self.get()?.open(can_id, data)?;
-        Ok(opened.map(|f| PyBytes::new(py, f.payload())))
+        let mut out = Frame {
+            id: 0,
+            len: 0,
+            data: [0; crate::frame::MAX_DATA_LEN],
+        };
+        let delivered = self.get()?.open_into(can_id, data, &mut out)?;
+        Ok(delivered.then(|| PyBytes::new(py, out.payload())))
     }
 
     /// Seal a batch: ids (N), lens (N), data (N × 64) -> ids, lens, data, status (N).
