@@ -11,29 +11,36 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap()
 }
 
+fn vectors() -> Value {
+    serde_json::from_str(include_str!("../../tests/vectors/frame_path.json")).unwrap()
+}
+
+/// Both ends of the session a vector case describes: (sender's, receiver's).
+fn sessions(vectors: &Value, case: &Value) -> (Session, Session) {
+    let link = &vectors["links"][text(&case["link"])];
+    let dh = link["dh_secret"].as_str().map(|h| hex::decode(h).unwrap());
+    let key = LinkKey::derive(
+        &unhex(&link["half_a"]),
+        text(&link["id_a"]),
+        &unhex(&link["half_b"]),
+        text(&link["id_b"]),
+        dh.as_deref(),
+    )
+    .unwrap();
+    let (sender, receiver) = (text(&case["sender"]), text(&case["receiver"]));
+    let (ns, nr) = (unhex(&case["sender_nonce"]), unhex(&case["receiver_nonce"]));
+    let limits = SessionLimits::default();
+    (
+        Session::new(&key, sender, receiver, &ns, &nr, limits).unwrap(),
+        Session::new(&key, receiver, sender, &nr, &ns, limits).unwrap(),
+    )
+}
+
 #[test]
 fn every_worked_example_seals_and_opens_to_the_documented_bytes() {
-    let vectors: Value =
-        serde_json::from_str(include_str!("../../tests/vectors/frame_path.json")).unwrap();
-    let limits = SessionLimits::default();
+    let vectors = vectors();
     for frame in vectors["frames"].as_array().unwrap() {
-        let link = &vectors["links"][text(&frame["link"])];
-        let dh = link["dh_secret"].as_str().map(|h| hex::decode(h).unwrap());
-        let key = LinkKey::derive(
-            &unhex(&link["half_a"]),
-            text(&link["id_a"]),
-            &unhex(&link["half_b"]),
-            text(&link["id_b"]),
-            dh.as_deref(),
-        )
-        .unwrap();
-        let (sender, receiver) = (text(&frame["sender"]), text(&frame["receiver"]));
-        let (ns, nr) = (
-            unhex(&frame["sender_nonce"]),
-            unhex(&frame["receiver_nonce"]),
-        );
-        let mut tx = Session::new(&key, sender, receiver, &ns, &nr, limits).unwrap();
-        let mut rx = Session::new(&key, receiver, sender, &nr, &ns, limits).unwrap();
+        let (mut tx, mut rx) = sessions(&vectors, frame);
         let can_id = u32::try_from(frame["can_id"].as_u64().unwrap()).unwrap();
         let payload = unhex(&frame["payload"]);
         let fd = frame["fd"].as_bool().unwrap();
@@ -68,27 +75,9 @@ fn every_worked_example_seals_and_opens_to_the_documented_bytes() {
 
 #[test]
 fn the_sealed_message_example_matches() {
-    let vectors: Value =
-        serde_json::from_str(include_str!("../../tests/vectors/frame_path.json")).unwrap();
-    let limits = SessionLimits::default();
+    let vectors = vectors();
     for message in vectors["messages"].as_array().unwrap() {
-        let link = &vectors["links"][text(&message["link"])];
-        let dh = link["dh_secret"].as_str().map(|h| hex::decode(h).unwrap());
-        let key = LinkKey::derive(
-            &unhex(&link["half_a"]),
-            text(&link["id_a"]),
-            &unhex(&link["half_b"]),
-            text(&link["id_b"]),
-            dh.as_deref(),
-        )
-        .unwrap();
-        let (sender, receiver) = (text(&message["sender"]), text(&message["receiver"]));
-        let (ns, nr) = (
-            unhex(&message["sender_nonce"]),
-            unhex(&message["receiver_nonce"]),
-        );
-        let mut tx = Session::new(&key, sender, receiver, &ns, &nr, limits).unwrap();
-        let mut rx = Session::new(&key, receiver, sender, &nr, &ns, limits).unwrap();
+        let (mut tx, mut rx) = sessions(&vectors, message);
         let stream = u32::try_from(message["stream"].as_u64().unwrap()).unwrap();
         let payload = unhex(&message["payload"]);
         for _ in 0..message["freshness"].as_u64().unwrap() {
