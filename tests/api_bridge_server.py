@@ -15,7 +15,6 @@ from modbatt.demo import free_port
 STARTUP_LIMIT_S = 2.0
 
 
-
 class BridgeProcess:
     """`modbatt api-bridge serve --db DB --port PORT [--token T]`, started and stopped by tests."""
 
