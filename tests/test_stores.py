@@ -178,3 +178,28 @@ def test_the_audit_log_is_chained_and_takes_no_key_bytes(tmp_path: Path) -> None
     assert "line 1" in (log.verify() or "")
     log.path.write_text(lines[1] + "\n")
     assert "line 1" in (log.verify() or "")
+
+
+@pytest.mark.parametrize("factory", [app_keystore, pack_flash, module_flash])
+def test_every_role_store_refuses_a_tampered_file(tmp_path: Path, factory: Any) -> None:
+    store = factory(tmp_path)
+    record = {
+        app_keystore: AppKeys(host_id="host-1", app_device_key_half=HALF_A),
+        pack_flash: pack_record(1),
+        module_flash: ModuleFlash(
+            module_component_id="m",
+            module_device_key_half=HALF_A,
+            module_lct_key_half=HALF_C,
+            pack_device_key_half=HALF_B,
+            pack_component_id="p",
+            dh_secret=DH,
+        ),
+    }[factory]
+    store.save(record)
+    assert factory(tmp_path).load() == record  # survives a restart
+    slot = store.slots.slots[0]
+    data = bytearray(slot.read_bytes())
+    data[data.index(HALF_A.encode())] ^= 0x02
+    slot.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptError):
+        factory(tmp_path).load()
