@@ -471,6 +471,6 @@ def _phases(
 def _answers(app: App) -> bool:
     try:
         app.discover()
-    except Exception:
+    except Exception:  # not up yet: any failure means "ask again"
         return False
     return True

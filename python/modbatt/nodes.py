@@ -80,7 +80,7 @@ class NodeLoop:
         """A node's reaction; an error in one node is logged, never the end of the loop."""
         try:
             return call(*args)
-        except Exception:
+        except Exception:  # one node's bug must not stop the bus for the others
             log.exception("node %r failed", call)
             return []
 
@@ -88,7 +88,7 @@ class NodeLoop:
         for can_id, data in frames:
             try:
                 self.port.send(can_id, data)
-            except Exception as exc:
+            except Exception as exc:  # a bus error must not stop the loop
                 log.warning("send 0x%08X on %s failed: %s", can_id, self.port.name, exc)
 
     def run(self) -> None:

@@ -410,7 +410,7 @@ class PackRuntime:
             with self.module_loop.lock:
                 try:
                     replies = self.manager.on_frame(plain[0], plain[1], time.monotonic())
-                except Exception:
+                except Exception:  # one bad frame must not stop the bus
                     log.exception("module table update failed")
                     return
             for reply_id, reply in replies:
@@ -497,7 +497,7 @@ class PackRuntime:
         with self._pairing_lock:
             endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
             try:
-                link, session = self._pair_over(endpoint, flash, message, unique_id)
+                link, session, shared = self._pair_over(endpoint, flash, message, unique_id)
             finally:
                 endpoint.close()
         controller.gateway.install_session(module_id, session)
@@ -506,7 +506,7 @@ class PackRuntime:
             pack_device_key_half=message["pack_device_key_half"],
             pack_lct_key_half=message["pack_lct_key_half"],
             module_device_key_half=message["module_device_key_half"],
-            dh_secret=self._last_dh.hex(),
+            dh_secret=shared.hex(),
             unique_id=unique_id,
             lct_id=message["lct_id"],
         )
@@ -535,7 +535,7 @@ class PackRuntime:
 
     def _pair_over(
         self, endpoint: ControlEndpoint, flash: PackFlash, message: dict[str, Any], unique_id: int
-    ) -> tuple[LinkKey, Session]:
+    ) -> tuple[LinkKey, Session, bytes]:
         def ask(request: dict[str, Any], expect: str) -> dict[str, Any]:
             endpoint.send(request, plain=True)
             answer = endpoint.recv(2.0)
@@ -586,8 +586,7 @@ class PackRuntime:
         session = _handshake_over(
             endpoint, link, flash.pack_component_id, message["module_component_id"]
         )
-        self._last_dh = shared
-        return link, session
+        return link, session, shared
 
     # --- links back after a restart ---------------------------------------------------------
 
