@@ -4,6 +4,7 @@ embedded API-Bridge."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,14 +14,21 @@ from pathlib import Path
 import can
 import pytest
 
-from modbatt import LinkKey, is_encrypted
+from modbatt import LinkKey, is_encrypted, logical_id
+from modbatt._core import frame_format
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app import App, AppError
 from modbatt.catalogue import catalogue
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.module_sim import modules_for
 from modbatt.nodes import NodeLoop
-from modbatt.pack import PackController, PackRuntime, PackState
+from modbatt.pack import (
+    ALERT_REPLAYS,
+    ALERT_SESSION_TORN_DOWN,
+    PackController,
+    PackRuntime,
+    PackState,
+)
 from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.stores import AuditLog
 from modbatt.transport import CanPort
@@ -46,6 +54,7 @@ class Lifecycle:
     ports: dict[str, CanPort]
     state_dir: Path
     bridge: ApiBridgeClient
+    can2_channel: str  # the virtual channel of CAN 2, for an attacker to join
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +101,9 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
         audit,
     )
     ports["app"].subscribe(app.on_frame)
-    life = Lifecycle(app, pack, modules, can2_log, can1_log, ports, tmp_path, bridge)
+    life = Lifecycle(
+        app, pack, modules, can2_log, can1_log, ports, tmp_path, bridge, f"modbatt-can2-{run}"
+    )
     yield life
     agent.stop()
     module_loop.stop()
@@ -356,3 +367,71 @@ def test_an_app_command_reaches_its_module_through_the_gateway(lifecycle: Lifecy
     )
     assert target.audit is not None and target.audit.verify() is None
     assert '"keys.stored"' in target.audit.path.read_text()
+
+
+def _recorded_pair(log: can.BufferedReader, module_id: int) -> tuple[can.Message, can.Message]:
+    """A sealed (data, authenticator) pair the module sent, as a listener on CAN 2 saw it."""
+    while log.get_message(timeout=0) is not None:
+        pass
+    time.sleep(0.5)
+    seen: list[can.Message] = []
+    while (message := log.get_message(timeout=0)) is not None:
+        node_ok = message.arbitration_id & 0xFF == module_id
+        if node_ok and is_encrypted(message.arbitration_id):
+            seen.append(message)
+    for data, auth in itertools.pairwise(seen):
+        same_stream = logical_id(data.arbitration_id) == logical_id(auth.arbitration_id)
+        if same_stream and (
+            frame_format(data.arbitration_id),
+            frame_format(auth.arbitration_id),
+        ) == (1, 2):
+            return data, auth
+    raise AssertionError("the module sent no sealed pair")
+
+
+def test_an_attacker_on_can2_is_reported_and_the_link_comes_back(lifecycle: Lifecycle) -> None:
+    """Replays and forgeries on the module bus reach the app as alerts; the failure budget
+    tears the module's session down and the pack re-establishes it without an operator."""
+    app, module = lifecycle.app, lifecycle.modules[0]
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    app.pair(module.module.config.unique_id)
+    module_id = module.module.module_id
+    assert module_id is not None
+    data, auth = _recorded_pair(lifecycle.can2_log, module_id)
+    attacker = can.Bus(interface="virtual", channel=lifecycle.can2_channel)
+    try:
+        # a recorded pair sent again: dropped as a replay, and the app is told
+        attacker.send(data)
+        attacker.send(auth)
+        assert wait_for(
+            lambda: any(
+                a == {"code": ALERT_REPLAYS, "module_id": module_id, "value": 1} for a in app.alerts
+            ),
+            4.0,
+        ), app.alerts
+        assert not any(a["code"] == ALERT_SESSION_TORN_DOWN for a in app.alerts)
+        # the same pair with one payload bit flipped, until the failure budget is spent
+        forged = can.Message(
+            arbitration_id=data.arbitration_id,
+            data=bytes([data.data[0] ^ 1]) + bytes(data.data[1:]),
+            is_extended_id=True,
+        )
+        for _ in range(20):
+            attacker.send(forged)
+            attacker.send(auth)
+        assert wait_for(
+            lambda: any(
+                a["code"] == ALERT_SESSION_TORN_DOWN and a["module_id"] == module_id
+                for a in app.alerts
+            ),
+            4.0,
+        ), app.alerts
+        # the pack relinks the module by itself, and its telemetry reaches the app again
+        app.telemetry.clear()
+        assert wait_for(lambda: "STATUS_1" in app.telemetry.get(module_id, {}), 8.0)
+        assert lifecycle.pack.controller.gateway.has_session(module_id)
+        audit = lifecycle.state_dir.joinpath("audit.jsonl").read_text()
+        assert '"link.replays"' in audit and '"link.torn_down"' in audit
+    finally:
+        attacker.shutdown()

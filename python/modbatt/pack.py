@@ -297,6 +297,7 @@ CAN1, CAN2 = 0, 1
 STATUS_ID = 0x470 << 18  # pack status on CAN 1: state, level, modules, flags
 ALERT_ID = 0x471 << 18  # alerts on CAN 1: code, module id, value
 ALERT_MODULE_SILENT, ALERT_MODULE_RETURNED, ALERT_FLASH_PROBLEM = 1, 2, 3
+ALERT_REPLAYS, ALERT_SESSION_TORN_DOWN = 4, 5  # security events on a link (PROTOCOL.md §8a)
 
 
 def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = True) -> None:
@@ -378,6 +379,8 @@ class PackRuntime:
         self._relink_stop = threading.Event()
         self._events: list[Any] = []
         self._flash_alerted = False
+        self._replays_seen: dict[int, int] = {}  # link -> replay drops already alerted
+        self._torn_down_alerted: set[int] = set()
         self._relinker = threading.Thread(target=self._relink_loop, name="relink", daemon=True)
 
     def modules_view(self) -> list[dict[str, Any]]:
@@ -593,6 +596,9 @@ class PackRuntime:
     def _relink_loop(self) -> None:
         while not self._relink_stop.wait(1.0):
             try:
+                # security alerts first: relinking replaces a torn-down session, and with it
+                # the evidence
+                self._security_alerts()
                 self.relink_once()
                 self.send_status()
                 self._alerts_from_events()
@@ -629,6 +635,34 @@ class PackRuntime:
         if self.controller.flash_problem and not self._flash_alerted:
             self._flash_alerted = True
             self.send_alert(ALERT_FLASH_PROBLEM)
+
+    def _security_alerts(self) -> None:
+        """Alert the app to replays and to sessions the failure budget tore down.
+
+        Read from each link's session counters; a replaced session starts again from zero.
+        An alert for the app link itself can only be sent while that link is up; every event
+        also goes to the audit log.
+        """
+        gateway = self.controller.gateway
+        for link in [APP_LINK, *sorted(self.controller.paired_links)]:
+            stats = gateway.session_stats(link)
+            if stats is None:
+                continue
+            seen = self._replays_seen.get(link, 0)
+            if stats["replay"] < seen:  # a new session
+                seen = 0
+            if stats["replay"] > seen:
+                new = stats["replay"] - seen
+                self.controller._audit("link.replays", link=link, count=new)
+                self.send_alert(ALERT_REPLAYS, link, min(new, 0xFFFF))
+            self._replays_seen[link] = stats["replay"]
+            if not stats["expired"]:
+                self._torn_down_alerted.discard(link)
+            elif link not in self._torn_down_alerted:
+                self._torn_down_alerted.add(link)
+                log.warning("link %d: session torn down after %d bad tags", link, stats["failures"])
+                self.controller._audit("link.torn_down", link=link, failures=stats["failures"])
+                self.send_alert(ALERT_SESSION_TORN_DOWN, link, min(stats["failures"], 0xFFFF))
 
     def take_events(self) -> list[Any]:
         """The module events since the last call (for whoever prints them)."""
