@@ -29,7 +29,7 @@ from modbatt.pack import (
     PackRuntime,
     PackState,
 )
-from modbatt.pairing import PairingAgent, SecureModule
+from modbatt.pairing import PairingAgent, SecureModule, module_channel_ids
 from modbatt.stores import AuditLog
 from modbatt.transport import CanPort
 from tests.api_bridge_server import BridgeProcess
@@ -435,3 +435,30 @@ def test_an_attacker_on_can2_is_reported_and_the_link_comes_back(lifecycle: Life
         assert '"link.replays"' in audit and '"link.torn_down"' in audit
     finally:
         attacker.shutdown()
+
+
+def test_a_plain_handshake_init_from_the_bus_does_not_cut_a_module_off(
+    lifecycle: Lifecycle,
+) -> None:
+    """The module's pairing channel accepts plain messages again after the upgrade (a
+    restarted pack has to re-handshake); an attacker's init must not drop its session."""
+    app, module = lifecycle.app, lifecycle.modules[0]
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    app.pair(module.module.config.unique_id)
+    module_id = module.module.module_id
+    assert module_id is not None and module.session is not None
+    session_before = module.session
+    to_module, to_pack = module_channel_ids(module_id)
+    attacker = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "attacker")
+    endpoint = ControlEndpoint.open(attacker, to_module, to_pack, timeout_s=1.0)
+    try:
+        endpoint.send({"type": "handshake_init", "data": "00" * 40}, plain=True)
+        endpoint.send({"type": "handshake_finish", "data": "00" * 40}, plain=True)
+        assert endpoint.recv(2.0) is not None  # the module answered (an error)
+        assert module.session is session_before
+        app.telemetry.clear()
+        assert wait_for(lambda: "STATUS_1" in app.telemetry.get(module_id, {}), 3.0)
+    finally:
+        endpoint.close()
+        attacker.close()

@@ -185,7 +185,16 @@ class PackController:
                 return self.pair_with(message)
             if kind in self.extra_handlers:
                 return self.extra_handlers[kind](message)
-        except (KeyAgreementError, HandshakeError, KeyError, ValueError) as exc:
+        except (
+            KeyAgreementError,
+            HandshakeError,
+            KeyError,
+            ValueError,
+            TypeError,
+            OverflowError,
+        ) as exc:
+            # every field comes from the bus and may be missing or of any JSON type: a
+            # malformed message is the sender's mistake and gets a clear error, not a crash
             self._audit("control.refused", message=kind, reason=str(exc))
             return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
         return {"type": "error", "in_reply_to": kind, "reason": "unknown or unexpected message"}
@@ -269,7 +278,11 @@ class PackControllerRuntime:
             if message is None:
                 continue
             answered_sealed = self.endpoint.last_sealed
-            answer = self.controller.handle(message)
+            try:
+                answer = self.controller.handle(message)
+            except Exception:  # a bug must not leave the pack deaf to the app
+                log.exception("control message %r failed", message.get("type"))
+                answer = {"type": "error", "in_reply_to": message["type"], "reason": "internal"}
             # The session that the answer travels under: a handshake answer goes plain (the
             # old session is being replaced), "upgraded" goes under the new one.
             self.endpoint.session = self.controller.app_sealer()

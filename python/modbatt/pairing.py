@@ -237,7 +237,8 @@ class PairingAgent:
                 if not isinstance(stored, ModuleFlash):
                     raise HandshakeError("not paired")
                 state["record"] = record = stored
-                secure.session = None
+                # the current session stays until handshake_finish proves the peer holds the
+                # link key: a plain init from anyone on the bus must not cut the module off
                 responder = Responder(
                     _module_link(record), record.module_component_id, record.pack_component_id
                 )
@@ -250,7 +251,8 @@ class PairingAgent:
                 endpoint.session = session
                 secure.record("session.established", module_id=secure.module.module_id)
                 return {"type": "upgraded", "unique_id": unique}
-        except (HandshakeError, KeyError, ValueError) as exc:
+        except (HandshakeError, KeyError, ValueError, TypeError, OverflowError) as exc:
+            # fields come from the bus: a malformed one is refused, never a crash
             return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
         return {"type": "error", "in_reply_to": kind, "reason": "unexpected message"}
 

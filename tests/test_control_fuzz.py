@@ -1,0 +1,85 @@
+"""Any control message the app bus can carry gets an answer from the pack, never an exception.
+
+A control message is JSON from an untrusted bus: every field may have any JSON type. The pack
+must answer with its reply or an `error` naming the problem; an exception would end its
+control thread and leave the pack deaf to the app.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modbatt.pack import PackController, PackRuntime
+from modbatt.transport import CanPort
+
+KINDS = [
+    "discover",
+    "bootstrap_hello",
+    "key_delivery",
+    "handshake_init",
+    "handshake_finish",
+    "pair_module",
+    "configure",
+    "diagnostics",
+    "firmware_begin",
+    "firmware_chunk",
+    "firmware_end",
+    "no_such_message",
+]
+FIELDS = [
+    "public_key", "app_id", "sealed", "data", "max_state", "bridge_unpaired_modules",
+    "unique_id", "module_component_id", "pack_device_key_half", "pack_lct_key_half",
+    "module_device_key_half", "module_lct_key_half", "lct_id", "version", "size", "sha256",
+    "index", "configuration",
+]  # fmt: skip
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=80)
+    | st.sampled_from(["00" * 32, "ff" * 64, "1.2.3", "1e400", "0" * 64]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+MESSAGES = st.builds(
+    lambda kind, fields: {**fields, "type": kind},
+    st.sampled_from(KINDS),
+    st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6),
+)
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackRuntime]:
+    run = uuid.uuid4().hex[:8]
+    ports = [
+        CanPort(can.Bus(interface="virtual", channel=f"fuzz-{bus}-{run}"), bus)
+        for bus in ("can1", "can2")
+    ]
+    state_dir: Path = tmp_path_factory.mktemp("pack")
+    runtime = PackRuntime(PackController(serial=f"PACK-{run}", state_dir=state_dir), *ports)
+    yield runtime  # not started: the handlers are called directly
+    runtime.control.endpoint.close()
+    for port in ports:
+        port.close()
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(message=MESSAGES)
+def test_every_control_message_gets_an_answer(pack: PackRuntime, message: dict[str, Any]) -> None:
+    answer = pack.controller.handle(message)
+    assert answer is not None and isinstance(answer.get("type"), str)
+    if answer["type"] == "error":
+        assert answer["in_reply_to"] == message["type"] and answer["reason"]
