@@ -1,4 +1,5 @@
-"""Any control message the app bus can carry gets an answer from the pack, never an exception.
+"""Any control message a bus can carry gets an answer, never an exception: from the pack
+(app bus) and from a module's pairing agent (module bus).
 
 A control message is JSON from an untrusted bus: every field may have any JSON type. The pack
 must answer with its reply or an `error` naming the problem; an exception would end its
@@ -7,6 +8,7 @@ control thread and leave the pack deaf to the app.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modbatt.control import ControlEndpoint
+from modbatt.module_sim import modules_for
+from modbatt.nodes import NodeLoop
 from modbatt.pack import PackController, PackRuntime
+from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.transport import CanPort
 
 KINDS = [
@@ -32,6 +38,8 @@ KINDS = [
     "firmware_begin",
     "firmware_chunk",
     "firmware_end",
+    "pair_hello",
+    "pair_delivery",
     "no_such_message",
 ]
 FIELDS = [
@@ -80,6 +88,35 @@ def pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackRuntime]:
 @given(message=MESSAGES)
 def test_every_control_message_gets_an_answer(pack: PackRuntime, message: dict[str, Any]) -> None:
     answer = pack.controller.handle(message)
+    assert answer is not None and isinstance(answer.get("type"), str)
+    if answer["type"] == "error":
+        assert answer["in_reply_to"] == message["type"] and answer["reason"]
+
+
+@pytest.fixture(scope="module")
+def agent(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[PairingAgent, ControlEndpoint]]:
+    port = CanPort(can.Bus(interface="virtual", channel=f"fuzz-module-{uuid.uuid4().hex[:8]}"), "m")
+    secure = SecureModule(
+        modules_for(4242, 1, 8, time.monotonic())[0], tmp_path_factory.mktemp("module")
+    )
+    agent = PairingAgent(port, [secure], NodeLoop(port, [secure]))  # not started
+    endpoint = ControlEndpoint.open(port, 0x1, 0x2)
+    yield agent, endpoint
+    endpoint.close()
+    port.close()
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(message=MESSAGES)
+def test_every_pairing_message_gets_an_answer(
+    agent: tuple[PairingAgent, ControlEndpoint], message: dict[str, Any]
+) -> None:
+    pairing_agent, endpoint = agent
+    answer = pairing_agent._handle(pairing_agent.modules[0], endpoint, message)
     assert answer is not None and isinstance(answer.get("type"), str)
     if answer["type"] == "error":
         assert answer["in_reply_to"] == message["type"] and answer["reason"]

@@ -179,7 +179,15 @@ class PairingAgent:
                     continue
                 busy = True
                 with self.loop.lock:
-                    answer = self._handle(secure, endpoint, message)
+                    try:
+                        answer = self._handle(secure, endpoint, message)
+                    except Exception:  # a bug must not stop every module's pairing channel
+                        log.exception("pairing message %r failed", message.get("type"))
+                        answer = {
+                            "type": "error",
+                            "in_reply_to": message["type"],
+                            "reason": "internal",
+                        }
                 if answer is not None:
                     endpoint.send(answer, plain=answer["type"] != "upgraded")
                     if answer["type"] == "upgraded":
