@@ -20,7 +20,7 @@ from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPol
 from modbatt.app import App, AppError
 from modbatt.catalogue import catalogue
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
-from modbatt.module_sim import modules_for
+from modbatt.module_sim import BatteryModule, modules_for
 from modbatt.nodes import NodeLoop
 from modbatt.pack import (
     ALERT_REPLAYS,
@@ -462,3 +462,21 @@ def test_a_plain_handshake_init_from_the_bus_does_not_cut_a_module_off(
     finally:
         endpoint.close()
         attacker.close()
+
+
+def test_a_rebooted_module_is_linked_again_without_an_operator(lifecycle: Lifecycle) -> None:
+    """A paired module that reboots has its keys in flash but no session, while the pack still
+    holds the old one: the pack notices the fresh announcement and runs the handshake again."""
+    app, secure = lifecycle.app, lifecycle.modules[0]
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    app.pair(secure.module.config.unique_id)
+    module_id = secure.module.module_id
+    assert module_id is not None and secure.session is not None
+    # the reboot: a fresh simulator with the same configuration, the same flash, no session
+    secure.session = None
+    secure.module = BatteryModule(secure.module.config, now=time.monotonic())
+    assert wait_for(lambda: secure.session is not None, 10.0)
+    assert secure.module.module_id == module_id
+    app.telemetry.clear()
+    assert wait_for(lambda: "STATUS_1" in app.telemetry.get(module_id, {}), 3.0)

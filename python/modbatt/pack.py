@@ -612,9 +612,9 @@ class PackRuntime:
                 # security alerts first: relinking replaces a torn-down session, and with it
                 # the evidence
                 self._security_alerts()
+                self._alerts_from_events()
                 self.relink_once()
                 self.send_status()
-                self._alerts_from_events()
             except Exception:  # the loop must survive a failed attempt
                 log.exception("module links, status or alerts failed")
 
@@ -645,6 +645,12 @@ class PackRuntime:
                 self.send_alert(ALERT_MODULE_SILENT, event.module_id)
             elif event.kind == "returned":
                 self.send_alert(ALERT_MODULE_RETURNED, event.module_id)
+            elif event.kind == "rebooted" and event.module_id in self.controller.paired_links:
+                # it kept its keys in flash but lost its session: drop ours so that
+                # relink_once runs the handshake again (a forged announcement costs one
+                # handshake, nothing more: the module keeps its session until it verifies)
+                self.controller.gateway.remove_session(event.module_id)
+                self.controller._audit("module.rebooted", module_id=event.module_id)
         if self.controller.flash_problem and not self._flash_alerted:
             self._flash_alerted = True
             self.send_alert(ALERT_FLASH_PROBLEM)

@@ -79,7 +79,7 @@ class ModuleEntry:
 class ModuleEvent:
     """Something that changed in the module table."""
 
-    kind: str  # registered, refused, silent, returned, state
+    kind: str  # registered, refused, silent, returned, rebooted, state
     module_id: int
     unique_id: int
     detail: str = ""
@@ -187,6 +187,7 @@ class ModuleManager:
         if known is not None:
             self._heard(known, now)
             if node == UNREGISTERED:  # it lost its id (rebooted): give it the same one back
+                self.events.append(ModuleEvent("rebooted", known.module_id, unique_id))
                 return self._registration(known.module_id, values)
             return []
         if node != UNREGISTERED and node not in self.table:
