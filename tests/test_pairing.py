@@ -369,6 +369,17 @@ def test_an_app_command_reaches_its_module_through_the_gateway(lifecycle: Lifecy
     assert '"keys.stored"' in target.audit.path.read_text()
 
 
+def _pair_first_module(lifecycle: Lifecycle) -> tuple[App, SecureModule, int]:
+    """Bootstrap, wait for both modules, pair the first: (app, that module, its module id)."""
+    app, module = lifecycle.app, lifecycle.modules[0]
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    app.pair(module.module.config.unique_id)
+    module_id = module.module.module_id
+    assert module_id is not None and module.session is not None
+    return app, module, module_id
+
+
 def _recorded_pair(log: can.BufferedReader, module_id: int) -> tuple[can.Message, can.Message]:
     """A sealed (data, authenticator) pair the module sent, as a listener on CAN 2 saw it."""
     while log.get_message(timeout=0) is not None:
@@ -392,12 +403,7 @@ def _recorded_pair(log: can.BufferedReader, module_id: int) -> tuple[can.Message
 def test_an_attacker_on_can2_is_reported_and_the_link_comes_back(lifecycle: Lifecycle) -> None:
     """Replays and forgeries on the module bus reach the app as alerts; the failure budget
     tears the module's session down and the pack re-establishes it without an operator."""
-    app, module = lifecycle.app, lifecycle.modules[0]
-    app.bootstrap()
-    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
-    app.pair(module.module.config.unique_id)
-    module_id = module.module.module_id
-    assert module_id is not None
+    app, _, module_id = _pair_first_module(lifecycle)
     data, auth = _recorded_pair(lifecycle.can2_log, module_id)
     attacker = can.Bus(interface="virtual", channel=lifecycle.can2_channel)
     try:
@@ -442,12 +448,7 @@ def test_a_plain_handshake_init_from_the_bus_does_not_cut_a_module_off(
 ) -> None:
     """The module's pairing channel accepts plain messages again after the upgrade (a
     restarted pack has to re-handshake); an attacker's init must not drop its session."""
-    app, module = lifecycle.app, lifecycle.modules[0]
-    app.bootstrap()
-    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
-    app.pair(module.module.config.unique_id)
-    module_id = module.module.module_id
-    assert module_id is not None and module.session is not None
+    app, module, module_id = _pair_first_module(lifecycle)
     session_before = module.session
     to_module, to_pack = module_channel_ids(module_id)
     attacker = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "attacker")
@@ -467,12 +468,7 @@ def test_a_plain_handshake_init_from_the_bus_does_not_cut_a_module_off(
 def test_a_rebooted_module_is_linked_again_without_an_operator(lifecycle: Lifecycle) -> None:
     """A paired module that reboots has its keys in flash but no session, while the pack still
     holds the old one: the pack notices the fresh announcement and runs the handshake again."""
-    app, secure = lifecycle.app, lifecycle.modules[0]
-    app.bootstrap()
-    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
-    app.pair(secure.module.config.unique_id)
-    module_id = secure.module.module_id
-    assert module_id is not None and secure.session is not None
+    app, secure, module_id = _pair_first_module(lifecycle)
     # the reboot: a fresh simulator with the same configuration, the same flash, no session
     secure.session = None
     secure.module = BatteryModule(secure.module.config, now=time.monotonic())
