@@ -74,6 +74,17 @@ class ControlError(ModbattError):
     """A control message is malformed, or arrived where the link does not allow it."""
 
 
+#: What handling a control message raises when one of its fields is missing, of the wrong JSON
+#: type or out of range (key agreement and handshake errors included by their handlers): the
+#: sender's mistake, answered with `error_answer`, never a crash of the serving thread.
+MALFORMED_FIELD_ERRORS = (KeyError, ValueError, TypeError, OverflowError)
+
+
+def error_answer(in_reply_to: str, reason: str) -> dict[str, Any]:
+    """The `error` control message refusing a message of type `in_reply_to`."""
+    return {"type": "error", "in_reply_to": in_reply_to, "reason": reason}
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """A plain control message's bytes."""
     if not isinstance(message.get("type"), str):

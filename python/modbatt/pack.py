@@ -40,7 +40,15 @@ from modbatt.bootstrap import (
     seal,
     unseal,
 )
-from modbatt.control import APP_TO_PACK, PACK_TO_APP, PLAIN_ALWAYS, ControlEndpoint, GatewayLink
+from modbatt.control import (
+    APP_TO_PACK,
+    MALFORMED_FIELD_ERRORS,
+    PACK_TO_APP,
+    PLAIN_ALWAYS,
+    ControlEndpoint,
+    GatewayLink,
+    error_answer,
+)
 from modbatt.errors import ModbattError
 from modbatt.handshake import HandshakeError, Initiator, Responder
 from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
@@ -186,18 +194,12 @@ class PackController:
             if kind in self.extra_handlers:
                 return self.extra_handlers[kind](message)
         except (
-            KeyAgreementError,
             HandshakeError,
-            KeyError,
-            ValueError,
-            TypeError,
-            OverflowError,
-        ) as exc:
-            # every field comes from the bus and may be missing or of any JSON type: a
-            # malformed message is the sender's mistake and gets a clear error, not a crash
+            *MALFORMED_FIELD_ERRORS,
+        ) as exc:  # KeyAgreementError is a ValueError
             self._audit("control.refused", message=kind, reason=str(exc))
-            return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
-        return {"type": "error", "in_reply_to": kind, "reason": "unknown or unexpected message"}
+            return error_answer(kind, str(exc))
+        return error_answer(kind, "unknown or unexpected message")
 
     def _bootstrap_hello(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.flash is not None:
@@ -282,7 +284,7 @@ class PackControllerRuntime:
                 answer = self.controller.handle(message)
             except Exception:  # a bug must not leave the pack deaf to the app
                 log.exception("control message %r failed", message.get("type"))
-                answer = {"type": "error", "in_reply_to": message["type"], "reason": "internal"}
+                answer = error_answer(message["type"], "internal")
             # The session that the answer travels under: a handshake answer goes plain (the
             # old session is being replaced), "upgraded" goes under the new one.
             self.endpoint.session = self.controller.app_sealer()

@@ -34,7 +34,7 @@ from typing import Any
 from modbatt import LinkKey, Session, compose_id, frames_of, is_encrypted, logical_id
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
 from modbatt.catalogue import ANNOUNCEMENT, catalogue
-from modbatt.control import ControlEndpoint
+from modbatt.control import MALFORMED_FIELD_ERRORS, ControlEndpoint, error_answer
 from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.handshake import HandshakeError, Responder
 from modbatt.keystores import ModuleFlash, module_flash
@@ -183,11 +183,7 @@ class PairingAgent:
                         answer = self._handle(secure, endpoint, message)
                     except Exception:  # a bug must not stop every module's pairing channel
                         log.exception("pairing message %r failed", message.get("type"))
-                        answer = {
-                            "type": "error",
-                            "in_reply_to": message["type"],
-                            "reason": "internal",
-                        }
+                        answer = error_answer(message["type"], "internal")
                 if answer is not None:
                     endpoint.send(answer, plain=answer["type"] != "upgraded")
                     if answer["type"] == "upgraded":
@@ -259,10 +255,9 @@ class PairingAgent:
                 endpoint.session = session
                 secure.record("session.established", module_id=secure.module.module_id)
                 return {"type": "upgraded", "unique_id": unique}
-        except (HandshakeError, KeyError, ValueError, TypeError, OverflowError) as exc:
-            # fields come from the bus: a malformed one is refused, never a crash
-            return {"type": "error", "in_reply_to": kind, "reason": str(exc)}
-        return {"type": "error", "in_reply_to": kind, "reason": "unexpected message"}
+        except (HandshakeError, *MALFORMED_FIELD_ERRORS) as exc:
+            return error_answer(kind, str(exc))
+        return error_answer(kind, "unexpected message")
 
 
 def _module_link(record: ModuleFlash) -> LinkKey:
