@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import settings
 from modbatt import LinkKey, Session
 from modbatt.frames import Sealed, frames_of
 from modbatt.reference import ReferenceSession, derive_link_key
+from tests.api_bridge_server import BridgeProcess
 
 settings.register_profile("default", deadline=None, max_examples=200)
 settings.load_profile("default")
@@ -69,3 +71,11 @@ def open_all(
     for can_id, data in frames:
         result = session.open(can_id, data)
     return result
+
+
+@pytest.fixture(scope="module")
+def api_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    """The real embedded API-Bridge on loopback, one per test module."""
+    server = BridgeProcess(tmp_path_factory.mktemp("bridge") / "bridge.sqlite3").start()
+    yield server
+    server.stop()

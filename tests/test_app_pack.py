@@ -29,13 +29,6 @@ class System:
     audit: AuditLog
 
 
-@pytest.fixture(scope="module")
-def api_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    server = BridgeProcess(tmp_path_factory.mktemp("bridge") / "bridge.sqlite3").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def system(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[System]:
     channel = f"modbatt-can1-{uuid.uuid4().hex[:8]}"

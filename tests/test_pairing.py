@@ -57,13 +57,6 @@ class Lifecycle:
     can2_channel: str  # the virtual channel of CAN 2, for an attacker to join
 
 
-@pytest.fixture(scope="module")
-def api_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    server = BridgeProcess(tmp_path_factory.mktemp("bridge") / "bridge.sqlite3").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
     run = uuid.uuid4().hex[:8]
