@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.modbatt-installed
 SOURCES := $(shell find rust/src python/modbatt -type f -not -name '*.so' -not -path '*/__pycache__/*')
 
-.PHONY: install demo test test-rust test-python lint format bench clean
+.PHONY: install demo test test-rust test-python test-fuzz fuzz fuzz-build lint format bench clean
 
 ## install: create .venv, install the pinned dependencies and modbatt with its Rust core (release)
 install: $(STAMP)
@@ -22,14 +22,48 @@ $(STAMP): pyproject.toml requirements-dev.lock Cargo.toml Cargo.lock rust/Cargo.
 demo: install
 	$(BIN)/modbatt demo
 
-## test: set up, then run every Rust and Python test
-test: test-rust test-python
+## test: set up, then run every Rust and Python test, and a short coverage-guided fuzz run
+test: test-rust test-fuzz test-python
 
 test-rust:
 	cargo test --locked --quiet
 
 test-python: install
 	$(BIN)/python -m pytest -q
+
+# Coverage-guided fuzzing with libFuzzer (fuzz/). SanitizerCoverage is switched on with stable
+# rustc flags (the ones cargo-fuzz passes), so neither nightly nor cargo-fuzz is needed. The
+# explicit --target keeps these flags off build scripts.
+FUZZ_TARGETS := open_frame gateway_step open_message
+FUZZ_TRIPLE  := $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_BIN     := target/fuzz/$(FUZZ_TRIPLE)/release
+FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+	-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions
+FUZZ_SECONDS ?= 300
+FUZZ_RUNS    ?= 100000
+
+fuzz-build:
+	RUSTFLAGS="$(FUZZ_FLAGS)" cargo build --locked --quiet --release \
+		--manifest-path fuzz/Cargo.toml --target $(FUZZ_TRIPLE) --target-dir target/fuzz
+
+## test-fuzz: FUZZ_RUNS inputs per target from an empty corpus, seeded, so a failure replays
+test-fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		dir=$$(mktemp -d); \
+		$(FUZZ_BIN)/$$t -seed=1 -runs=$(FUZZ_RUNS) -artifact_prefix=target/fuzz/$$t- $$dir 2>target/fuzz/$$t.log \
+			|| { tail -40 target/fuzz/$$t.log; rm -rf $$dir; exit 1; }; \
+		echo "fuzz $$t: $$(grep -o 'DONE.*cov: [0-9]*' target/fuzz/$$t.log | sed 's/.*cov/cov/') after $(FUZZ_RUNS) runs, no failure"; \
+		rm -rf $$dir; \
+	done
+
+## fuzz: each target for FUZZ_SECONDS, keeping its corpus in fuzz/corpus/ between runs
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t fuzz/artifacts; \
+		$(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=fuzz/artifacts/$$t- fuzz/corpus/$$t || exit 1; \
+	done
 
 ## lint: ruff, mypy, rustfmt and clippy, as strict as the commits are held to
 lint: install
@@ -38,6 +72,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest modbatt._core
 	cargo fmt --check
+	cargo fmt --check --manifest-path fuzz/Cargo.toml
 	cargo clippy --locked --all-targets --all-features -- -D warnings
 
 ## format: apply ruff format and rustfmt
@@ -45,6 +80,7 @@ format: install
 	$(BIN)/ruff format python tests benches
 	$(BIN)/ruff check --fix python tests benches
 	cargo fmt
+	cargo fmt --manifest-path fuzz/Cargo.toml
 
 ## bench: the benchmark commands (figures on stdout) and the pytest-benchmark suite
 bench: install

@@ -11,8 +11,11 @@ CITATION = re.compile(r"`(\w+\.(?:py|rs))(?:::(\w+))?`")
 
 
 def _source(file_name: str) -> Path:
-    folder = ROOT / ("rust/tests" if file_name.endswith(".rs") else "tests")
-    return folder / file_name
+    if not file_name.endswith(".rs"):
+        return ROOT / "tests" / file_name
+    # Rust tests live in rust/tests; the libFuzzer targets in fuzz/fuzz_targets.
+    in_tests = ROOT / "rust" / "tests" / file_name
+    return in_tests if in_tests.is_file() else ROOT / "fuzz" / "fuzz_targets" / file_name
 
 
 def test_every_cited_test_exists() -> None:
