@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.modbatt-installed
 SOURCES := $(shell find rust/src python/modbatt -type f -not -name '*.so' -not -path '*/__pycache__/*')
 
-.PHONY: install demo test test-rust test-python test-fuzz fuzz fuzz-build lint format bench clean
+.PHONY: install demo test test-rust test-python test-fuzz fuzz fuzz-build soak lint format bench clean
 
 ## install: create .venv, install the pinned dependencies and modbatt with its Rust core (release)
 install: $(STAMP)
@@ -81,6 +81,13 @@ format: install
 	$(BIN)/ruff check --fix python tests benches
 	cargo fmt
 	cargo fmt --manifest-path fuzz/Cargo.toml
+
+## soak: 60 s of both buses at the full classic rate through a pack, then the same under a
+## garbage flood at the full rate; fails on any loss, reordering, backlog or memory growth
+SOAK_SECONDS ?= 60
+soak: install
+	$(BIN)/modbatt soak --seconds $(SOAK_SECONDS) --json bench-soak.json
+	$(BIN)/modbatt soak --seconds $(SOAK_SECONDS) --garbage-rate 6250 --json bench-soak-flood.json
 
 ## bench: the benchmark commands (figures on stdout) and the pytest-benchmark suite
 bench: install

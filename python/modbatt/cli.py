@@ -162,7 +162,29 @@ def _build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="small sizes: checks that the benchmark runs, the figures mean little",
         )
+    _add_soak_parser(commands)
     return parser
+
+
+def _add_soak_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    soak = commands.add_parser(
+        "soak",
+        help="both buses at full rate through a running pack: loss, order, memory, CPU",
+        description=(
+            "Bridge sealed traffic on both buses through a pack controller at the full rate "
+            "of a classic 1 Mbit/s bus (optionally with a garbage flood) and check that no "
+            "message is lost or reordered and memory stays flat. Exit code 1 when not."
+        ),
+    )
+    soak.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
+    soak.add_argument(
+        "--rate", type=int, default=6250, help="frames/s of sealed traffic per bus (6250)"
+    )
+    soak.add_argument(
+        "--garbage-rate", type=int, default=0, help="frames/s of random frames per bus (0)"
+    )
+    soak.add_argument("--modules", type=int, default=2, help="module links (default 2)")
+    soak.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,8 +242,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(figures, args.json)
             print(f"figures written to {args.json}")
         return 0
+    if args.command == "soak":
+        return _soak(args, parser)
     parser.print_help(sys.stderr)
     return 2
+
+
+def _soak(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from modbatt.bench import write_json
+    from modbatt.soak import run_soak
+
+    if not 1 <= args.modules <= 31:
+        parser.error("--modules must be between 1 and 31")
+    if args.seconds <= 0 or args.rate <= 0 or args.garbage_rate < 0:
+        parser.error("--seconds and --rate must be positive, --garbage-rate not negative")
+    report = run_soak(args.seconds, args.rate, args.garbage_rate, args.modules)
+    for line in report.lines():
+        print(line)
+    if args.json is not None:
+        write_json(report.as_dict(), args.json)
+    problems = report.problems()
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
 
 
 def _api_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

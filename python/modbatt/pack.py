@@ -438,6 +438,15 @@ class PackRuntime:
         if is_encrypted(can_id):
             self._send(self.controller.gateway.step(CAN1, can_id, data))
 
+    def link_module(self, module_id: int, session: Session) -> None:
+        """Put a module's established session into the gateway and route its traffic sealed.
+
+        The last step of a pairing and of a re-link after a restart.
+        """
+        self.controller.gateway.install_session(module_id, session)
+        self.controller.paired_links.add(module_id)
+        self._rules()
+
     def _rules(self) -> None:
         flash = self.controller.flash
         bridge = (
@@ -518,7 +527,6 @@ class PackRuntime:
                 link, session, shared = self._pair_over(endpoint, flash, message, unique_id)
             finally:
                 endpoint.close()
-        controller.gateway.install_session(module_id, session)
         paired = PairedModule(
             module_component_id=message["module_component_id"],
             pack_device_key_half=message["pack_device_key_half"],
@@ -533,8 +541,7 @@ class PackRuntime:
         )
         controller.flash_store.save(record)
         controller.flash = record
-        controller.paired_links.add(module_id)
-        self._rules()
+        self.link_module(module_id, session)
         controller._audit(
             "module.paired",
             module_id=module_id,
@@ -738,9 +745,7 @@ class PackRuntime:
                     continue
                 finally:
                     endpoint.close()
-                self.controller.gateway.install_session(entry.module_id, session)
-                self.controller.paired_links.add(entry.module_id)
-                self._rules()
+                self.link_module(entry.module_id, session)
             self.controller._audit(
                 "module.relinked",
                 module_id=entry.module_id,
