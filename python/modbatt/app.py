@@ -30,7 +30,7 @@ from modbatt.control import ControlEndpoint
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
 from modbatt.handshake import Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
-from modbatt.stores import AuditLog
+from modbatt.stores import AuditLog, StoreCorruptError
 
 log = logging.getLogger("modbatt.app")
 
@@ -54,7 +54,18 @@ class App:
 
     def __post_init__(self) -> None:
         self.keystore = app_keystore(self.state_dir)
-        self.host_id = host_id(self.keystore)
+        try:
+            self.host_id = host_id(self.keystore)
+        except StoreCorruptError as exc:
+            # No slot verifies: the app's keys are lost. Say so and stop; never write a new
+            # identity over the damaged keystore.
+            if self.audit is not None:
+                self.audit.record("keystore.corrupt", role="app", problem=str(exc))
+            log.error("keystore corrupt: %s (key recovery needed)", exc)
+            raise AppError(
+                f"the app's keystore is damaged and its keys are lost ({exc});"
+                " key recovery (Workflow C) is needed"
+            ) from None
         self._session: Session | None = None
         self.telemetry: dict[int, dict[str, dict[str, Any]]] = {}
         self.telemetry_frames = 0

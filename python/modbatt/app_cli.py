@@ -73,9 +73,9 @@ def run_app(args: argparse.Namespace, out: Printer = print) -> int:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     with CanPort.open(parse_bus_spec(args.can)) as port, ApiBridgeClient(config) as bridge:
         endpoint = ControlEndpoint.open(port, APP_TO_PACK, PACK_TO_APP)
-        app = App(args.state_dir, endpoint, bridge, AuditLog(args.state_dir / "audit.jsonl"))
-        port.subscribe(app.on_frame)
         try:
+            app = App(args.state_dir, endpoint, bridge, AuditLog(args.state_dir / "audit.jsonl"))
+            port.subscribe(app.on_frame)
             return _act(app, args, out)
         except ModbattError as exc:
             out(f"error: {exc}")

@@ -40,7 +40,7 @@ from modbatt.handshake import HandshakeError, Responder
 from modbatt.keystores import ModuleFlash, module_flash
 from modbatt.module_sim import BatteryModule
 from modbatt.nodes import Frames, NodeLoop
-from modbatt.stores import AuditLog
+from modbatt.stores import AuditLog, StoreCorruptError
 from modbatt.transport import CanPort
 
 log = logging.getLogger("modbatt.pairing")
@@ -74,6 +74,22 @@ class SecureModule:
     def __post_init__(self) -> None:
         self.flash = None if self.state_dir is None else module_flash(self.state_dir)
         self.audit = None if self.state_dir is None else AuditLog(self.state_dir / "audit.jsonl")
+        self.flash_problem: str | None = None
+        if self.flash is not None:
+            # Verify the flash at start-up, as the pack does: a damaged slot is reported; with
+            # no slot verifying the module's keys are lost and it must be paired again (the
+            # pack's handshake is refused naming the damage, never run with other keys).
+            try:
+                self.flash.load()
+                self.flash_problem = "; ".join(self.flash.damaged) or None
+            except StoreCorruptError as exc:
+                self.flash_problem = str(exc)
+                self.record("flash.corrupt", problem=str(exc))
+                log.error(
+                    "module %d: flash store corrupt: %s (pair it again)",
+                    self.module.config.unique_id,
+                    exc,
+                )
 
     def record(self, event: str, **fields: str | int | bool | None) -> None:
         """Write a key operation to the module's audit log (fingerprints only)."""
