@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modbatt import LinkKey, Session
+from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.frames import frames_of
 from modbatt.pack import (
     APP_LINK,
@@ -97,6 +98,7 @@ class SoakReport:
     reordered: int = 0
     garbage_sent: int = 0
     garbage_to_gateway: int = 0  # the garbage the pack steps through its gateway
+    rejected_at_far_end: int = 0  # forwards the far end of the link could not open
     latency_p50_us: float = 0.0
     latency_p99_us: float = 0.0
     latency_max_us: float = 0.0
@@ -127,6 +129,8 @@ class SoakReport:
                 f"the pack's gateway received {self.frames_received} of "
                 f"{self.frames_sent + self.garbage_to_gateway} frames"
             )
+        if self.rejected_at_far_end:
+            found.append(f"{self.rejected_at_far_end} forwarded frames did not open at the far end")
         if self.drain_s >= DRAIN_S:
             found.append(f"the pack still had a backlog {DRAIN_S} s after the load stopped")
         growth = self.rss_end_kib - self.rss_start_kib
@@ -209,6 +213,7 @@ class _End:
         # so that measuring does not grow the memory the soak watches.
         self.latency_bins = np.zeros(LATENCY_BINS, dtype=np.int64)
         self.latency_max_us = 0
+        self.rejected = 0
         self.lock = threading.Lock()  # sessions are shared by the sending and receiving threads
         port.subscribe(self.on_frame)
 
@@ -237,7 +242,8 @@ class _End:
         with self.lock:
             try:
                 plain = session.open(can_id, data)
-            except ValueError:
+            except (FrameRejectedError, SessionError):
+                self.rejected += 1  # the pack forwarded something its far end cannot open
                 return
         if plain is None or len(plain) != 8:
             return  # a pair's data frame, or the pack's own status and alert frames
@@ -387,6 +393,7 @@ def run_soak(
         # what never arrived at all counts as lost too (a gap at the end of a stream)
         report.lost = sum(s.lost + (s.sent - s.next_expected) for s in streams)
         report.reordered = sum(s.reordered for s in streams)
+        report.rejected_at_far_end = app_side.rejected + module_side.rejected
         report.garbage_sent = sum(g.sent for g in garbage)
         report.garbage_to_gateway = sum(g.to_gateway for g in garbage)
         bins = app_side.latency_bins + module_side.latency_bins

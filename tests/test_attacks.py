@@ -1,0 +1,151 @@
+"""An attacker on a running pack, end to end (issue 6): impersonation and leaked keys.
+
+The attacker holds everything one paired module holds (its flash and its live session: the
+worst case of a module taken apart) and a node on each bus. With that it tries to read and to
+forge another module's traffic and the app's. Every attempt must fail at the part that checks
+it, be counted there, and change nothing: the other module keeps its state, nothing forged
+reaches the app, and no link is torn down by a handful of attempts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import can
+
+from modbatt import Session, is_encrypted
+from modbatt.catalogue import catalogue
+from modbatt.errors import FrameRejectedError
+from modbatt.frames import frames_of
+from modbatt.pack import APP_LINK
+from modbatt.pairing import SecureModule
+from tests.test_pairing import Lifecycle, lifecycle, wait_for
+
+__all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
+
+COMMAND_BASE_RANGE = range(0x510, 0x520)
+TELEMETRY_BASE_RANGE = range(0x500, 0x510)
+
+
+def _sealed_frames(log: can.BufferedReader, node: int, bases: range) -> list[can.Message]:
+    """The sealed frames for or from module `node` on the given id bases a listener saw."""
+    seen = []
+    while (message := log.get_message(timeout=0)) is not None:
+        can_id = message.arbitration_id
+        if is_encrypted(can_id) and can_id & 0xFF == node and can_id >> 18 in bases:
+            seen.append(message)
+    return seen
+
+
+def _verdicts(session: Session, frames: list[can.Message]) -> list[str]:
+    """What `session` makes of each frame: "opened", "waiting" (a pair's data frame), or the
+    reason it was rejected. A replay verdict means the tag verified (§5): only the right keys
+    get that far."""
+    verdicts = []
+    for frame in frames:
+        try:
+            plain = session.open(frame.arbitration_id, bytes(frame.data))
+        except FrameRejectedError as exc:
+            verdicts.append(exc.reason)
+            continue
+        verdicts.append("waiting" if plain is None else "opened")
+    return verdicts
+
+
+def _send(bus: can.BusABC, frames: list[tuple[int, bytes]]) -> None:
+    for can_id, data in frames:
+        bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
+
+
+def _pair_both(lifecycle: Lifecycle) -> tuple[SecureModule, SecureModule, int, int]:
+    app = lifecycle.app
+    app.bootstrap()
+    assert wait_for(lambda: len([m for m in app.status()["modules"] if m["online"]]) == 2, 5.0)
+    for module in lifecycle.modules:
+        app.pair(module.module.config.unique_id)
+    thief, victim = lifecycle.modules
+    thief_id, victim_id = thief.module.module_id, victim.module.module_id
+    assert thief_id is not None and victim_id is not None and thief.session is not None
+    return thief, victim, thief_id, victim_id
+
+
+def test_a_modules_leaked_keys_neither_read_nor_forge_another_link(lifecycle: Lifecycle) -> None:
+    app, pack = lifecycle.app, lifecycle.pack
+    thief, victim, _, victim_id = _pair_both(lifecycle)
+    leaked = thief.session
+    assert leaked is not None and thief.flash is not None and thief.flash.load() is not None
+    gateway = pack.controller.gateway
+
+    # Record: the app commands the victim (On), and the victim's telemetry crosses to the app.
+    for log in (lifecycle.can1_log, lifecycle.can2_log):
+        while log.get_message(timeout=0) is not None:
+            pass
+    app.command_state(victim_id, 3, 400.0)
+    assert wait_for(lambda: victim.module.state == 3, 2.0)
+    time.sleep(0.5)
+    on_can2 = _sealed_frames(lifecycle.can2_log, victim_id, COMMAND_BASE_RANGE)
+    on_can2 += _sealed_frames(lifecycle.can2_log, victim_id, TELEMETRY_BASE_RANGE)
+    on_can1 = _sealed_frames(lifecycle.can1_log, victim_id, TELEMETRY_BASE_RANGE)
+    assert on_can2 and on_can1  # the recording holds the victim's traffic on both buses
+
+    # Read: no tag of the victim's traffic verifies under the thief's keys, on either bus
+    # (bad_tag, not replay) ...
+    for recorded in (on_can2, on_can1):
+        verdicts = _verdicts(leaked, recorded)
+        assert "bad_tag" in verdicts and set(verdicts) <= {"bad_tag", "waiting"}, verdicts
+    # ... while under the victim's own keys the commands it received do verify (and are
+    # replays now): the recording is genuine, the thief's keys are the reason.
+    commands = [f for f in on_can2 if f.arbitration_id >> 18 in COMMAND_BASE_RANGE]
+    assert victim.session is not None
+    assert set(_verdicts(victim.session, commands)) == {"replay", "waiting"}
+
+    attacker1 = can.Bus(interface="virtual", channel=lifecycle.can2_channel.replace("can2", "can1"))
+    attacker2 = can.Bus(interface="virtual", channel=lifecycle.can2_channel)
+    try:
+        victim_bad_tags = gateway.session_stats(victim_id)["bad_tag"]  # type: ignore[index]
+        app_bad_tags = gateway.session_stats(APP_LINK)["bad_tag"]  # type: ignore[index]
+        victim_drops = victim.dropped["bad_tag"]
+        status_id, status = catalogue().encode(
+            "STATUS_1",
+            victim_id,
+            {
+                "State": 0,
+                "Status": 0,
+                "SOC": 1.0,
+                "SOH": 1.0,
+                "CellCount": 1,
+                "Current": 0.0,
+                "ModuleVoltage": 1.5,
+            },
+        )
+        off_id, off = catalogue().encode(
+            "STATE_CHANGE",
+            victim_id,
+            {"ModuleId": victim_id, "RequestedState": 0, "HvBusVoltage": 0.0},
+        )
+        # Forge the victim's telemetry toward the pack (CAN 2), sealed with the leaked keys:
+        # the gateway opens the victim's ids only with the victim's session.
+        _send(attacker2, frames_of(leaked.seal(status_id, status)))
+        # Forge an app command to the victim (CAN 1): the gateway opens it with the app link.
+        _send(attacker1, frames_of(leaked.seal(off_id, off)))
+        # Impersonate the pack toward the victim (CAN 2): the victim opens it with its link.
+        _send(attacker2, frames_of(leaked.seal(off_id, off)))
+
+        assert wait_for(
+            lambda: (
+                gateway.session_stats(victim_id)["bad_tag"] == victim_bad_tags + 1  # type: ignore[index]
+                and gateway.session_stats(APP_LINK)["bad_tag"] == app_bad_tags + 1  # type: ignore[index]
+                and victim.dropped["bad_tag"] == victim_drops + 1
+            ),
+            3.0,
+        ), (gateway.session_stats(victim_id), gateway.session_stats(APP_LINK), victim.dropped)
+        time.sleep(1.2)  # a full telemetry period: the forged SOC would have reached the app
+        assert victim.module.state == 3  # still On: no forged Off got through
+        assert app.telemetry[victim_id]["STATUS_1"]["SOC"] != 1.0
+        # A handful of attempts spends budget but tears nothing down: the links stay up.
+        assert gateway.has_session(victim_id) and gateway.has_session(APP_LINK)
+        app.telemetry.clear()
+        assert wait_for(lambda: "STATUS_1" in app.telemetry.get(victim_id, {}), 3.0)
+    finally:
+        attacker1.shutdown()
+        attacker2.shutdown()
