@@ -10,7 +10,9 @@ An :class:`App` drives a pack controller over the app bus control channel and th
   handshake that proves both hold the link key, then ``upgraded`` under the new session;
 - ``status()``: discovery again, under the session once it is up.
 
-Refusals by the pack come back as :class:`AppError` naming the step.
+Refusals by the pack come back as :class:`AppError` naming the step, and so do answers that
+break the protocol: everything the pack sends is checked before the app uses it (the answer
+models below, the status and alert frame parsers), since CAN 1 is not trusted.
 """
 
 from __future__ import annotations
@@ -20,15 +22,25 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from modbatt import LinkKey, Session, frames_of, is_encrypted, logical_id
 from modbatt.api_bridge.client import ApiBridgeClient
-from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
-from modbatt.catalogue import catalogue
+from modbatt.bootstrap import (
+    ACK_LABEL,
+    DELIVERY_LABEL,
+    Ephemeral,
+    KeyAgreementError,
+    delivery_keys,
+    seal,
+    unseal,
+)
+from modbatt.catalogue import MAX_MODULES, catalogue
 from modbatt.control import ControlEndpoint
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
-from modbatt.handshake import Initiator
+from modbatt.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
 from modbatt.stores import AuditLog, StoreCorruptError
 
@@ -39,6 +51,164 @@ REPLY_TIMEOUT_S = 2.0
 
 class AppError(ModbattError):
     """A step of the app's workflow failed; the message names the step and the reason."""
+
+
+HexBytes = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2})+$")]
+PublicKeyHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+HandshakeResponseHex = Annotated[
+    str, StringConstraints(pattern=rf"^[0-9a-fA-F]{{{2 * (2 + NONCE_LEN + CONFIRM_LEN)}}}$")
+]
+FingerprintHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+
+
+class Answer(BaseModel):
+    """A pack's answer: the fields the app reads, with their JSON types checked strictly.
+
+    Fields the app does not read pass through unchecked (a newer pack may send more).
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ModuleRow(Answer):
+    """One module in `device_info`'s module table."""
+
+    module_id: int = Field(ge=0, le=0xFF)
+    unique_id: int = Field(ge=0, le=0xFFFF_FFFF)
+    online: bool
+    paired: bool
+
+
+class DeviceInfo(Answer):
+    """`device_info`, the answer to `discover`."""
+
+    serial: str = Field(min_length=1, max_length=64)
+    state: int = Field(ge=1, le=4)
+    state_name: str = Field(max_length=64)
+    security_level: int = Field(ge=0, le=3)
+    flash_problem: str | None
+    modules: list[ModuleRow] = Field(max_length=MAX_MODULES)
+
+
+class BootstrapHelloAck(Answer):
+    """The pack's X25519 public key."""
+
+    public_key: PublicKeyHex
+
+
+class KeyAck(Answer):
+    """The sealed acknowledgement of the key delivery."""
+
+    sealed: HexBytes
+
+
+class HandshakeResponse(Answer):
+    """The handshake's RESPONSE message."""
+
+    data: HandshakeResponseHex
+
+
+class Upgraded(Answer):
+    """The first sealed message of a new session."""
+
+    security_level: int = Field(ge=0, le=3)
+    state: int = Field(ge=1, le=4)
+
+
+class PairResult(Answer):
+    """A module paired."""
+
+    module_id: int = Field(ge=1, le=MAX_MODULES)
+    unique_id: int
+    link: FingerprintHex
+
+
+class FirmwareReady(Answer):
+    """The chunk size the pack takes (at most 1 KiB, PROTOCOL.md §8a)."""
+
+    chunk: int = Field(ge=1, le=1024)
+
+
+class FirmwareChunkOk(Answer):
+    """One chunk taken."""
+
+    index: int
+
+
+ANSWERS: dict[str, type[Answer]] = {
+    "device_info": DeviceInfo,
+    "bootstrap_hello_ack": BootstrapHelloAck,
+    "key_ack": KeyAck,
+    "handshake_response": HandshakeResponse,
+    "upgraded": Upgraded,
+    "pair_result": PairResult,
+    "configured": Answer,
+    "diagnostics": Answer,
+    "firmware_ready": FirmwareReady,
+    "firmware_chunk_ok": FirmwareChunkOk,
+    "firmware_stored": Answer,
+}
+"""What the app checks in each answer it expects."""
+
+
+def check_answer(request: str, expect: str, answer: dict[str, Any] | None) -> dict[str, Any]:
+    """The pack's answer to `request`, of type `expect`, checked before the app reads it.
+
+    AppError names the request and the problem (the field, never its value) for no answer,
+    a refusal, another type or a malformed answer.
+    """
+    if answer is None:
+        raise AppError(f"{request}: no answer from the pack controller")
+    if answer["type"] == "error":
+        raise AppError(f"{request}: the pack refused: {answer.get('reason')}")
+    if answer["type"] != expect:
+        raise AppError(f"{request}: expected {expect!r}, got {answer['type']!r}")
+    try:
+        ANSWERS[expect].model_validate(answer)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_input=False)[:3]
+        )
+        raise AppError(f"{request}: a malformed {expect!r} ({problems})") from None
+    return answer
+
+
+def parse_pack_status(plain: bytes) -> dict[str, int]:
+    """The pack status frame (PROTOCOL.md §8a); AppError names what is wrong."""
+    if len(plain) != 6:
+        raise AppError(f"pack status: 6 bytes, got {len(plain)}")
+    state, level, registered, paired, online, flags = plain
+    if not 1 <= state <= 4:
+        raise AppError(f"pack status: state {state} is not 1-4")
+    if level > 3:
+        raise AppError(f"pack status: security level {level} is not 0-3")
+    if max(registered, paired, online) > MAX_MODULES:
+        raise AppError(f"pack status: more than {MAX_MODULES} modules")
+    if flags & ~0b11:
+        raise AppError(f"pack status: unknown flags {flags:#04x}")
+    return {
+        "state": state,
+        "security_level": level,
+        "registered": registered,
+        "paired": paired,
+        "online": online,
+        "flags": flags,
+    }
+
+
+ALERT_CODES = range(1, 6)  # module silent, back, flash problem, replays, torn down (§8a)
+
+
+def parse_alert(plain: bytes) -> dict[str, int]:
+    """An alert frame (PROTOCOL.md §8a); AppError names what is wrong."""
+    if len(plain) != 4:
+        raise AppError(f"alert: 4 bytes, got {len(plain)}")
+    if plain[0] not in ALERT_CODES:
+        raise AppError(f"alert: unknown code {plain[0]}")
+    if plain[1] > MAX_MODULES:
+        raise AppError(f"alert: module id {plain[1]} is not 0-{MAX_MODULES}")
+    return {"code": plain[0], "module_id": plain[1], "value": int.from_bytes(plain[2:4], "little")}
 
 
 @dataclass
@@ -86,14 +256,7 @@ class App:
         timeout_s: float = REPLY_TIMEOUT_S,
     ) -> dict[str, Any]:
         self.endpoint.send(message, plain=plain)
-        answer = self.endpoint.recv(timeout_s)
-        if answer is None:
-            raise AppError(f"{message['type']}: no answer from the pack controller")
-        if answer["type"] == "error":
-            raise AppError(f"{message['type']}: the pack refused: {answer.get('reason')}")
-        if answer["type"] != expect:
-            raise AppError(f"{message['type']}: expected {expect!r}, got {answer['type']!r}")
-        return answer
+        return check_answer(message["type"], expect, self.endpoint.recv(timeout_s))
 
     @property
     def session(self) -> Session | None:
@@ -145,7 +308,10 @@ class App:
             "bootstrap_hello_ack",
         )
         pack_public = bytes.fromhex(hello["public_key"])
-        shared = ephemeral.shared_secret(pack_public)
+        try:
+            shared = ephemeral.shared_secret(pack_public)
+        except KeyAgreementError as exc:
+            raise AppError(f"bootstrap_hello: {exc}") from None
         sealing = delivery_keys(shared, self.host_id, serial, ephemeral.public, pack_public)
         delivery = seal(
             sealing.delivery,
@@ -160,7 +326,10 @@ class App:
             },
         )
         ack = self._ask({"type": "key_delivery", "sealed": delivery.hex()}, "key_ack")
-        receipt = unseal(sealing.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
+        try:
+            receipt = unseal(sealing.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
+        except KeyAgreementError as exc:
+            raise AppError(f"key_delivery: the key acknowledgement: {exc}") from None
         self.keystore.save(
             AppKeys(
                 host_id=self.host_id,
@@ -204,13 +373,19 @@ class App:
             "handshake_response",
             plain=True,
         )
-        finish, session = initiator.on_response(bytes.fromhex(response["data"]))
+        try:
+            finish, session = initiator.on_response(bytes.fromhex(response["data"]))
+        except HandshakeError as exc:
+            raise AppError(f"handshake_init: {exc}") from None
         self.endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
         self.session = session  # the answer must come sealed under the new session
-        answer = self.endpoint.recv(REPLY_TIMEOUT_S)
-        if answer is None or answer["type"] != "upgraded":
+        try:
+            answer = check_answer(
+                "handshake_finish", "upgraded", self.endpoint.recv(REPLY_TIMEOUT_S)
+            )
+        except AppError as exc:
             self.session = None
-            raise AppError(f"connect: the upgraded channel did not answer ({answer})")
+            raise AppError(f"connect: the upgraded channel did not answer: {exc}") from None
         self._audit(
             "session.established", link=self.link().fingerprint, level=int(answer["security_level"])
         )
@@ -248,6 +423,8 @@ class App:
             "pair_result",
             timeout_s=10.0,
         )
+        if result["unique_id"] != unique_id:
+            raise AppError(f"pair_module: the pack paired module {result['unique_id']}")
         keys = self.keystore.load() or keys
         self.keystore.save(
             keys.model_copy(
@@ -313,7 +490,7 @@ class App:
         )
         size = int(ready["chunk"])
         for index, start in enumerate(range(0, len(image), size)):
-            self._ask(
+            taken = self._ask(
                 {
                     "type": "firmware_chunk",
                     "index": index,
@@ -321,6 +498,10 @@ class App:
                 },
                 "firmware_chunk_ok",
             )
+            if taken["index"] != index:
+                raise AppError(
+                    f"firmware_chunk: sent chunk {index}, the pack took {taken['index']}"
+                )
         stored = self._ask({"type": "firmware_end"}, "firmware_stored")
         self._audit("firmware.sent", version=version, sha256=digest)
         return stored
@@ -394,25 +575,16 @@ class App:
         except (FrameRejectedError, SessionError) as exc:
             self.dropped[getattr(exc, "reason", "no_session")] += 1
             return
-        if plain is None or len(plain) < 4:
+        if plain is None:
             return
-        if can_id >> 18 == 0x470 and len(plain) >= 6:
-            self.pack_status = {
-                "state": plain[0],
-                "security_level": plain[1],
-                "registered": plain[2],
-                "paired": plain[3],
-                "online": plain[4],
-                "flags": plain[5],
-            }
-        elif can_id >> 18 == 0x471:
-            self.alerts.append(
-                {
-                    "code": plain[0],
-                    "module_id": plain[1],
-                    "value": int.from_bytes(plain[2:4], "little"),
-                }
-            )
+        try:
+            if can_id >> 18 == 0x470:
+                self.pack_status = parse_pack_status(plain)
+            else:
+                self.alerts.append(parse_alert(plain))
+        except AppError as exc:
+            self.dropped["malformed"] += 1
+            log.warning("%s (dropped)", exc)
 
     def status(self) -> dict[str, Any]:
         """The pack's device information, sealed once the channel is upgraded."""

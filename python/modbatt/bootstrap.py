@@ -114,7 +114,10 @@ def unseal(key: bytes, label: bytes, sealed: bytes) -> dict[str, Any]:
         body = AESGCM(key).decrypt(sealed[:GCM_NONCE_LEN], sealed[GCM_NONCE_LEN:], label)
     except InvalidTag:
         raise KeyAgreementError("the sealed message does not verify") from None
-    payload = json.loads(body)
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        payload = None
     if not isinstance(payload, dict):
         raise KeyAgreementError("the sealed message is not a JSON object")
     return payload

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modbatt import Gateway, compose_id, set_encrypted
-from modbatt.errors import FrameRejectedError, ModbattError
+from modbatt.errors import FrameRejectedError, ModbattError, SessionError
 from modbatt.isotp_link import MessageChannel
 from modbatt.transport import CanPort
 
@@ -98,6 +98,8 @@ def decode(data: bytes) -> dict[str, Any]:
         message = json.loads(data)
     except ValueError:
         raise ControlError("a control message is not valid JSON") from None
+    except RecursionError:  # a few thousand '[' fit in one ISO-TP message
+        raise ControlError("a control message is nested too deeply") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ControlError("a control message is a JSON object with a string 'type'")
     return message
@@ -185,6 +187,9 @@ class ControlEndpoint:
                 return message
             except FrameRejectedError as exc:
                 self.dropped[exc.reason] += 1
+                return None
+            except SessionError:  # torn down by the failure budget: a new handshake is needed
+                self.dropped["no_session"] += 1
                 return None
             except ControlError:
                 self.dropped["malformed"] += 1

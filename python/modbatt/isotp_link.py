@@ -33,6 +33,19 @@ def _check(message: bytes) -> bytes:
     return hashlib.sha256(b"modbatt/v1 isotp" + message).digest()[:CHECK_LEN]
 
 
+def with_check(message: bytes) -> bytes:
+    """The ISO-TP payload that carries `message`: the message and its end-to-end check."""
+    return message + _check(message)
+
+
+def without_check(data: bytes | bytearray) -> bytes | None:
+    """The message in a received ISO-TP payload, or None when its end-to-end check fails."""
+    if len(data) < CHECK_LEN:
+        return None
+    payload, check = bytes(data[:-CHECK_LEN]), bytes(data[-CHECK_LEN:])
+    return payload if _check(payload) == check else None
+
+
 class MessageChannel:
     """One ISO-TP conversation: we send on `txid`, we listen on `rxid`."""
 
@@ -72,7 +85,7 @@ class MessageChannel:
         if len(message) > MAX_MESSAGE:
             raise TransferError(f"a message is at most {MAX_MESSAGE} bytes, got {len(message)}")
         try:
-            self._stack.send(message + _check(message), send_timeout=self.timeout_s * 4)
+            self._stack.send(with_check(message), send_timeout=self.timeout_s * 4)
         except (isotp.BlockingSendFailure, isotp.BlockingSendTimeout) as exc:
             raise TransferError(f"ISO-TP send failed: {type(exc).__name__}") from None
 
@@ -84,8 +97,8 @@ class MessageChannel:
         wait = self.timeout_s if timeout_s is None else timeout_s
         data = self._stack.recv(block=True, timeout=wait)
         while data is not None:
-            payload, check = bytes(data[:-CHECK_LEN]), bytes(data[-CHECK_LEN:])
-            if len(data) >= CHECK_LEN and _check(payload) == check:
+            payload = without_check(data)
+            if payload is not None:
                 return payload
             self.discarded += 1
             data = self._stack.recv(block=False)

@@ -122,7 +122,8 @@ class TypedStore(Generic[RecordT]):
             return self.model.model_validate(loaded.payload)
         except ValidationError as exc:
             raise StoreCorruptError(
-                f"{self.slots.name}: the record does not validate ({exc.error_count()} errors)"
+                f"{self.slots.name}: the record does not validate ({exc.error_count()} errors: "
+                f"{_problem_fields(exc, self.model)})"
             ) from None
 
     def save(self, record: RecordT) -> int:
@@ -132,6 +133,22 @@ class TypedStore(Generic[RecordT]):
     def erase(self) -> None:
         """Forget everything (a factory reset)."""
         self.slots.erase()
+
+
+def _problem_fields(exc: ValidationError, model: type[Record]) -> str:
+    """The top-level fields that failed, named only when the model knows them.
+
+    Never a value, nor a name taken from the file (a dict key could be anything, even key
+    material).
+    """
+    names = set()
+    for error in exc.errors(include_input=False):
+        top = error["loc"][0] if error["loc"] else None
+        if top is None:
+            names.add("the record itself")
+        else:
+            names.add(str(top) if top in model.model_fields else "an unknown field")
+    return ", ".join(sorted(names))
 
 
 def app_keystore(directory: Path) -> TypedStore[AppKeys]:

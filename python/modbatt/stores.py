@@ -97,7 +97,12 @@ def decode_record(data: bytes) -> tuple[int, dict[str, Any]]:
     head, digest = data[:-DIGEST_LEN], data[-DIGEST_LEN:]
     if hashlib.sha256(head).digest() != digest:
         raise ValueError("checksum mismatch")
-    payload = json.loads(head[HEADER.size :])
+    try:
+        payload = json.loads(head[HEADER.size :])
+    except UnicodeDecodeError:
+        raise ValueError("payload is not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError("payload is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ValueError("payload is not a JSON object")
     return sequence, payload
