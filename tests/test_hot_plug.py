@@ -1,0 +1,65 @@
+"""A module plugged into an Operational pack is registered, paired and bridged (issue 6),
+while the modules already paired keep working; on virtual buses with the real API-Bridge."""
+
+from __future__ import annotations
+
+import time
+
+import can
+
+from modbatt.module_sim import BatteryModule, ModuleConfig
+from modbatt.nodes import NodeLoop
+from modbatt.pack import PackState
+from modbatt.pairing import PairingAgent, SecureModule
+from modbatt.transport import CanPort
+from tests.test_pairing import Lifecycle, lifecycle, wait_for
+
+__all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
+
+
+def _online(lifecycle: Lifecycle) -> int:
+    return len([m for m in lifecycle.app.status()["modules"] if m["online"]])
+
+
+def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Lifecycle) -> None:
+    app = lifecycle.app
+    app.bootstrap()
+    assert wait_for(lambda: _online(lifecycle) == 2, 5.0)
+    for module in lifecycle.modules:
+        app.pair(module.module.config.unique_id)
+    assert app.status()["state"] == PackState.OPERATIONAL
+    paired_before = {m.module.module_id for m in lifecycle.modules}
+
+    # Plug a third module into CAN 2, with its own node and pairing agent, as a new board is.
+    port = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "hot-plug")
+    newcomer = SecureModule(
+        BatteryModule(ModuleConfig(unique_id=0xC0FFEE, cells=8), now=time.monotonic()),
+        lifecycle.state_dir / "module-hot-plug",
+    )
+    loop = NodeLoop(port, [newcomer]).start()
+    agent = PairingAgent(port, [newcomer], loop).start()
+    try:
+        assert wait_for(lambda: _online(lifecycle) == 3, 5.0)
+        listed = {m["unique_id"]: m for m in app.status()["modules"]}
+        assert listed[0xC0FFEE]["paired"] is False  # registered, not yet trusted
+        new_id = newcomer.module.module_id
+        assert new_id is not None and new_id not in paired_before
+
+        result = app.pair(0xC0FFEE)
+        assert result["module_id"] == new_id
+        assert newcomer.session is not None
+        status = app.status()
+        assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
+        assert all(m["paired"] for m in status["modules"])
+
+        # Its telemetry now crosses sealed on both buses, and so do the others' still.
+        app.telemetry.clear()
+        every_module = paired_before | {new_id}
+        assert wait_for(lambda: every_module <= set(app.telemetry), 4.0), set(app.telemetry)
+        app.command_state(new_id, 3, 400.0)
+        assert wait_for(lambda: newcomer.module.state == 3, 3.0)
+        assert all(m.dropped["bad_tag"] == 0 for m in [*lifecycle.modules, newcomer])
+    finally:
+        agent.stop()
+        loop.stop()
+        port.close()
