@@ -40,7 +40,14 @@ from modbatt.app import App, AppError, parse_alert, parse_pack_status
 from modbatt.app_cli import _act
 from modbatt.bootstrap import ACK_LABEL, delivery_keys
 from modbatt.catalogue import catalogue
-from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint, decode, encode
+from modbatt.control import (
+    APP_TO_PACK,
+    PACK_TO_APP,
+    AnswerCache,
+    ControlEndpoint,
+    decode,
+    encode,
+)
 from modbatt.errors import FrameRejectedError, InvalidArgumentError
 from modbatt.isotp_link import MessageChannel, with_check, without_check
 from modbatt.keystores import (
@@ -156,10 +163,12 @@ class Peer:
     def __init__(self, respond: Respond) -> None:
         self.respond = respond
         self.session: Any = None
+        self.dropped: Counter[str] = Counter()
+        self.answers = AnswerCache()  # echoes the request id, as the pack's runtime does
         self._answer: bytes | None = None
 
     def send(self, message: dict[str, Any], *, plain: bool = False) -> None:
-        answer = self.respond(decode(encode(message)))
+        answer = self.answers.respond(decode(encode(message)), self.respond)
         self._answer = None if answer is None else encode(answer)
 
     def recv(self, timeout_s: float | None = None) -> dict[str, Any] | None:

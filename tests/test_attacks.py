@@ -9,11 +9,12 @@ reaches the app, and no link is torn down by a handful of attempts.
 
 from __future__ import annotations
 
+import os
 import time
 
 import can
 
-from modbatt import Session, is_encrypted
+from modbatt import Session, compose_id, is_encrypted, set_encrypted
 from modbatt.catalogue import catalogue
 from modbatt.errors import FrameRejectedError
 from modbatt.frames import frames_of
@@ -149,3 +150,38 @@ def test_a_modules_leaked_keys_neither_read_nor_forge_another_link(lifecycle: Li
     finally:
         attacker1.shutdown()
         attacker2.shutdown()
+
+
+def test_forgeries_on_can1_tear_the_app_link_down_and_the_app_brings_it_back(
+    lifecycle: Lifecycle,
+) -> None:
+    """The failure budget on the app link: the pack cannot seal an alert to the app once its
+    end of the session is gone, so the app notices its sealed status frames stopped and runs
+    the handshake again, without an operator (PROTOCOL.md §6, §8c)."""
+    app, pack = lifecycle.app, lifecycle.pack
+    _, victim, _, victim_id = _pair_both(lifecycle)
+    gateway = pack.controller.gateway
+    keeper = app.start_link_keeper(0.2)
+    attacker = can.Bus(interface="virtual", channel=lifecycle.can2_channel.replace("can2", "can1"))
+    try:
+        assert wait_for(lambda: app.pack_status.get("state") == 4, 3.0)  # Operational
+        command_id = set_encrypted(compose_id(0x514, victim_id))  # STATE_CHANGE to the victim
+        forged = [
+            (command_id, os.urandom(8))  # a single-frame form: 3 bytes, freshness, 32-bit tag
+            for _ in range(20)
+        ]
+        _send(attacker, forged)
+        assert wait_for(lambda: not gateway.has_session(APP_LINK), 2.0)
+        assert gateway.session_stats(APP_LINK)["failures"] == 16  # type: ignore[index]
+        # the app notices the silence and the link comes back, with status and telemetry
+        assert wait_for(lambda: gateway.has_session(APP_LINK), 10.0)
+        assert wait_for(lambda: app.pack_status.get("security_level") == 3, 3.0)
+        app.telemetry.clear()
+        assert wait_for(lambda: victim_id in app.telemetry, 3.0)
+        app.command_state(victim_id, 3, 400.0)
+        assert wait_for(lambda: victim.module.state == 3, 3.0)
+        app_audit = (lifecycle.state_dir / "audit.jsonl").read_text()
+        assert '"link.torn_down"' in app_audit and '"link.silent"' in app_audit
+    finally:
+        keeper.set()
+        attacker.shutdown()

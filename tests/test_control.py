@@ -13,10 +13,13 @@ from modbatt import LinkKey, Session
 from modbatt.control import (
     APP_TO_PACK,
     PACK_TO_APP,
+    REQUEST_ID,
+    AnswerCache,
     ControlEndpoint,
     ControlError,
     decode,
     encode,
+    request,
 )
 from modbatt.transport import CanPort, parse_bus_spec
 
@@ -99,3 +102,76 @@ def test_a_replayed_sealed_message_is_dropped(
 def test_malformed_control_messages_are_refused(data: bytes) -> None:
     with pytest.raises(ControlError):
         decode(data)
+
+
+# --- retries with request ids (PROTOCOL.md §8a) ---------------------------------------------
+
+
+def test_a_retried_request_is_answered_again_not_handled_again() -> None:
+    handled: list[dict[str, Any]] = []
+
+    def handle(message: dict[str, Any]) -> dict[str, Any]:
+        handled.append(message)
+        return {"type": "key_ack", "n": len(handled)}
+
+    cache = AnswerCache(size=2)
+    delivery = {"type": "key_delivery", "sealed": "00", REQUEST_ID: "a1"}
+    first = cache.respond(delivery, handle)
+    assert first == {"type": "key_ack", "n": 1, REQUEST_ID: "a1"}
+    assert cache.respond(dict(delivery), handle) == first  # the retry: same answer
+    assert len(handled) == 1 and cache.replayed == 1
+    # the same request id on another message is refused, not answered with another's answer
+    reused = cache.respond({**delivery, "sealed": "01"}, handle)
+    assert reused is not None and reused["type"] == "error" and "rid" in reused["reason"]
+    # without a request id every message is handled; a malformed one is refused
+    assert cache.respond({"type": "discover"}, handle) == {"type": "key_ack", "n": 2}
+    for bad in (7, "", "XYZ", "a" * 33, ["a1"]):
+        answer = cache.respond({"type": "discover", REQUEST_ID: bad}, handle)
+        assert answer is not None and answer["type"] == "error", bad
+    # bounded: the oldest answers are forgotten
+    for rid in ("b1", "b2", "b3"):
+        cache.respond({"type": "status", REQUEST_ID: rid}, handle)
+    count = len(handled)
+    cache.respond(dict(delivery), handle)
+    assert len(handled) == count + 1
+
+
+def test_a_request_is_retried_until_answered_and_skips_stale_answers(
+    endpoints: tuple[ControlEndpoint, ControlEndpoint],
+) -> None:
+    app, pack = endpoints
+    cache = AnswerCache()
+    seen: list[dict[str, Any]] = []
+
+    def serve() -> None:
+        # the first attempt goes unanswered (as if its last frame were lost); before the
+        # retry's answer, a stale answer to some earlier request arrives
+        while len(seen) < 2:
+            message = pack.recv(3.0)
+            if message is None:
+                return
+            seen.append(message)
+            if len(seen) == 2:
+                pack.send({"type": "status", "state": 0, REQUEST_ID: "0badc0de"})
+                answer = cache.respond(message, lambda m: {"type": "status", "state": 4})
+                assert answer is not None
+                pack.send(answer)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    answer = request(app, {"type": "status"}, attempts=3, timeout_s=0.5)
+    server.join()
+    assert answer is not None and answer["state"] == 4
+    assert seen[0][REQUEST_ID] == seen[1][REQUEST_ID]
+    assert answer == {"type": "status", "state": 4}  # the request id stays in the channel
+    assert app.dropped["stale_answer"] == 1
+
+
+def test_a_request_nobody_answers_gives_up_after_its_attempts(
+    endpoints: tuple[ControlEndpoint, ControlEndpoint],
+) -> None:
+    app, pack = endpoints
+    assert request(app, {"type": "status"}, attempts=2, timeout_s=0.2) is None
+    first, second = pack.recv(0.5), pack.recv(0.5)
+    assert first is not None and second is not None and first == second  # one request, twice
+    assert pack.recv(0.3) is None

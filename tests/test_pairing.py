@@ -8,7 +8,8 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import can
@@ -20,6 +21,7 @@ from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPol
 from modbatt.app import App, AppError
 from modbatt.catalogue import catalogue
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.faults import FaultPlan, FaultyBus
 from modbatt.module_sim import BatteryModule, modules_for
 from modbatt.nodes import NodeLoop
 from modbatt.pack import (
@@ -55,14 +57,29 @@ class Lifecycle:
     state_dir: Path
     bridge: ApiBridgeClient
     can2_channel: str  # the virtual channel of CAN 2, for an attacker to join
+    faulty: list[FaultyBus] = field(default_factory=list)  # the nodes' buses, when faulty
 
 
-@pytest.fixture
-def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
+@contextmanager
+def running_lifecycle(
+    tmp_path: Path, api_bridge: BridgeProcess, faults: FaultPlan | None = None
+) -> Iterator[Lifecycle]:
+    """A pack, two modules and an app on fresh virtual buses; with `faults`, every node sends
+    through a `FaultyBus` (each with its own seed derived from the plan's)."""
     run = uuid.uuid4().hex[:8]
+    faulty: list[FaultyBus] = []
+
+    def bus(channel: str) -> can.BusABC:
+        raw = can.Bus(interface="virtual", channel=channel)
+        if faults is None:
+            return raw
+        wrapped = FaultyBus(raw, replace(faults, seed=faults.seed * 10 + len(faulty)))
+        faulty.append(wrapped)
+        return wrapped
+
     ports = {
-        name: CanPort(can.Bus(interface="virtual", channel=f"modbatt-{bus}-{run}"), name)
-        for name, bus in (
+        name: CanPort(bus(f"modbatt-{channel}-{run}"), name)
+        for name, channel in (
             ("app", "can1"),
             ("pack1", "can1"),
             ("pack2", "can2"),
@@ -97,18 +114,27 @@ def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
     life = Lifecycle(
         app, pack, modules, can2_log, can1_log, ports, tmp_path, bridge, f"modbatt-can2-{run}"
     )
-    yield life
-    agent.stop()
-    module_loop.stop()
-    life.pack.stop()
-    app.endpoint.close()
-    bridge.close()
-    listener.stop()
-    listener_bus.shutdown()
-    listener1.stop()
-    listener1_bus.shutdown()
-    for port in ports.values():
-        port.close()
+    life.faulty = faulty
+    try:
+        yield life
+    finally:
+        agent.stop()
+        module_loop.stop()
+        life.pack.stop()
+        app.endpoint.close()
+        bridge.close()
+        listener.stop()
+        listener_bus.shutdown()
+        listener1.stop()
+        listener1_bus.shutdown()
+        for port in ports.values():
+            port.close()
+
+
+@pytest.fixture
+def lifecycle(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[Lifecycle]:
+    with running_lifecycle(tmp_path, api_bridge) as life:
+        yield life
 
 
 def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: Lifecycle) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,7 @@ from modbatt.bootstrap import (
     unseal,
 )
 from modbatt.catalogue import MAX_MODULES, catalogue
-from modbatt.control import ControlEndpoint
+from modbatt.control import REQUEST_ID, ControlEndpoint, new_request_id, request
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
 from modbatt.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
@@ -46,11 +48,22 @@ from modbatt.stores import AuditLog, StoreCorruptError
 
 log = logging.getLogger("modbatt.app")
 
-REPLY_TIMEOUT_S = 2.0
+REPLY_TIMEOUT_S = 2.0  # per attempt; a request is sent up to REPLY_ATTEMPTS times
+REPLY_ATTEMPTS = 3
+BOOTSTRAP_ATTEMPTS, BOOTSTRAP_RETRY_S = 3, 1.0  # whole exchanges, when one is cut short
+LINK_SILENCE_S = 3.5  # three missed status frames (one a second) and a half: the link is gone
 
 
 class AppError(ModbattError):
     """A step of the app's workflow failed; the message names the step and the reason."""
+
+
+class PackSilentError(AppError):
+    """The pack controller did not answer a request, through every retry."""
+
+
+class PackRefusedError(AppError):
+    """The pack controller answered a request with an `error`."""
 
 
 HexBytes = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2})+$")]
@@ -158,9 +171,9 @@ def check_answer(request: str, expect: str, answer: dict[str, Any] | None) -> di
     a refusal, another type or a malformed answer.
     """
     if answer is None:
-        raise AppError(f"{request}: no answer from the pack controller")
+        raise PackSilentError(f"{request}: no answer from the pack controller")
     if answer["type"] == "error":
-        raise AppError(f"{request}: the pack refused: {answer.get('reason')}")
+        raise PackRefusedError(f"{request}: the pack refused: {answer.get('reason')}")
     if answer["type"] != expect:
         raise AppError(f"{request}: expected {expect!r}, got {answer['type']!r}")
     try:
@@ -242,6 +255,9 @@ class App:
         self.dropped: Counter[str] = Counter()
         self.pack_status: dict[str, int] = {}
         self.alerts: list[dict[str, int]] = []
+        self.last_status_at: float | None = None  # monotonic time of the last sealed status
+        self.connected_at: float | None = None  # monotonic time of the last handshake
+        self.listening = False  # whether on_frame is fed with the bus's frames
 
     def _audit(self, event: str, **fields: str | int | bool | None) -> None:
         if self.audit is not None:
@@ -255,8 +271,30 @@ class App:
         plain: bool = False,
         timeout_s: float = REPLY_TIMEOUT_S,
     ) -> dict[str, Any]:
-        self.endpoint.send(message, plain=plain)
-        return check_answer(message["type"], expect, self.endpoint.recv(timeout_s))
+        message = {**message, REQUEST_ID: new_request_id()}  # the same id for every retry
+        sealed = self.session is not None and not plain
+        answer = request(
+            self.endpoint,
+            message,
+            attempts=REPLY_ATTEMPTS,
+            timeout_s=timeout_s,
+            plain=plain,
+            give_up=self.link_silent if sealed else None,
+        )
+        if answer is None and sealed:
+            # A sealed request went unanswered through every retry: the pack may have lost
+            # its end of the session (it restarted). A handshake brings the link back without
+            # any key on the bus; then the request goes once more, under the same request id.
+            log.warning("%s: no answer on the sealed link; re-establishing it", message["type"])
+            try:
+                self.connect()
+            except AppError as exc:
+                raise PackSilentError(
+                    f"{message['type']}: no answer from the pack controller, and the link "
+                    f"could not be re-established ({exc})"
+                ) from None
+            answer = request(self.endpoint, message, attempts=REPLY_ATTEMPTS, timeout_s=timeout_s)
+        return check_answer(message["type"], expect, answer)
 
     @property
     def session(self) -> Session | None:
@@ -277,8 +315,37 @@ class App:
 
         With `replaces` (key recovery), the old app-pack LCT is revoked and replaced instead
         of a new one being created.
+
+        A transfer cut short (the pack restarted, its answers lost through every retry) is
+        started again from discovery, up to BOOTSTRAP_ATTEMPTS times. The app stores the keys
+        as pending before it sends them, so each new attempt knows where the last one got to:
+        a pack in factory state never stored them (the pending LCT is replaced and the
+        exchange runs again); a pack holding keys stored ours and only its acknowledgement
+        was lost, which the handshake proves without any key crossing the bus.
         """
+        for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
+            try:
+                return self._bootstrap_once(replaces, resuming=attempt > 1)
+            except (PackSilentError, PackRefusedError) as exc:
+                if attempt == BOOTSTRAP_ATTEMPTS:
+                    raise
+                log.warning("bootstrap attempt %d cut short (%s): starting again", attempt, exc)
+                self._audit("bootstrap.retried", attempt=attempt, reason=str(exc))
+                time.sleep(BOOTSTRAP_RETRY_S)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bootstrap_once(self, replaces: str | None, *, resuming: bool) -> dict[str, Any]:
         info = self.discover()
+        stored = self.keystore.load()
+        has_keys = stored is not None and stored.lct_id is not None
+        pending = stored if has_keys and stored is not None and not stored.delivered else None
+        if info["state"] != 1 and (pending is not None or (resuming and has_keys)):
+            # our delivery reached the pack; the handshake proves it holds the same link key
+            answer = self.connect()
+            if pending is not None:
+                self.keystore.save(pending.model_copy(update={"delivered": True}))
+                self._audit("keys.delivered", link=self.link().fingerprint, lct_id=pending.lct_id)
+            return answer
         if info["state"] != 1:
             raise AppError(
                 f"bootstrap: the pack is in state {info['state']} ({info['state_name']}),"
@@ -287,10 +354,14 @@ class App:
         serial = str(info["serial"])
         app = self.bridge.register_component(self.host_id, "modbatt app")
         pack = self.bridge.register_component(f"MODBATT-PACK-{serial}", "modbatt pack controller")
-        if replaces is None:
+        # A pending LCT never reached a pack (it is in factory state): replace it rather than
+        # leave it active on the API-Bridge.
+        old_lct = pending.lct_id if pending is not None else replaces
+        if old_lct is None:
             created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
         else:
-            created = self.bridge.replace_lct(replaces, "key recovery")
+            reason = "key recovery" if pending is None else "bootstrap retried"
+            created = self.bridge.replace_lct(old_lct, reason)
         keys = created.keys
         self._audit(
             "lct.created",
@@ -325,26 +396,27 @@ class App:
                 "lct_id": created.record.lct_id,
             },
         )
+        record = AppKeys(
+            host_id=self.host_id,
+            app_component_id=app.component_id,
+            app_device_key_half=keys.device_key_half_a.get_secret_value().hex(),
+            app_lct_key_half=keys.lct_key_half_a.get_secret_value().hex(),
+            pack_component_id=pack.component_id,
+            lct_id=created.record.lct_id,
+            pack_device_key_half=keys.device_key_half_b.get_secret_value().hex(),
+            link_dh_secret=shared.hex(),
+            delivered=False,
+        )
+        self.keystore.save(record)  # pending: whatever happens next, the app knows its keys
         ack = self._ask({"type": "key_delivery", "sealed": delivery.hex()}, "key_ack")
         try:
             receipt = unseal(sealing.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
         except KeyAgreementError as exc:
             raise AppError(f"key_delivery: the key acknowledgement: {exc}") from None
-        self.keystore.save(
-            AppKeys(
-                host_id=self.host_id,
-                app_component_id=app.component_id,
-                app_device_key_half=keys.device_key_half_a.get_secret_value().hex(),
-                app_lct_key_half=keys.lct_key_half_a.get_secret_value().hex(),
-                pack_component_id=pack.component_id,
-                lct_id=created.record.lct_id,
-                pack_device_key_half=keys.device_key_half_b.get_secret_value().hex(),
-                link_dh_secret=shared.hex(),
-            )
-        )
         link = self.link()
         if receipt.get("link") != link.fingerprint:
             raise AppError("bootstrap: the pack derived another link key than the app")
+        self.keystore.save(record.model_copy(update={"delivered": True}))
         self._audit("keys.delivered", link=link.fingerprint, lct_id=created.record.lct_id)
         return self.connect()
 
@@ -367,6 +439,7 @@ class App:
         keys = self.keystore.load()
         assert keys is not None and keys.app_component_id and keys.pack_component_id
         self.session = None
+        self.last_status_at = None  # the new session's status frames are due from now
         initiator = Initiator(self.link(), keys.app_component_id, keys.pack_component_id)
         response = self._ask(
             {"type": "handshake_init", "data": initiator.start().hex()},
@@ -377,19 +450,75 @@ class App:
             finish, session = initiator.on_response(bytes.fromhex(response["data"]))
         except HandshakeError as exc:
             raise AppError(f"handshake_init: {exc}") from None
-        self.endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
         self.session = session  # the answer must come sealed under the new session
         try:
-            answer = check_answer(
-                "handshake_finish", "upgraded", self.endpoint.recv(REPLY_TIMEOUT_S)
+            answer = self._ask(
+                {"type": "handshake_finish", "data": finish.hex()}, "upgraded", plain=True
             )
         except AppError as exc:
             self.session = None
             raise AppError(f"connect: the upgraded channel did not answer: {exc}") from None
+        self.connected_at = time.monotonic()
         self._audit(
             "session.established", link=self.link().fingerprint, level=int(answer["security_level"])
         )
         return answer
+
+    def _linked(self, step: str) -> Session:
+        """Make sure the app link is up before a sealed request.
+
+        Connects (a handshake) when the app holds delivered keys but no session, as after a
+        failed reconnect; AppError when it holds no keys for a pack.
+        """
+        if self.session is None:
+            keys = self.keystore.load()
+            if keys is None or keys.lct_id is None or not keys.delivered:
+                raise AppError(f"{step}: bootstrap first (the app holds no keys for a pack)")
+            self.connect()
+        if self.session is None:  # connect raises when it fails; this is for the type checker
+            raise AppError(f"{step}: the link is not up")
+        return self.session
+
+    def link_silent(self) -> bool:
+        """Whether the link is up on our side but the pack's sealed status frames stopped.
+
+        The pack seals one a second (PROTOCOL.md §8a). Silence for LINK_SILENCE_S, counted
+        from the last one or from the handshake, means its end of the session is gone: torn
+        down by forgeries on CAN 1 (it cannot seal an alert then), or the pack restarted. An
+        app that does not listen to the bus (`on_frame` never called) cannot tell, and never
+        calls its link silent.
+        """
+        if self.session is None or not self.listening or self.connected_at is None:
+            return False
+        since = self.connected_at if self.last_status_at is None else self.last_status_at
+        return time.monotonic() - since > LINK_SILENCE_S
+
+    def keep_link(self) -> bool:
+        """Run the handshake again when the link went silent; True when it did.
+
+        No key crosses the bus, so no operator is needed. AppError when the pack does not
+        answer (the next call tries again).
+        """
+        if not self.link_silent():
+            return False
+        log.warning("no status from the pack for %.0f s: re-establishing the link", LINK_SILENCE_S)
+        self._audit("link.silent", silent_ms=int(LINK_SILENCE_S * 1000))
+        self.connect()
+        return True
+
+    def start_link_keeper(self, interval_s: float = 1.0) -> threading.Event:
+        """Call `keep_link` every `interval_s` from a thread; set the returned event to stop."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.keep_link()
+                except ModbattError as exc:
+                    log.warning("link not re-established yet: %s", exc)
+
+        threading.Thread(target=run, name="app-link-keeper", daemon=True).start()
+        return stop
 
     def pair(self, unique_id: int, *, replaces: str | None = None) -> dict[str, Any]:
         """Pair a registered module (seed Workflow A).
@@ -397,9 +526,10 @@ class App:
         Register it, create the pack-module LCT, and hand its keys to the pack, sealed; the
         pack pairs the module on CAN 2.
         """
+        self._linked("pair")
         keys = self.keystore.load()
-        if keys is None or keys.pack_component_id is None or self.session is None:
-            raise AppError("pair: bootstrap and connect first")
+        if keys is None or keys.pack_component_id is None:
+            raise AppError("pair: bootstrap first")
         module = self.bridge.register_component(f"MODBATT-MODULE-{unique_id}", "battery module")
         created = self.bridge.create_lct(keys.pack_component_id, module.component_id, "pack-module")
         halves = created.keys
@@ -443,8 +573,7 @@ class App:
         self, *, max_state: int | None = None, bridge_unpaired_modules: bool | None = None
     ) -> dict[str, Any]:
         """Operational parameters and security policy (Workflow B.1), sealed, kept in flash."""
-        if self.session is None:
-            raise AppError("configure: connect first")
+        self._linked("configure")
         request: dict[str, Any] = {"type": "configure"}
         if max_state is not None:
             request["max_state"] = max_state
@@ -462,27 +591,24 @@ class App:
         A STATE_CHANGE sealed with the app link, which the pack's gateway reseals for the
         module's own link.
         """
-        if self.session is None:
-            raise AppError("command: connect first")
+        session = self._linked("command")
         can_id, payload = catalogue().encode(
             "STATE_CHANGE",
             module_id,
             {"ModuleId": module_id, "RequestedState": state, "HvBusVoltage": hv_bus_voltage},
         )
-        for frame_id, data in frames_of(self.session.seal(can_id, payload)):
+        for frame_id, data in frames_of(session.seal(can_id, payload)):
             self.endpoint.channel.port.send(frame_id, data)
         self._audit("module.commanded", module_id=module_id, state=state)
 
     def diagnostics(self) -> dict[str, Any]:
         """Counters, links, flash and audit log health, firmware images (sealed)."""
-        if self.session is None:
-            raise AppError("diagnostics: connect first")
+        self._linked("diagnostics")
         return self._ask({"type": "diagnostics"}, "diagnostics")
 
     def update_firmware(self, image: bytes, version: str) -> dict[str, Any]:
         """Send a firmware image in sealed chunks; the pack stores it only if it verifies."""
-        if self.session is None:
-            raise AppError("firmware: connect first")
+        self._linked("firmware")
         digest = hashlib.sha256(image).hexdigest()
         ready = self._ask(
             {"type": "firmware_begin", "version": version, "size": len(image), "sha256": digest},
@@ -508,6 +634,7 @@ class App:
 
     def on_frame(self, can_id: int, data: bytes, _timestamp: float = 0.0) -> None:
         """Telemetry bridged by the pack (sealed with the app link): open, decode, keep."""
+        self.listening = True
         session = self.session
         base = can_id >> 18
         if session is not None and base in (0x470, 0x471) and is_encrypted(can_id):
@@ -580,6 +707,7 @@ class App:
         try:
             if can_id >> 18 == 0x470:
                 self.pack_status = parse_pack_status(plain)
+                self.last_status_at = time.monotonic()
             else:
                 self.alerts.append(parse_alert(plain))
         except AppError as exc:

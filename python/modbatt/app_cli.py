@@ -129,6 +129,8 @@ def _act(app: App, args: argparse.Namespace, out: Printer) -> int:
         end = time.monotonic() + args.duration
         while time.monotonic() < end:
             time.sleep(1.0)
+            if app.keep_link():  # the pack's status frames stopped: handshake again
+                out("link re-established (the pack's status frames had stopped)")
             for node in sorted(app.telemetry):
                 s1 = app.telemetry[node].get("STATUS_1", {})
                 out(

@@ -8,20 +8,33 @@ counted unless its type is one that discovery and recovery need (``PLAIN_ALWAYS`
 that lost its keys must still be able to say so, and an app must still be able to ask.
 
 The first byte tells the two apart: ``{`` (0x7B) starts a plain JSON message, 0x04 a sealed one.
+
+**Retries without double handling** (PROTOCOL.md §8a). A frame lost, duplicated or reordered
+on the bus loses the whole ISO-TP message, so the requester retries (:func:`request`). Every
+request carries a request id (``rid``) that stays the same across its retries; the responder
+keeps its recent answers by request id (:class:`AnswerCache`) and answers a retry with the
+answer it already gave instead of handling the request again, so a retried key delivery is
+stored once and acknowledged with the same receipt. Answers echo the ``rid``, and the
+requester takes only the answer to its own request: a late answer to an earlier attempt, or
+to an earlier request, is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
+import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modbatt import Gateway, compose_id, set_encrypted
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
-from modbatt.isotp_link import MessageChannel
+from modbatt.isotp_link import MessageChannel, TransferError
 from modbatt.transport import CanPort
 
 log = logging.getLogger("modbatt.control")
@@ -83,6 +96,107 @@ MALFORMED_FIELD_ERRORS = (KeyError, ValueError, TypeError, OverflowError)
 def error_answer(in_reply_to: str, reason: str) -> dict[str, Any]:
     """The `error` control message refusing a message of type `in_reply_to`."""
     return {"type": "error", "in_reply_to": in_reply_to, "reason": reason}
+
+
+REQUEST_ID = "rid"
+REQUEST_ID_PATTERN = re.compile(r"[0-9a-f]{1,32}")
+ANSWER_CACHE_SIZE = 16  # answers kept per responder: more than any requester has in flight
+
+
+def new_request_id() -> str:
+    """A fresh request id: 64 random bits in hex."""
+    return secrets.token_hex(8)
+
+
+class AnswerCache:
+    """A responder's recent answers by request id.
+
+    A retried request is answered again rather than handled again: at-most-once handling over
+    a channel that delivers at least once. A retry must be the same request: another message
+    under a request id already answered (a reused id, or someone else's) is refused.
+    """
+
+    def __init__(self, size: int = ANSWER_CACHE_SIZE) -> None:
+        self.size = size
+        self._answers: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self.replayed = 0  # retries answered from the cache
+
+    def respond(
+        self,
+        message: dict[str, Any],
+        handle: Callable[[dict[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """The answer to `message`: from the cache for a retry, else from `handle(message)`.
+
+        A request without a request id is handled every time; one with a malformed request
+        id gets an error answer.
+        """
+        rid = message.get(REQUEST_ID)
+        if rid is None:
+            return handle(message)
+        if not isinstance(rid, str) or not REQUEST_ID_PATTERN.fullmatch(rid):
+            return error_answer(message["type"], "rid: 1 to 32 lowercase hex digits")
+        digest = hashlib.sha256(encode(message)).digest()
+        cached = self._answers.get(rid)
+        if cached is not None:
+            if cached[0] != digest:
+                return error_answer(message["type"], "rid: already used for another request")
+            self.replayed += 1
+            self._answers.move_to_end(rid)
+            return cached[1]
+        answer = handle(message)
+        if answer is None:
+            return None
+        answer = {**answer, REQUEST_ID: rid}
+        self._answers[rid] = (digest, answer)
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+        return answer
+
+
+def request(
+    endpoint: ControlEndpoint,
+    message: dict[str, Any],
+    *,
+    attempts: int,
+    timeout_s: float,
+    plain: bool = False,
+    give_up: Callable[[], bool] | None = None,
+) -> dict[str, Any] | None:
+    """Send `message` with a request id and wait for the answer to it, retrying on silence.
+
+    `give_up` is asked while waiting (every 0.25 s at least): when it says so, the request is
+    abandoned early, as if no attempt had been answered (the app's link went silent: the
+    pack restarted, and no answer will come under this session).
+
+    Returns the answer to this request (its request id removed) or None when `attempts`
+    attempts of `timeout_s` each went unanswered. The message is sealed anew for each attempt, so a
+    retry is never a replay.
+    """
+    rid = message.get(REQUEST_ID) or new_request_id()
+    message = {**message, REQUEST_ID: rid}
+    for attempt in range(attempts):
+        if attempt:
+            log.info("%s: no answer in %.1f s, retrying (%d)", message["type"], timeout_s, attempt)
+        try:
+            endpoint.send(message, plain=plain)
+        except TransferError as exc:  # a flow control frame lost: this attempt failed
+            log.info("%s: %s", message["type"], exc)
+            endpoint.dropped["send_failed"] += 1
+            continue
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if give_up is not None and give_up():
+                return None
+            answer = endpoint.recv(left if give_up is None else min(left, 0.25))
+            if answer is None:
+                if give_up is None or time.monotonic() >= deadline:
+                    break
+                continue
+            if answer.pop(REQUEST_ID, None) == rid:
+                return answer  # the request id is the channel's business, not the caller's
+            endpoint.dropped["stale_answer"] += 1  # an earlier request's, or a duplicate
+    return None
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -57,6 +57,9 @@ class AppKeys(Record):
     link_dh_secret: SecretHex32 | None = key_field(None)
     # The LCT of each module the app paired (by unique id), for key recovery.
     module_lcts: dict[str, str] = Field(default_factory=dict)
+    # False between storing the keys and the pack's acknowledgement of their delivery: the
+    # next bootstrap then checks whether the pack holds them (PROTOCOL.md §8b).
+    delivered: bool = True
 
 
 class PairedModule(Record):

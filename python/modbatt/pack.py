@@ -45,12 +45,15 @@ from modbatt.control import (
     MALFORMED_FIELD_ERRORS,
     PACK_TO_APP,
     PLAIN_ALWAYS,
+    AnswerCache,
     ControlEndpoint,
     GatewayLink,
     error_answer,
+    request,
 )
 from modbatt.errors import ModbattError
 from modbatt.handshake import HandshakeError, Initiator, Responder
+from modbatt.isotp_link import TransferError
 from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
 from modbatt.nodes import NodeLoop
 from modbatt.pack_modules import ModuleManager
@@ -247,7 +250,8 @@ class PackController:
     def _handshake_init(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.flash is None:
             raise HandshakeError("no keys in flash: the pack is in factory state")
-        self.gateway.remove_session(APP_LINK)  # a new handshake replaces the session
+        # The current session stays until handshake_finish proves the peer holds the link
+        # key and installs the new one: a plain init from anyone on CAN 1 cuts nothing off.
         self._handshake = Responder(
             self.app_link(), self.flash.pack_component_id, self.flash.app_component_id
         )
@@ -271,8 +275,16 @@ class PackControllerRuntime:
     def __init__(self, controller: PackController, endpoint: ControlEndpoint) -> None:
         self.controller = controller
         self.endpoint = endpoint
+        self.answers = AnswerCache()  # a retried request gets the answer it already got
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pack-control", daemon=True)
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.controller.handle(message)
+        except Exception:  # a bug must not leave the pack deaf to the app
+            log.exception("control message %r failed", message.get("type"))
+            return error_answer(message["type"], "internal")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -280,18 +292,17 @@ class PackControllerRuntime:
             if message is None:
                 continue
             answered_sealed = self.endpoint.last_sealed
-            try:
-                answer = self.controller.handle(message)
-            except Exception:  # a bug must not leave the pack deaf to the app
-                log.exception("control message %r failed", message.get("type"))
-                answer = error_answer(message["type"], "internal")
+            answer = self.answers.respond(message, self._handle)
             # The session that the answer travels under: a handshake answer goes plain (the
             # old session is being replaced), "upgraded" goes under the new one.
             self.endpoint.session = self.controller.app_sealer()
             if answer is None:
                 continue
             plain = not answered_sealed and answer["type"] in PLAIN_ALWAYS
-            self.endpoint.send(answer, plain=plain or self.endpoint.session is None)
+            try:
+                self.endpoint.send(answer, plain=plain or self.endpoint.session is None)
+            except TransferError as exc:  # lost on the bus: the app's retry gets it again
+                log.info("answer %r not sent: %s", answer["type"], exc)
 
     def start(self) -> PackControllerRuntime:
         """Start serving."""
@@ -309,6 +320,8 @@ NODE_MASK = 0xFF
 TELEMETRY_BASE = 0x500 << 18  # module -> pack messages, 0x500-0x50F
 COMMAND_BASE = 0x510 << 18  # pack -> module messages, 0x510-0x51F
 CAN1, CAN2 = 0, 1
+# Requests to a module over its pairing channel: each attempt waits this long for the answer.
+MODULE_ATTEMPTS, MODULE_TIMEOUT_S = 3, 1.5
 STATUS_ID = 0x470 << 18  # pack status on CAN 1: state, level, modules, flags
 ALERT_ID = 0x471 << 18  # alerts on CAN 1: code, module id, value
 ALERT_MODULE_SILENT, ALERT_MODULE_RETURNED, ALERT_FLASH_PROBLEM = 1, 2, 3
@@ -561,11 +574,14 @@ class PackRuntime:
     def _pair_over(
         self, endpoint: ControlEndpoint, flash: PackFlash, message: dict[str, Any], unique_id: int
     ) -> tuple[LinkKey, Session, bytes]:
-        def ask(request: dict[str, Any], expect: str) -> dict[str, Any]:
-            endpoint.send(request, plain=True)
-            answer = endpoint.recv(2.0)
-            if answer is None or answer["type"] != expect:
-                raise KeyAgreementError(f"pairing: expected {expect}, got {answer}")
+        def ask(message: dict[str, Any], expect: str) -> dict[str, Any]:
+            answer = request(
+                endpoint, message, attempts=MODULE_ATTEMPTS, timeout_s=MODULE_TIMEOUT_S, plain=True
+            )
+            if answer is None:
+                raise KeyAgreementError(f"pairing: no {expect} from the module")
+            if answer["type"] != expect:
+                raise KeyAgreementError(f"pairing: expected {expect}, got {answer['type']!r}")
             return answer
 
         ephemeral = Ephemeral()
@@ -761,15 +777,28 @@ def _handshake_over(
 ) -> Session:
     """The session handshake with a module over its pairing channel (the pack initiates)."""
     initiator = Initiator(link, pack_id, module_id)
-    endpoint.send({"type": "handshake_init", "data": initiator.start().hex()}, plain=True)
-    response = endpoint.recv(2.0)
+    response = request(
+        endpoint,
+        {"type": "handshake_init", "data": initiator.start().hex()},
+        attempts=MODULE_ATTEMPTS,
+        timeout_s=MODULE_TIMEOUT_S,
+        plain=True,
+    )
     if response is None or response["type"] != "handshake_response":
-        raise KeyAgreementError(f"handshake: expected handshake_response, got {response}")
+        kind = None if response is None else response["type"]
+        raise KeyAgreementError(f"handshake: expected handshake_response, got {kind!r}")
     finish, session = initiator.on_response(bytes.fromhex(response["data"]))
-    endpoint.send({"type": "handshake_finish", "data": finish.hex()}, plain=True)
-    endpoint.session = session
-    upgraded = endpoint.recv(2.0)
-    endpoint.session = None
+    endpoint.session = session  # the module answers the finish sealed under the new session
+    try:
+        upgraded = request(
+            endpoint,
+            {"type": "handshake_finish", "data": finish.hex()},
+            attempts=MODULE_ATTEMPTS,
+            timeout_s=MODULE_TIMEOUT_S,
+            plain=True,
+        )
+    finally:
+        endpoint.session = None
     if upgraded is None or upgraded["type"] != "upgraded":
         raise KeyAgreementError("handshake: the module's upgraded channel did not answer")
     return session

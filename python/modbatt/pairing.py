@@ -28,15 +28,17 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from modbatt import LinkKey, Session, compose_id, frames_of, is_encrypted, logical_id
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
 from modbatt.catalogue import ANNOUNCEMENT, catalogue
-from modbatt.control import MALFORMED_FIELD_ERRORS, ControlEndpoint, error_answer
+from modbatt.control import MALFORMED_FIELD_ERRORS, AnswerCache, ControlEndpoint, error_answer
 from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.handshake import HandshakeError, Responder
+from modbatt.isotp_link import TransferError
 from modbatt.keystores import ModuleFlash, module_flash
 from modbatt.module_sim import BatteryModule
 from modbatt.nodes import Frames, NodeLoop
@@ -151,6 +153,7 @@ class PairingAgent:
         self.loop = loop
         self._channels: dict[int, tuple[int, ControlEndpoint]] = {}  # unique id -> (id, ep)
         self._state: dict[int, dict[str, Any]] = {}
+        self._answers: dict[int, AnswerCache] = {}  # unique id -> recent answers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pairing", daemon=True)
 
@@ -194,18 +197,32 @@ class PairingAgent:
                 if message is None:
                     continue
                 busy = True
+                answers = self._answers.setdefault(secure.module.config.unique_id, AnswerCache())
                 with self.loop.lock:
-                    try:
-                        answer = self._handle(secure, endpoint, message)
-                    except Exception:  # a bug must not stop every module's pairing channel
-                        log.exception("pairing message %r failed", message.get("type"))
-                        answer = error_answer(message["type"], "internal")
-                if answer is not None:
-                    endpoint.send(answer, plain=answer["type"] != "upgraded")
-                    if answer["type"] == "upgraded":
-                        endpoint.session = None
+                    answer = answers.respond(message, partial(self._guarded, secure, endpoint))
+                if answer is None:
+                    continue
+                # "upgraded" travels sealed under the new session (again, for a retry); the
+                # channel itself stays plain: the session belongs to the module's frames
+                upgraded = answer["type"] == "upgraded"
+                endpoint.session = secure.session if upgraded else None
+                try:
+                    endpoint.send(answer, plain=not upgraded)
+                except TransferError as exc:  # lost on the bus: the pack's retry gets it again
+                    log.info("pairing answer %r not sent: %s", answer["type"], exc)
+                finally:
+                    endpoint.session = None
             if not busy:
                 self._stop.wait(0.005)
+
+    def _guarded(
+        self, secure: SecureModule, endpoint: ControlEndpoint, message: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        try:
+            return self._handle(secure, endpoint, message)
+        except Exception:  # a bug must not stop every module's pairing channel
+            log.exception("pairing message %r failed", message.get("type"))
+            return error_answer(message["type"], "internal")
 
     def _handle(
         self, secure: SecureModule, endpoint: ControlEndpoint, message: dict[str, Any]
@@ -268,7 +285,6 @@ class PairingAgent:
             if kind == "handshake_finish":
                 session = state.pop("responder").on_finish(bytes.fromhex(message["data"]))
                 secure.session = session
-                endpoint.session = session
                 secure.record("session.established", module_id=secure.module.module_id)
                 return {"type": "upgraded", "unique_id": unique}
         except (HandshakeError, *MALFORMED_FIELD_ERRORS) as exc:
