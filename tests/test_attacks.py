@@ -14,12 +14,15 @@ import time
 
 import can
 
-from modbatt import Session, compose_id, is_encrypted, set_encrypted
+from modbatt import LinkKey, Session, compose_id, is_encrypted, set_encrypted
 from modbatt.catalogue import catalogue
+from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.errors import FrameRejectedError
 from modbatt.frames import frames_of
+from modbatt.handshake import Initiator
 from modbatt.pack import APP_LINK
 from modbatt.pairing import SecureModule
+from modbatt.transport import CanPort
 from tests.test_pairing import Lifecycle, lifecycle, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
@@ -185,3 +188,31 @@ def test_forgeries_on_can1_tear_the_app_link_down_and_the_app_brings_it_back(
     finally:
         keeper.set()
         attacker.shutdown()
+
+
+def test_a_plain_handshake_init_on_can1_does_not_cut_the_app_off(lifecycle: Lifecycle) -> None:
+    """Handshake messages may travel plain (a pack that restarted needs them), so anyone on
+    CAN 1 can send one: the pack keeps the app's session until a handshake_finish verifies."""
+    app, pack = lifecycle.app, lifecycle.pack
+    app.bootstrap()
+    connected_at = app.connected_at
+    port = CanPort(
+        can.Bus(interface="virtual", channel=lifecycle.can2_channel.replace("can2", "can1")),
+        "attacker",
+    )
+    attacker = ControlEndpoint.open(port, APP_TO_PACK, PACK_TO_APP)
+    try:
+        intruder = Initiator(
+            LinkKey(os.urandom(64), "COMP-x-1", os.urandom(64), "COMP-x-2"), "COMP-x-1", "COMP-x-2"
+        )
+        attacker.send({"type": "handshake_init", "data": intruder.start().hex()}, plain=True)
+        answer = attacker.recv(2.0)
+        assert answer is not None and answer["type"] == "handshake_response"
+        # the app's link is untouched: its sealed requests and the status frames go on
+        assert pack.controller.gateway.has_session(APP_LINK)
+        assert app.status()["security_level"] >= 1
+        time.sleep(1.5)
+        assert not app.link_silent() and app.connected_at == connected_at  # no reconnect
+    finally:
+        attacker.close()
+        port.close()
