@@ -65,6 +65,19 @@ pub struct Genuine {
     pub blob: Vec<u8>,
 }
 
+impl Genuine {
+    /// Seal `plain` on `logical_id` with `session`: one message of the pool.
+    pub fn seal(session: &mut Session, logical_id: u32, plain: Vec<u8>, fd: bool) -> Genuine {
+        let sealed = session.seal(logical_id, &plain, fd).expect("pool seals");
+        Genuine {
+            logical_id,
+            plain,
+            frames: sealed.frames().to_vec(),
+            blob: Vec::new(),
+        }
+    }
+}
+
 /// The frame an op delivers: (id, bytes).
 pub fn frame_of(op: &Op, pool: &[Genuine]) -> Option<(u32, Vec<u8>)> {
     let pick = |message: u8, frame: u8| -> Option<Frame> {

@@ -71,32 +71,18 @@ fuzz_target!(|ops: Vec<(u8, Op)>| {
     let mut origin: Vec<u8> = Vec::new();
     for (n, len) in [4usize, 8, 2, 0].into_iter().enumerate() {
         let plain: Vec<u8> = (0..len).map(|i| (i + n) as u8).collect();
-        let logical_id = 0x514 << 18 | 0x05;
-        let sealed = ends
-            .app
-            .seal(logical_id, &plain, false)
-            .expect("pool seals");
-        pool.push(Genuine {
-            logical_id,
+        pool.push(Genuine::seal(
+            &mut ends.app,
+            0x514 << 18 | 0x05,
             plain,
-            frames: sealed.frames().to_vec(),
-            blob: Vec::new(),
-        });
+            false,
+        ));
         origin.push(CAN1);
     }
     for (n, len) in [8usize, 3, 6, 8].into_iter().enumerate() {
         let plain: Vec<u8> = (0..len).map(|i| (i * 3 + n) as u8).collect();
         let logical_id = (0x502 + n as u32) << 18 | 0x05;
-        let sealed = ends
-            .module
-            .seal(logical_id, &plain, false)
-            .expect("pool seals");
-        pool.push(Genuine {
-            logical_id,
-            plain,
-            frames: sealed.frames().to_vec(),
-            blob: Vec::new(),
-        });
+        pool.push(Genuine::seal(&mut ends.module, logical_id, plain, false));
         origin.push(CAN2);
     }
     let mut ledger = Ledger::new(&pool);

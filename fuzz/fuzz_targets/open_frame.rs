@@ -31,13 +31,7 @@ fuzz_target!(|ops: Vec<Op>| {
         .enumerate()
         .map(|(n, &(logical_id, len, fd))| {
             let plain: Vec<u8> = (0..len).map(|i| (i + n) as u8).collect();
-            let sealed = tx.seal(logical_id, &plain, fd).expect("pool seals");
-            Genuine {
-                logical_id,
-                plain,
-                frames: sealed.frames().to_vec(),
-                blob: Vec::new(),
-            }
+            Genuine::seal(&mut tx, logical_id, plain, fd)
         })
         .collect();
     let mut ledger = Ledger::new(&pool);
