@@ -182,3 +182,16 @@ class _Sender:
     def tick(self, now: float) -> list[tuple[int, bytes]]:
         frames, self.frames = self.frames, []
         return frames
+
+
+@pytest.mark.parametrize("node", [0, 32, 36, 0xFE])
+def test_an_announcement_from_an_impossible_id_gets_a_real_one(node: int) -> None:
+    """A module (or garbage) announcing itself under an id no module can hold is registered
+    under a free id 1-31, never adopted under its own (found by the soak's garbage flood)."""
+    pack = ModuleManager()
+    announcement = catalogue().encode(
+        "ANNOUNCEMENT", node, {"FwVersion": 1, "MfgId": 2, "PartId": 3, "UniqueId": 4242}
+    )
+    replies = pack.on_frame(*announcement, 0.0)
+    assert registered(pack) == {4242: 1}
+    assert replies  # the registration that tells it its id

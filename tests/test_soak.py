@@ -48,10 +48,12 @@ def test_the_problems_name_what_failed() -> None:
     report = SoakReport(1.0, 10, 0, 1, "virtual", frames_sent=20, messages_sent=10)
     report.messages_delivered, report.lost, report.frames_received = 8, 2, 20
     report.rss_start_kib, report.rss_end_kib = 1000, 1000 + 64 * 1024
+    report.pack_errors = 1
     problems = report.problems()
     assert "2 messages lost" in problems
     assert "8 of 10 messages delivered" in problems
     assert any("resident memory grew" in p for p in problems)
+    assert "the pack logged 1 errors (see the log)" in problems
 
 
 def test_the_soak_command_reports_and_exits_zero(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ class ModuleManager:
                 self.events.append(ModuleEvent("rebooted", known.module_id, unique_id))
                 return self._registration(known.module_id, values)
             return []
-        if node != UNREGISTERED and node not in self.table:
+        if 1 <= node <= MAX_MODULES and node not in self.table:
             module_id: int | None = node  # it kept its id across our restart: adopt it
         else:
             module_id = self._free_id()

@@ -24,6 +24,7 @@ the load, and CPU time, of the pack's two bus threads and of the whole process.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import struct
@@ -99,6 +100,7 @@ class SoakReport:
     garbage_sent: int = 0
     garbage_to_gateway: int = 0  # the garbage the pack steps through its gateway
     rejected_at_far_end: int = 0  # forwards the far end of the link could not open
+    pack_errors: int = 0  # errors the pack logged (a handler that failed on some input)
     latency_p50_us: float = 0.0
     latency_p99_us: float = 0.0
     latency_max_us: float = 0.0
@@ -129,6 +131,8 @@ class SoakReport:
                 f"the pack's gateway received {self.frames_received} of "
                 f"{self.frames_sent + self.garbage_to_gateway} frames"
             )
+        if self.pack_errors:
+            found.append(f"the pack logged {self.pack_errors} errors (see the log)")
         if self.rejected_at_far_end:
             found.append(f"{self.rejected_at_far_end} forwarded frames did not open at the far end")
         if self.drain_s >= DRAIN_S:
@@ -160,6 +164,17 @@ class SoakReport:
             if any(self.gateway_dropped.values())
             else "  gateway drops: none",
         ]
+
+
+class _ErrorCounter(logging.Handler):
+    """Counts the errors the pack logs during a run: each is a handler that failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
 
 
 def _memory_kib(field_name: str) -> int:
@@ -381,11 +396,15 @@ def run_soak(
             _Garbage(ports["app"], seed, plain_to_gateway=False),
             _Garbage(ports["modules"], seed + 1, plain_to_gateway=True),
         ]
+        errors = _ErrorCounter()
+        logging.getLogger("modbatt").addHandler(errors)
         pack.start()
         try:
             _load(report, pack, [app_side, module_side], garbage, seconds, rate, garbage_rate)
         finally:
             pack.stop()
+            logging.getLogger("modbatt").removeHandler(errors)
+        report.pack_errors = errors.count
         streams = [s for s, _ in commands + telemetry]
         report.streams = len(streams)
         report.messages_sent = sum(s.sent for s in streams)
