@@ -91,7 +91,7 @@ soak: install
 
 ## bench: the benchmark commands (figures on stdout) and the pytest-benchmark suite
 bench: install
-	$(BIN)/modbatt bench frame-path
+	$(BIN)/modbatt bench
 	$(BIN)/python -m pytest benches --benchmark-enable -q
 
 clean:

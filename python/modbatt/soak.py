@@ -320,7 +320,7 @@ def _percentile(bins: npt.NDArray[np.int64], fraction: float) -> float:
     return float(np.searchsorted(np.cumsum(bins), fraction * total))
 
 
-def _session_pair(local: str, peer: str) -> tuple[Session, Session]:
+def session_pair(local: str, peer: str) -> tuple[Session, Session]:
     """Both ends of a link on fresh random keys: (local end, peer end)."""
     link = LinkKey(os.urandom(64), local, os.urandom(64), peer, os.urandom(32))
     local_nonce, peer_nonce = os.urandom(16), os.urandom(16)
@@ -370,14 +370,14 @@ def run_soak(
     run = uuid.uuid4().hex[:8]
     with TemporaryDirectory(prefix="modbatt-soak-") as state, _ports(interface, run) as ports:
         controller = PackController(serial=f"PACK-SOAK-{run}", state_dir=Path(state))
-        app_end, pack_app = _session_pair("COMP-soak-app", "COMP-soak-pack")
+        app_end, pack_app = session_pair("COMP-soak-app", "COMP-soak-pack")
         controller.gateway.install_session(APP_LINK, pack_app)
         pack = PackRuntime(controller, ports["pack1"], ports["pack2"])
         commands: list[tuple[Stream, Session]] = []
         telemetry: list[tuple[Stream, Session]] = []
         module_ends: dict[int, Session] = {}
         for module_id in range(1, modules + 1):
-            module_end, pack_module = _session_pair(
+            module_end, pack_module = session_pair(
                 f"COMP-soak-module-{module_id}", "COMP-soak-pack"
             )
             pack.link_module(module_id, pack_module)

@@ -1,0 +1,325 @@
+"""``modbatt bench gateway``: the whole bridge path, secure against python-can's plain one.
+
+One process, one run, python-can ``virtual`` buses, 8-byte extended frames. Each measurement
+has the same shape for both bridges, so they differ only in the bridge:
+
+* a **source** bus on the input channel sends prebuilt messages (plain ones for
+  ``can.bridge``; frames sealed by a module's session for the pack);
+* the **bridge** reads the input channel and sends on the output channel: python-can's own
+  ``can.bridge`` construction (a ``Notifier`` with a ``RedirectReader``), or a running
+  :class:`~modbatt.pack.PackRuntime` (open with the module's session, route, reseal with the
+  app's, rewrite E);
+* a **sink** bus on the output channel receives without a reader thread: its queue is only
+  counted while the clock runs, and opened and checked afterwards (so checking costs the
+  measurement nothing, and nothing counts that was not delivered intact).
+
+Saturated throughput sends as fast as the source can and divides the frames delivered by the
+time from the first send to the last delivery. Latency is paced at ``PACED_FPS``: each
+message carries its send time (``time.time()``, inside the plaintext for the pack), and the
+virtual bus stamps the bridge's send with the same clock. For the pack a message is a classic
+pair (two frames); its latency is measured at its last frame. CPU use comes from
+:func:`modbatt.soak.run_soak` (6,250 frames/s entering each bus, both directions).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import can
+import numpy as np
+
+from modbatt import Session
+from modbatt.errors import FrameRejectedError
+from modbatt.frames import frames_of
+from modbatt.pack import APP_LINK, TELEMETRY_BASE, PackController, PackRuntime
+from modbatt.soak import FULL_CLASSIC_RATE, run_soak, session_pair
+from modbatt.transport import CanPort
+
+PACED_FPS = 7000  # a full 1 Mbit/s bus of 8-byte extended frames, with margin (REFERENCE §4)
+PLAIN_ID = 0x18FF_0005  # any 29-bit id: can.bridge forwards everything
+MODULE_ID = 5
+TIMED = struct.Struct(">d")  # the send time, in the payload
+DRAIN_TIMEOUT_S = 3.0  # no new delivery for this long: the rest is lost
+
+
+@dataclass
+class Delivery:
+    """What a sink received while the clock ran."""
+
+    sent: int
+    delivered: int
+    seconds: float
+    latencies_us: list[float]
+
+    @property
+    def fps(self) -> float:
+        """Frames delivered per second of the run."""
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+
+def _bus(channel: str) -> can.BusABC:
+    return can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+
+
+def _queued(sink: can.BusABC) -> int:
+    # python-can's virtual bus keeps its received messages in `queue`: counting them costs
+    # the bridge nothing, where a reader thread would compete with it for the GIL
+    return int(sink.queue.qsize())  # type: ignore[attr-defined]
+
+
+def _drain(sink: can.BusABC) -> list[can.Message]:
+    messages = []
+    while (message := sink.recv(0)) is not None:
+        messages.append(message)
+    return messages
+
+
+def _wait_delivered(sink: can.BusABC, expected: int) -> tuple[int, float]:
+    """Wait until `expected` frames are queued or delivery stalls; (count, time of the last)."""
+    last_count, last_change = 0, time.perf_counter()
+    while True:
+        count = _queued(sink)
+        now = time.perf_counter()
+        if count != last_count:
+            last_count, last_change = count, now
+        if count >= expected or now - last_change > DRAIN_TIMEOUT_S:
+            return count, last_change
+        time.sleep(0.0005)
+
+
+def _send_all(source: can.BusABC, messages: list[can.Message]) -> float:
+    """Send every message back to back; returns the first send's time."""
+    start = time.perf_counter()
+    for message in messages:
+        source.send(message)
+    return start
+
+
+def _wait_until(due: float) -> None:
+    """Sleep until perf_counter() reaches `due`.
+
+    Sleeping, not spinning: a spinning source would hold the GIL that the bridge's thread
+    needs (the interpreter switches threads only every few milliseconds), and its latency
+    would be the source's doing. Frames are scheduled on absolute times, so the rate holds
+    even when one sleep overshoots.
+    """
+    if (left := due - time.perf_counter()) > 0:
+        time.sleep(left)
+
+
+# --- python-can's plain bridge -------------------------------------------------------------
+
+
+@contextmanager
+def _plain_bridge(run: str) -> Iterator[tuple[can.BusABC, can.BusABC]]:
+    source, bridge_in = _bus(f"bench-in-{run}"), _bus(f"bench-in-{run}")
+    bridge_out, sink = _bus(f"bench-out-{run}"), _bus(f"bench-out-{run}")
+    # exactly what `python -m can.bridge` sets up, for one direction
+    notifier = can.Notifier(bridge_in, [can.RedirectReader(bridge_out)])
+    try:
+        yield source, sink
+    finally:
+        notifier.stop()
+        for bus in (source, bridge_in, bridge_out, sink):
+            bus.shutdown()
+
+
+def plain_saturated(frames: int) -> Delivery:
+    """`can.bridge` forwarding `frames` 8-byte frames sent back to back."""
+    messages = [
+        can.Message(arbitration_id=PLAIN_ID, data=TIMED.pack(float(n)), is_extended_id=True)
+        for n in range(frames)
+    ]
+    with _plain_bridge(uuid.uuid4().hex[:8]) as (source, sink):
+        start = _send_all(source, messages)
+        delivered, last = _wait_delivered(sink, frames)
+        intact = sum(1 for m in _drain(sink) if m.arbitration_id == PLAIN_ID)
+    return Delivery(frames, min(delivered, intact), last - start, [])
+
+
+def plain_paced(frames: int, fps: float) -> Delivery:
+    """`can.bridge` latency at `fps`: each frame carries its send time."""
+    with _plain_bridge(uuid.uuid4().hex[:8]) as (source, sink):
+        start = time.perf_counter()
+        for n in range(frames):
+            _wait_until(start + n / fps)
+            source.send(
+                can.Message(
+                    arbitration_id=PLAIN_ID, data=TIMED.pack(time.time()), is_extended_id=True
+                )
+            )
+        _, last = _wait_delivered(sink, frames)
+        received = _drain(sink)
+    latencies = [
+        (m.timestamp - TIMED.unpack(bytes(m.data))[0]) * 1e6
+        for m in received
+        if m.arbitration_id == PLAIN_ID
+    ]
+    return Delivery(frames, len(latencies), last - start, latencies)
+
+
+# --- the pack controller's secure bridge ---------------------------------------------------
+
+
+@dataclass
+class _Pack:
+    source: can.BusABC
+    sink: can.BusABC
+    module_end: Session  # seals what the source sends
+    app_end: Session  # opens what the sink receives
+    runtime: PackRuntime
+
+
+@contextmanager
+def _secure_bridge(run: str) -> Iterator[_Pack]:
+    """A running pack: CAN 2 is the input channel (module telemetry), CAN 1 the output."""
+    source, sink = _bus(f"bench-can2-{run}"), _bus(f"bench-can1-{run}")
+    can1 = CanPort(_bus(f"bench-can1-{run}"), "can1")
+    can2 = CanPort(_bus(f"bench-can2-{run}"), "can2")
+    with TemporaryDirectory(prefix="modbatt-bench-") as state:
+        controller = PackController(serial=f"PACK-BENCH-{run}", state_dir=Path(state))
+        app_end, pack_app = session_pair("COMP-bench-app", "COMP-bench-pack")
+        controller.gateway.install_session(APP_LINK, pack_app)
+        runtime = PackRuntime(controller, can1, can2)
+        module_end, pack_module = session_pair(f"COMP-bench-module-{MODULE_ID}", "COMP-bench-pack")
+        runtime.link_module(MODULE_ID, pack_module)
+        runtime.start()
+        try:
+            yield _Pack(source, sink, module_end, app_end, runtime)
+        finally:
+            runtime.stop()
+            for port in (can1, can2):
+                port.close()
+            source.shutdown()
+            sink.shutdown()
+
+
+def _sealed(session: Session, send_time: float) -> list[can.Message]:
+    logical_id = TELEMETRY_BASE | 0x02 << 18 | MODULE_ID  # STATUS_1 of the module
+    return [
+        can.Message(arbitration_id=i, data=d, is_extended_id=True)
+        for i, d in frames_of(session.seal(logical_id, TIMED.pack(send_time)))
+    ]
+
+
+def _opened(app_end: Session, received: list[can.Message]) -> list[tuple[float, float]]:
+    """(send time, delivery time) of every message the sink can open, in order."""
+    out = []
+    for message in received:
+        try:
+            plain = app_end.open(message.arbitration_id, bytes(message.data))
+        except FrameRejectedError:
+            continue
+        if plain is not None and len(plain) == TIMED.size:
+            out.append((TIMED.unpack(plain)[0], message.timestamp))
+    return out
+
+
+def secure_saturated(frames: int) -> Delivery:
+    """The pack bridging `frames` sealed frames (pairs) sent back to back."""
+    with _secure_bridge(uuid.uuid4().hex[:8]) as pack:
+        messages = [m for n in range(frames // 2) for m in _sealed(pack.module_end, float(n))]
+        start = _send_all(pack.source, messages)
+        delivered, last = _wait_delivered(pack.sink, len(messages))
+        opened = _opened(pack.app_end, _drain(pack.sink))
+    # a delivered frame counts when its message opens intact at the far end
+    return Delivery(len(messages), min(delivered, 2 * len(opened)), last - start, [])
+
+
+def secure_paced(frames: int, fps: float) -> Delivery:
+    """The pack's latency at `fps` frames/s (pairs: a message every two frames)."""
+    with _secure_bridge(uuid.uuid4().hex[:8]) as pack:
+        start = time.perf_counter()
+        for n in range(frames // 2):
+            _wait_until(start + 2 * n / fps)
+            for message in _sealed(pack.module_end, time.time()):
+                pack.source.send(message)
+        expected = 2 * (frames // 2)
+        _, last = _wait_delivered(pack.sink, expected)
+        opened = _opened(pack.app_end, _drain(pack.sink))
+    latencies = [(delivered - sent) * 1e6 for sent, delivered in opened]
+    return Delivery(expected, 2 * len(opened), last - start, latencies)
+
+
+# --- the benchmark -------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def gateway(quick: bool = False) -> dict[str, Any]:
+    """Measure both bridges; returns the figures (the numeric keys of issue 7 and more)."""
+    saturated_n = 4_000 if quick else 40_000
+    paced_n = 700 if quick else 3 * PACED_FPS
+    cpu_seconds = 1.0 if quick else 10.0
+    figures: dict[str, Any] = {}
+    plain = plain_saturated(saturated_n)
+    secure = secure_saturated(saturated_n)
+    figures["plain_bridge_fps"] = plain.fps
+    figures["secure_bridge_fps"] = secure.fps
+    plain_lat = plain_paced(paced_n, PACED_FPS)
+    secure_lat = secure_paced(paced_n, PACED_FPS)
+    figures["plain_latency_p50_us"] = _percentile(plain_lat.latencies_us, 50)
+    figures["plain_latency_p99_us"] = _percentile(plain_lat.latencies_us, 99)
+    figures["secure_latency_p50_us"] = _percentile(secure_lat.latencies_us, 50)
+    figures["secure_latency_p99_us"] = _percentile(secure_lat.latencies_us, 99)
+    soak = run_soak(cpu_seconds, FULL_CLASSIC_RATE)
+    figures["cpu_percent_2x1mbit"] = soak.pack_cpu_percent
+    runs = [plain, secure, plain_lat, secure_lat]
+    figures["lost_frames"] = sum(r.sent - r.delivered for r in runs) + (
+        soak.frames_sent - soak.frames_received + 2 * soak.lost
+    )
+    figures["meets_targets"] = {
+        "secure_bridge_fps >= plain_bridge_fps": secure.fps >= plain.fps,
+        "secure_latency_p99_us <= plain_latency_p99_us": figures["secure_latency_p99_us"]
+        <= figures["plain_latency_p99_us"],
+        "lost_frames == 0": figures["lost_frames"] == 0,
+    }
+    figures["conditions"] = {
+        "saturated_frames": saturated_n,
+        "paced_frames": paced_n,
+        "paced_fps": PACED_FPS,
+        "cpu_seconds": cpu_seconds,
+        "quick": quick,
+        "interface": "virtual",
+        "python": platform.python_version(),
+        "python_can": can.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "notes": "secure frames are classic pairs (8-byte payload: data + authenticator "
+        "frame), counted as frames; secure latency is per message, at its last frame. CPU "
+        "is the pack's threads while 6,250 frames/s enter each bus (modbatt soak).",
+    }
+    return figures
+
+
+ROWS = [
+    ("plain_bridge_fps", "can.bridge, saturated", "frames/s"),
+    ("secure_bridge_fps", "pack gateway, saturated", "frames/s"),
+    ("plain_latency_p50_us", "can.bridge latency p50 @ 7,000 fps", "µs"),
+    ("plain_latency_p99_us", "can.bridge latency p99 @ 7,000 fps", "µs"),
+    ("secure_latency_p50_us", "pack latency p50 @ 7,000 fps", "µs"),
+    ("secure_latency_p99_us", "pack latency p99 @ 7,000 fps", "µs"),
+    ("cpu_percent_2x1mbit", "pack CPU, 2 x 6,250 fps, both ways", "% of a core"),
+    ("lost_frames", "frames sent but not delivered", "frames"),
+]
+
+
+def print_table(figures: dict[str, Any], out: Callable[[str], object] = print) -> None:
+    """Print the figures as a table, then the targets met or missed."""
+    out(f"{'figure':<26} {'what':<42} {'value':>14}  unit")
+    for key, what, unit in ROWS:
+        out(f"{key:<26} {what:<42} {figures[key]:>14,.0f}  {unit}")
+    for target, met in figures["meets_targets"].items():
+        out(f"  {'met   ' if met else 'MISSED'} {target}")
