@@ -69,7 +69,7 @@ class MessageChannel:
         }
         self._stack = isotp.NotifierBasedCanStack(
             port.bus,
-            port.notifier,
+            port.id_notifier(rxid),  # only its own frames: one lookup per frame, not a copy
             address=address,
             params=params,
             error_handler=self._on_error,

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import can
+
 from modbatt.transport import CanPort, from_message
 
 log = logging.getLogger("modbatt.nodes")
@@ -45,13 +47,14 @@ class NodeLoop:
         tick_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
         after_step: Callable[[], None] | None = None,
+        accept: Callable[[can.Message], bool] | None = None,
     ) -> None:
         self.port = port
         self.nodes = list(nodes)
         self.tick_s = tick_s
         self.clock = clock
         self.after_step = after_step
-        self._reader = port.reader()
+        self._reader = port.reader(accept)  # `accept`: only the frames these nodes want
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lock = threading.Lock()  # held while nodes change: readers take it to snapshot

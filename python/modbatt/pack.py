@@ -356,7 +356,11 @@ class PackRuntime:
         self.controller = controller
         self.can1, self.can2 = can1, can2
         self.manager = ModuleManager()
-        self.module_loop = NodeLoop(can2, [self.manager])
+        # The module table reads the plain frames (registration, announcements); sealed
+        # traffic reaches it through the gateway's tap, so its thread is not woken for it.
+        self.module_loop = NodeLoop(
+            can2, [self.manager], accept=lambda msg: not is_encrypted(msg.arbitration_id)
+        )
         self.firmware = FirmwareReceiver(controller)
         endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
         self.control = PackControllerRuntime(controller, endpoint)
@@ -431,7 +435,7 @@ class PackRuntime:
 
     def _send(self, outputs: list[tuple[int, int, bytes]]) -> None:
         for bus, can_id, data in outputs:
-            (self.can1 if bus == CAN1 else self.can2).send(can_id, data)
+            (self.can1 if bus == CAN1 else self.can2).send_built(can_id, data)
 
     def _from_modules(self, can_id: int, data: bytes, _timestamp: float) -> None:
         outputs, plain = self.controller.gateway.step_tap(CAN2, can_id, data)

@@ -8,6 +8,7 @@ rules (extended ids only, FD when the payload needs it) live here alone. A bus i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,12 @@ from modbatt.errors import InvalidArgumentError, MalformedFrameError
 CLASSIC_MAX_DATA = 8
 
 
-def to_message(can_id: int, data: bytes, *, fd: bool = False) -> can.Message:
-    """A 29-bit data frame; CAN FD when asked for or when the payload needs it."""
+def to_message(can_id: int, data: bytes, *, fd: bool = False, check: bool = True) -> can.Message:
+    """A 29-bit data frame; CAN FD when asked for or when the payload needs it.
+
+    `check=False` skips python-can's validation, for frames the Rust core built (valid by
+    construction: it refuses ids over 29 bits and lengths a frame cannot carry).
+    """
     is_fd = fd or len(data) > CLASSIC_MAX_DATA
     return can.Message(
         arbitration_id=can_id,
@@ -28,7 +33,7 @@ def to_message(can_id: int, data: bytes, *, fd: bool = False) -> can.Message:
         is_extended_id=True,
         is_fd=is_fd,
         bitrate_switch=is_fd,
-        check=True,
+        check=check,
     )
 
 
@@ -137,6 +142,9 @@ class CanPort:
         self.name = name or str(bus.channel_info)
         self.fd = fd
         self._notifier = can.Notifier(bus, [], timeout=0.1)
+        self._by_id: dict[int, list[Callable[[can.Message], None]]] = {}
+        self._routes_lock = threading.Lock()
+        self._notifier.add_listener(self._dispatch_by_id)
 
     @property
     def notifier(self) -> can.Notifier:
@@ -158,15 +166,48 @@ class CanPort:
         """Stop calling a subscribed handler."""
         self._notifier.remove_listener(listener)
 
-    def reader(self) -> can.BufferedReader:
-        """A queue of received messages, fed by this port's notifier."""
-        reader = can.BufferedReader()
+    def reader(self, accept: Callable[[can.Message], bool] | None = None) -> can.BufferedReader:
+        """A queue of received messages, fed by this port's notifier.
+
+        With `accept`, only the messages it accepts are queued: a reader that wants a few
+        frames of a busy bus is then not woken for every frame.
+        """
+        reader = can.BufferedReader() if accept is None else _FilteredReader(accept)
         self._notifier.add_listener(reader)
         return reader
+
+    def id_notifier(self, *can_ids: int) -> can.Notifier:
+        """A notifier for a stack that only wants frames with `can_ids` (can-isotp's).
+
+        It hands its listeners only those frames: one dictionary lookup per frame on the
+        port for all of them, instead of a call and a queued copy per frame per stack.
+        """
+        return _IdNotifier(self, can_ids)
+
+    def _route_by_id(self, can_id: int, listener: Callable[[can.Message], None]) -> None:
+        with self._routes_lock:
+            self._by_id.setdefault(can_id, []).append(listener)
+
+    def _unroute(self, listener: Callable[[can.Message], None]) -> None:
+        with self._routes_lock:
+            for can_id, listeners in list(self._by_id.items()):
+                kept = [other for other in listeners if other != listener]
+                if kept:
+                    self._by_id[can_id] = kept
+                else:
+                    del self._by_id[can_id]
+
+    def _dispatch_by_id(self, msg: can.Message) -> None:
+        for listener in self._by_id.get(msg.arbitration_id, ()):
+            listener(msg)
 
     def send(self, can_id: int, data: bytes) -> None:
         """Send one frame (CAN FD when this port is FD or the payload needs it)."""
         self.bus.send(to_message(can_id, data, fd=self.fd))
+
+    def send_built(self, can_id: int, data: bytes) -> None:
+        """Send one frame the Rust core built: the bridge's hot path skips re-validation."""
+        self.bus.send(to_message(can_id, data, fd=self.fd, check=False))
 
     def close(self) -> None:
         """Stop the notifier and shut the bus down."""
@@ -178,6 +219,38 @@ class CanPort:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _FilteredReader(can.BufferedReader):
+    def __init__(self, accept: Callable[[can.Message], bool]) -> None:
+        super().__init__()
+        self.accept = accept
+
+    def on_message_received(self, msg: can.Message) -> None:
+        if self.accept(msg):
+            super().on_message_received(msg)
+
+
+class _IdNotifier(can.Notifier):
+    """What can-isotp needs of a notifier (add and remove a listener), routed by id.
+
+    No thread of its own: the port's notifier reads the bus and `CanPort._dispatch_by_id`
+    calls these listeners for their ids only.
+    """
+
+    def __init__(self, port: CanPort, can_ids: tuple[int, ...]) -> None:  # no super(): no thread
+        self.port = port
+        self.can_ids = can_ids
+
+    def add_listener(self, listener: Any) -> None:
+        for can_id in self.can_ids:
+            self.port._route_by_id(can_id, listener)
+
+    def remove_listener(self, listener: Any) -> None:
+        self.port._unroute(listener)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        return None
 
 
 class _FrameListener(can.Listener):
