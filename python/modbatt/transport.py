@@ -141,14 +141,19 @@ class CanPort:
         self.bus = bus
         self.name = name or str(bus.channel_info)
         self.fd = fd
-        self._notifier = can.Notifier(bus, [], timeout=0.1)
-        self._by_id: dict[int, list[Callable[[can.Message], None]]] = {}
-        self._routes_lock = threading.Lock()
-        self._notifier.add_listener(self._dispatch_by_id)
+        # One listener on the notifier dispatches every frame: to the stacks that want its
+        # id (one dictionary lookup for all of them), to the readers, and to the handlers
+        # (converted once). The collections are replaced, never changed in place, so the
+        # notifier's thread reads them without a lock.
+        self._by_id: dict[int, tuple[Callable[[can.Message], None], ...]] = {}
+        self._readers: tuple[can.BufferedReader, ...] = ()
+        self._handlers: tuple[FrameHandler, ...] = ()
+        self._lock = threading.Lock()
+        self._notifier = can.Notifier(bus, [self._dispatch], timeout=0.1)
 
     @property
     def notifier(self) -> can.Notifier:
-        """The bus's one notifier, for stacks that subscribe themselves (can-isotp)."""
+        """The bus's one notifier (its thread reads the bus)."""
         return self._notifier
 
     @classmethod
@@ -156,15 +161,20 @@ class CanPort:
         """Open the bus `spec` names."""
         return cls(open_bus(spec), str(spec), fd=spec.fd)
 
-    def subscribe(self, handler: FrameHandler) -> can.Listener:
-        """Call `handler(id, payload, timestamp)` for every data frame received."""
-        listener = _FrameListener(handler)
-        self._notifier.add_listener(listener)
-        return listener
+    def subscribe(self, handler: FrameHandler) -> FrameHandler:
+        """Call `handler(id, payload, timestamp)` for every data frame received.
 
-    def unsubscribe(self, listener: can.Listener) -> None:
-        """Stop calling a subscribed handler."""
-        self._notifier.remove_listener(listener)
+        Returns what `unsubscribe` takes.
+        """
+        with self._lock:
+            self._handlers = (*self._handlers, handler)
+        return handler
+
+    def unsubscribe(self, listener: FrameHandler | can.BufferedReader) -> None:
+        """Stop calling a subscribed handler, or feeding a reader."""
+        with self._lock:
+            self._handlers = tuple(h for h in self._handlers if h is not listener)
+            self._readers = tuple(r for r in self._readers if r is not listener)
 
     def reader(self, accept: Callable[[can.Message], bool] | None = None) -> can.BufferedReader:
         """A queue of received messages, fed by this port's notifier.
@@ -173,7 +183,8 @@ class CanPort:
         frames of a busy bus is then not woken for every frame.
         """
         reader = can.BufferedReader() if accept is None else _FilteredReader(accept)
-        self._notifier.add_listener(reader)
+        with self._lock:
+            self._readers = (*self._readers, reader)
         return reader
 
     def id_notifier(self, *can_ids: int) -> can.Notifier:
@@ -185,21 +196,36 @@ class CanPort:
         return _IdNotifier(self, can_ids)
 
     def _route_by_id(self, can_id: int, listener: Callable[[can.Message], None]) -> None:
-        with self._routes_lock:
-            self._by_id.setdefault(can_id, []).append(listener)
+        with self._lock:
+            routes = dict(self._by_id)
+            routes[can_id] = (*routes.get(can_id, ()), listener)
+            self._by_id = routes
 
     def _unroute(self, listener: Callable[[can.Message], None]) -> None:
-        with self._routes_lock:
-            for can_id, listeners in list(self._by_id.items()):
-                kept = [other for other in listeners if other != listener]
+        with self._lock:
+            routes = {}
+            for can_id, listeners in self._by_id.items():
+                kept = tuple(other for other in listeners if other != listener)
                 if kept:
-                    self._by_id[can_id] = kept
-                else:
-                    del self._by_id[can_id]
+                    routes[can_id] = kept
+            self._by_id = routes
 
-    def _dispatch_by_id(self, msg: can.Message) -> None:
-        for listener in self._by_id.get(msg.arbitration_id, ()):
-            listener(msg)
+    def _dispatch(self, msg: can.Message) -> None:
+        routed = self._by_id.get(msg.arbitration_id)
+        if routed is not None:
+            for listener in routed:
+                listener(msg)
+        for reader in self._readers:
+            reader.on_message_received(msg)
+        handlers = self._handlers
+        if handlers:
+            try:
+                can_id, data = from_message(msg)
+            except MalformedFrameError:
+                return
+            timestamp = msg.timestamp
+            for handler in handlers:
+                handler(can_id, data, timestamp)
 
     def send(self, can_id: int, data: bytes) -> None:
         """Send one frame (CAN FD when this port is FD or the payload needs it)."""
@@ -251,15 +277,3 @@ class _IdNotifier(can.Notifier):
 
     def stop(self, timeout: float = 5.0) -> None:
         return None
-
-
-class _FrameListener(can.Listener):
-    def __init__(self, handler: FrameHandler) -> None:
-        self.handler = handler
-
-    def on_message_received(self, msg: can.Message) -> None:
-        try:
-            can_id, data = from_message(msg)
-        except MalformedFrameError:
-            return
-        self.handler(can_id, data, msg.timestamp)
