@@ -226,3 +226,35 @@ def test_a_plain_handshake_init_on_can1_does_not_cut_the_app_off(lifecycle: Life
     finally:
         attacker.close()
         port.close()
+
+
+def test_frames_recorded_before_a_new_session_are_dropped_and_shown_to_the_app(
+    lifecycle: Lifecycle,
+) -> None:
+    """Replay after a reboot into a new session: the old session's frames fail the new
+    session's tag, are dropped, and the app sees them counted in the link's diagnostics."""
+    app, pack = lifecycle.app, lifecycle.pack
+    _, victim, _, victim_id = _pair_both(lifecycle)
+    gateway = pack.controller.gateway
+    _drain(lifecycle.can2_log)
+    time.sleep(0.5)
+    recorded = _sealed_frames(_drain(lifecycle.can2_log), victim_id, TELEMETRY_BASE_RANGE)[:2]
+    assert len(recorded) == 2
+    # the link gets a new session, as after a reboot of either end
+    old_session = victim.session
+    gateway.remove_session(victim_id)
+    assert wait_for(lambda: gateway.has_session(victim_id), 8.0)
+    assert wait_for(lambda: victim.session is not old_session, 2.0)
+    assert gateway.session_stats(victim_id)["bad_tag"] == 0  # type: ignore[index]
+    attacker = can.Bus(interface="virtual", channel=lifecycle.can2_channel)
+    try:
+        for frame in recorded:
+            attacker.send(frame)
+        assert wait_for(lambda: app.diagnostics()["links"][str(victim_id)]["bad_tag"] >= 1, 3.0), (
+            app.diagnostics()["links"]
+        )
+    finally:
+        attacker.shutdown()
+    # and the link itself is unharmed
+    app.telemetry.clear()
+    assert wait_for(lambda: victim_id in app.telemetry, 3.0)
