@@ -195,3 +195,22 @@ def test_an_announcement_from_an_impossible_id_gets_a_real_one(node: int) -> Non
     replies = pack.on_frame(*announcement, 0.0)
     assert registered(pack) == {4242: 1}
     assert replies  # the registration that tells it its id
+
+
+def test_telemetry_is_decoded_when_the_table_is_read_and_states_at_once() -> None:
+    """The gateway's tap keeps a module's telemetry bytes; the table decodes them when read,
+    and reports a state change as it arrives."""
+    bus, pack, modules = pack_with(1)
+    bus.run(1.5)
+    module = modules[0]
+    entry = pack.table[module.module_id or 0]
+    assert entry.undecoded  # bytes kept, not yet decoded
+    [row] = pack.snapshot()
+    assert not entry.undecoded
+    assert row.telemetry["STATUS_1"]["CellCount"] == module.config.cells
+    assert row.cells and all(0 <= cell < module.config.cells for cell in row.cells)
+    db = catalogue()
+    pack.drain_events()
+    status = dict(row.telemetry["STATUS_1"], State=ON)
+    pack.on_frame(*db.encode("STATUS_1", module.module_id or 0, status), bus.now)
+    assert [e.kind for e in pack.drain_events()] == ["state"] and entry.state == ON

@@ -68,6 +68,9 @@ class ModuleEntry:
     state: int | None = None
     telemetry: dict[str, dict[str, Any]] = field(default_factory=dict)
     cells: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Telemetry bytes not decoded yet, by (base, cell id for DETAIL else 0): decoded into
+    # `telemetry` and `cells` when the table is read (`ModuleManager.snapshot`).
+    undecoded: dict[tuple[int, int], bytes] = field(default_factory=dict, repr=False)
 
     @property
     def state_name(self) -> str:
@@ -102,6 +105,12 @@ class ModuleManager:
     events: list[ModuleEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._telemetry_lengths = {
+            self.db.base_of(name): self.db.message(name).length
+            for name in MODULE_MESSAGES - {ANNOUNCEMENT}
+        }
+        self._detail_base = self.db.base_of(DETAIL)
+        self._status_1_base = self.db.base_of(STATUS_1)
         self._next_heartbeat = 0.0
         self._last_announce_request = -ANNOUNCE_REQUEST_INTERVAL_S
         self._started = False
@@ -109,8 +118,21 @@ class ModuleManager:
     # --- the table -----------------------------------------------------------------------
 
     def snapshot(self) -> list[ModuleEntry]:
-        """A copy of the module table, by module id."""
+        """A copy of the module table, by module id, its telemetry decoded."""
+        for entry in self.table.values():
+            self._decode_telemetry(entry)
         return [copy.deepcopy(self.table[i]) for i in sorted(self.table)]
+
+    def _decode_telemetry(self, entry: ModuleEntry) -> None:
+        for (base, _), data in entry.undecoded.items():
+            decoded = self.db.decode(base << 18 | entry.module_id, data)
+            if decoded is None:
+                continue
+            if decoded.name == DETAIL:
+                entry.cells[int(decoded.values["CellId"])] = decoded.values
+            else:
+                entry.telemetry[decoded.name] = decoded.values
+        entry.undecoded.clear()
 
     def online(self) -> list[ModuleEntry]:
         """The modules heard from recently."""
@@ -149,6 +171,18 @@ class ModuleManager:
         """Handle one frame from a module."""
         if is_encrypted(can_id):
             return []  # secured module traffic is the gateway's (a later issue)
+        base, node = can_id >> 18, can_id & 0xFF
+        entry = self.table.get(node)
+        length = self._telemetry_lengths.get(base)
+        if entry is not None and length is not None and len(data) >= length:
+            # A known module's telemetry. The gateway taps every message it bridges, and a
+            # decode costs more than the bridging: keep the bytes, decode them when the table
+            # is read. Only the state is read now, for its events.
+            self._heard(entry, now)
+            entry.undecoded[(base, data[0] if base == self._detail_base else 0)] = data
+            if base == self._status_1_base:
+                self._state_reported(entry, data[0] & 0x0F)  # STATUS_1.State: bits 0-3
+            return []
         decoded = self.db.decode(can_id, data)
         if decoded is None or decoded.name not in MODULE_MESSAGES:
             return []
@@ -167,13 +201,15 @@ class ModuleManager:
         else:
             entry.telemetry[decoded.name] = decoded.values
         if decoded.name == STATUS_1:
-            state = int(decoded.values["State"])
-            if state != entry.state:
-                entry.state = state
-                self.events.append(
-                    ModuleEvent("state", entry.module_id, entry.unique_id, entry.state_name)
-                )
+            self._state_reported(entry, int(decoded.values["State"]))
         return []
+
+    def _state_reported(self, entry: ModuleEntry, state: int) -> None:
+        if state != entry.state:
+            entry.state = state
+            self.events.append(
+                ModuleEvent("state", entry.module_id, entry.unique_id, entry.state_name)
+            )
 
     def _heard(self, entry: ModuleEntry, now: float) -> None:
         entry.last_seen = now
