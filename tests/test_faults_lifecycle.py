@@ -21,14 +21,14 @@ from modbatt.faults import FaultPlan
 from modbatt.keystores import app_keystore
 from modbatt.pack import PackState
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import Lifecycle, running_lifecycle, wait_for
+from tests.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
 
 log = logging.getLogger(__name__)
 
 
 def _online(life: Lifecycle) -> int:
     try:
-        return len([m for m in life.app.status()["modules"] if m["online"]])
+        return online_count(life)
     except AppError:  # lost under the faults: ask again
         return 0
 

@@ -12,19 +12,15 @@ from modbatt.nodes import NodeLoop
 from modbatt.pack import PackState
 from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.transport import CanPort
-from tests.test_pairing import Lifecycle, lifecycle, wait_for
+from tests.test_pairing import Lifecycle, lifecycle, online_count, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
-
-
-def _online(lifecycle: Lifecycle) -> int:
-    return len([m for m in lifecycle.app.status()["modules"] if m["online"]])
 
 
 def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Lifecycle) -> None:
     app = lifecycle.app
     app.bootstrap()
-    assert wait_for(lambda: _online(lifecycle) == 2, 5.0)
+    assert wait_for(lambda: online_count(lifecycle) == 2, 5.0)
     for module in lifecycle.modules:
         app.pair(module.module.config.unique_id)
     assert app.status()["state"] == PackState.OPERATIONAL
@@ -39,7 +35,7 @@ def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Life
     loop = NodeLoop(port, [newcomer]).start()
     agent = PairingAgent(port, [newcomer], loop).start()
     try:
-        assert wait_for(lambda: _online(lifecycle) == 3, 5.0)
+        assert wait_for(lambda: online_count(lifecycle) == 3, 5.0)
         listed = {m["unique_id"]: m for m in app.status()["modules"]}
         assert listed[0xC0FFEE]["paired"] is False  # registered, not yet trusted
         new_id = newcomer.module.module_id

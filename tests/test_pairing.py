@@ -46,6 +46,11 @@ def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
+def online_count(life: Lifecycle) -> int:
+    """How many modules the app sees online in the pack's table."""
+    return len([m for m in life.app.status()["modules"] if m["online"]])
+
+
 @dataclass
 class Lifecycle:
     app: App

@@ -14,7 +14,7 @@ from typing import Any
 
 from modbatt.keystores import app_keystore
 from modbatt.pack import PackController, PackRuntime, PackState
-from tests.test_pairing import Lifecycle, lifecycle, wait_for
+from tests.test_pairing import Lifecycle, lifecycle, online_count, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 
@@ -52,10 +52,6 @@ class Crash:
         ports = self.life.ports
         self.life.pack = PackRuntime(reborn, ports["pack1"], ports["pack2"]).start()
         self.rebooted.set()
-
-
-def _online(life: Lifecycle) -> int:
-    return len([m for m in life.app.status()["modules"] if m["online"]])
 
 
 def _app_lct(life: Lifecycle) -> str | None:
@@ -98,7 +94,7 @@ def test_a_pack_that_dies_before_acknowledging_the_keys_is_resumed_by_handshake(
 
 def _bootstrapped(life: Lifecycle) -> None:
     life.app.bootstrap()
-    assert wait_for(lambda: _online(life) == 2, 5.0)
+    assert wait_for(lambda: online_count(life) == 2, 5.0)
 
 
 def test_a_pack_that_dies_on_receiving_a_pairing_request_pairs_after_its_restart(

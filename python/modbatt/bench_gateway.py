@@ -49,6 +49,7 @@ from modbatt.transport import CanPort
 PACED_FPS = 7000  # a full 1 Mbit/s bus of 8-byte extended frames, with margin (REFERENCE §4)
 PLAIN_ID = 0x18FF_0005  # any 29-bit id: can.bridge forwards everything
 MODULE_ID = 5
+STATUS_1_ID = TELEMETRY_BASE | 0x02 << 18 | MODULE_ID  # the module's STATUS_1: what it sends
 TIMED = struct.Struct(">d")  # the send time, in the payload
 DRAIN_TIMEOUT_S = 3.0  # no new delivery for this long: the rest is lost
 QUIET_S = 0.05  # once enough frames are in, no new one for this long: all are in
@@ -214,10 +215,9 @@ def _secure_bridge(run: str) -> Iterator[_Pack]:
 
 
 def _sealed(session: Session, send_time: float) -> list[can.Message]:
-    logical_id = TELEMETRY_BASE | 0x02 << 18 | MODULE_ID  # STATUS_1 of the module
     return [
         can.Message(arbitration_id=i, data=d, is_extended_id=True)
-        for i, d in frames_of(session.seal(logical_id, TIMED.pack(send_time)))
+        for i, d in frames_of(session.seal(STATUS_1_ID, TIMED.pack(send_time)))
     ]
 
 
@@ -288,11 +288,10 @@ def secure_paced_single(frames: int, fps: float) -> Delivery:
     `can.bridge`.
     """
     with _secure_bridge(uuid.uuid4().hex[:8]) as pack:
-        logical_id = TELEMETRY_BASE | 0x02 << 18 | MODULE_ID
         sent_at: list[float] = []
         start = time.perf_counter()
         for n in range(frames):
-            can_id, data, _, _ = pack.module_end.seal(logical_id, n.to_bytes(3, "big"))
+            can_id, data, _, _ = pack.module_end.seal(STATUS_1_ID, n.to_bytes(3, "big"))
             message = can.Message(arbitration_id=can_id, data=data, is_extended_id=True)
             _wait_until(start + n / fps)
             sent_at.append(time.time())
