@@ -19,7 +19,7 @@ STATE_CHANGE = compose_id(0x514, 5)
 class Pack:
     """A gateway with an app link (0) and a module link (1), and the far ends of both."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, cut_through: bool = True) -> None:
         def material(length: int, label: str) -> bytes:
             if seed is None:
                 return os.urandom(length)
@@ -30,7 +30,7 @@ class Pack:
         n = {k: material(16, k) for k in ("app", "pack_app", "pack_mod", "mod")}
         self.app = Session(app_link, APP, PACK, n["app"], n["pack_app"])
         self.module = Session(module_link, MODULE, PACK, n["mod"], n["pack_mod"])
-        self.gateway = Gateway()
+        self.gateway = Gateway(cut_through=cut_through)
         self.gateway.install_session(0, Session(app_link, PACK, APP, n["pack_app"], n["app"]))
         self.gateway.install_session(1, Session(module_link, PACK, MODULE, n["pack_mod"], n["mod"]))
         self.gateway.add_rule(CAN1, compose_id(0x514, 0), 0x7FF << 18, CAN2, inbound=0, outbound=1)

@@ -109,7 +109,9 @@ class Session:
 
 @final
 class Gateway:
-    def __new__(cls) -> Self: ...
+    def __new__(cls, *, cut_through: bool = True) -> Self: ...
+    @property
+    def cut_through(self) -> bool: ...
     def add_rule(
         self,
         src_bus: int,

@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -230,6 +231,8 @@ class ControlEndpoint:
     secure: MessageChannel | None = None  # the same ids with E set: sealed messages go here
     dropped: Counter[str] = field(default_factory=Counter)
     last_sealed: bool = False  # whether the last accepted message came sealed
+    # set by either channel when a message completes, so `recv` waits on both at once
+    arrived: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def open(
@@ -240,13 +243,19 @@ class ControlEndpoint:
         The plain ids, and the same ids with E set, on which sealed messages travel once the
         link is upgraded.
         """
+        arrived = threading.Event()
         return cls(
-            MessageChannel(port, txid, rxid, timeout_s=timeout_s),
+            MessageChannel(port, txid, rxid, timeout_s=timeout_s, arrived=arrived),
             txid,
             rxid,
             secure=MessageChannel(
-                port, set_encrypted(txid), set_encrypted(rxid), timeout_s=timeout_s
+                port,
+                set_encrypted(txid),
+                set_encrypted(rxid),
+                timeout_s=timeout_s,
+                arrived=arrived,
             ),
+            arrived=arrived,
         )
 
     def close(self) -> None:
@@ -278,11 +287,17 @@ class ControlEndpoint:
         wait = self.channel.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + wait
         while True:
+            left = max(0.0, deadline - time.monotonic())
             if self.secure is None:
-                data = self.channel.recv(max(0.0, deadline - time.monotonic()))
-            else:  # listen on both channels, a slice at a time
-                piece = min(0.005, max(0.0, deadline - time.monotonic()))
-                data = self.secure.recv(piece) or self.channel.recv(piece)
+                data = self.channel.recv(left)
+            else:
+                # Both channels signal `arrived`: clear it, look at both, and sleep only when
+                # both are empty (a message completing after the look sets it again). The
+                # thread then wakes per message, not every few milliseconds.
+                self.arrived.clear()
+                data = self.secure.recv(0) or self.channel.recv(0)
+                if data is None and self.arrived.wait(left):
+                    continue
             if data is not None:
                 message = self._accept(data)
                 if message is not None:

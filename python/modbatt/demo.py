@@ -31,7 +31,7 @@ import can
 import httpx
 import uvicorn
 
-from modbatt import is_encrypted
+from modbatt import DROP_REASONS, is_encrypted
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.api_bridge.server import build
 from modbatt.app import App
@@ -449,11 +449,8 @@ def _phases(
     )
     _wait(lambda: app.telemetry_frames > telemetry, 3.0)
     status = app.status()
-    dropped = {
-        k: v
-        for k, v in status["gateway"].items()
-        if k not in ("received", "forwarded", "pending") and v
-    }
+    reasons = {name for _, name in DROP_REASONS}
+    dropped = {k: v for k, v in status["gateway"].items() if k in reasons and v}
     for reason, n in app.dropped.items():
         dropped[f"app_{reason}"] = n
     return {

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from typing import Any
 
+import can
 import isotp
 
 from modbatt.errors import ModbattError
@@ -46,11 +49,55 @@ def without_check(data: bytes | bytearray) -> bytes | None:
     return payload if _check(payload) == check else None
 
 
+class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
+    """The stack's output queue, which also sets `arrived` for every message put on it."""
+
+    def __init__(self, arrived: threading.Event) -> None:
+        super().__init__()
+        self.arrived = arrived
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self.arrived.set()
+
+
+IDLE_WAKE_S = 1.0  # how often an idle stack's threads wake (can-isotp's default is 50 ms)
+_WAKE = can.Message(is_remote_frame=True)  # carries nothing: ends a reader's wait
+
+
+class _QuietStack(isotp.NotifierBasedCanStack):
+    """can-isotp's stack, whose idle threads sleep for IDLE_WAKE_S instead of 50 ms.
+
+    Every wake-up of an idle thread takes the interpreter lock from the pack's bridge for a
+    moment (a frame arriving then waits); a sending or receiving stack is woken by the
+    traffic itself, so a long idle wait costs no ISO-TP timing. Only `stop` would wait for
+    it: it wakes the reading thread itself.
+    """
+
+    def stop(self) -> None:
+        reader = self.buffered_reader
+        self.events.stop_requested.set()  # the threads leave their loops when they wake...
+        if reader is not None:
+            reader.on_message_received(_WAKE)  # ...which the reading thread does now
+        super().stop()
+
+
 class MessageChannel:
-    """One ISO-TP conversation: we send on `txid`, we listen on `rxid`."""
+    """One ISO-TP conversation: we send on `txid`, we listen on `rxid`.
+
+    `arrived`, when given, is set whenever a message completes: one event shared by several
+    channels lets a reader wait for all of them at once instead of polling each in turn.
+    """
 
     def __init__(
-        self, port: CanPort, txid: int, rxid: int, *, fd: bool = False, timeout_s: float = 1.0
+        self,
+        port: CanPort,
+        txid: int,
+        rxid: int,
+        *,
+        fd: bool = False,
+        timeout_s: float = 1.0,
+        arrived: threading.Event | None = None,
     ) -> None:
         self.port = port
         self.timeout_s = timeout_s
@@ -67,13 +114,17 @@ class MessageChannel:
             "rx_flowcontrol_timeout": int(timeout_s * 1000),
             "rx_consecutive_frame_timeout": int(timeout_s * 1000),
         }
-        self._stack = isotp.NotifierBasedCanStack(
+        self._stack = _QuietStack(
             port.bus,
             port.id_notifier(rxid),  # only its own frames: one lookup per frame, not a copy
             address=address,
             params=params,
             error_handler=self._on_error,
+            read_timeout=IDLE_WAKE_S,
         )
+        if arrived is not None:
+            # can-isotp puts every completed message on `rx_queue` (its `recv` reads it there)
+            self._stack.rx_queue = _SignallingQueue(arrived)
         self._stack.start()
 
     def _on_error(self, error: Exception) -> None:

@@ -16,9 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import can
-
-from modbatt.transport import CanPort, from_message
+from modbatt.transport import ALL_IDS, CanPort, IdFilter, from_message
 
 log = logging.getLogger("modbatt.nodes")
 
@@ -47,14 +45,14 @@ class NodeLoop:
         tick_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
         after_step: Callable[[], None] | None = None,
-        accept: Callable[[can.Message], bool] | None = None,
+        ids: IdFilter = ALL_IDS,
     ) -> None:
         self.port = port
         self.nodes = list(nodes)
         self.tick_s = tick_s
         self.clock = clock
         self.after_step = after_step
-        self._reader = port.reader(accept)  # `accept`: only the frames these nodes want
+        self._reader = port.reader(ids)  # `ids`: only the frames these nodes want
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lock = threading.Lock()  # held while nodes change: readers take it to snapshot
@@ -62,6 +60,9 @@ class NodeLoop:
     def step(self, timeout: float) -> None:
         """Wait up to `timeout` for frames, dispatch all that are queued, then tick."""
         message = self._reader.get_message(timeout=timeout)
+        out: Frames = []
+        # The lock guards the nodes' state only; the frames go out after it is released, so
+        # a reader of that state (the pack's gateway tap) never waits for a bus send.
         with self.lock:
             while message is not None:
                 try:
@@ -71,11 +72,12 @@ class NodeLoop:
                 if can_id >= 0:
                     now = self.clock()
                     for node in self.nodes:
-                        self._send(self._guarded(node.on_frame, can_id, data, now))
+                        out += self._guarded(node.on_frame, can_id, data, now)
                 message = self._reader.get_message(timeout=0)
             now = self.clock()
             for node in self.nodes:
-                self._send(self._guarded(node.tick, now))
+                out += self._guarded(node.tick, now)
+        self._send(out)
         if self.after_step is not None:
             self.after_step()
 

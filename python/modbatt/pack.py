@@ -30,7 +30,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from modbatt import Gateway, LinkKey, Session, is_encrypted
+import can
+
+from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session
 from modbatt.bootstrap import (
     ACK_LABEL,
     DELIVERY_LABEL,
@@ -288,7 +290,7 @@ class PackControllerRuntime:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            message = self.endpoint.recv(0.1)
+            message = self.endpoint.recv(1.0)  # wakes per message; `stop` wakes it too
             if message is None:
                 continue
             answered_sealed = self.endpoint.last_sealed
@@ -312,6 +314,7 @@ class PackControllerRuntime:
     def stop(self) -> None:
         """Stop serving."""
         self._stop.set()
+        self.endpoint.arrived.set()
         self._thread.join(timeout=5)
 
 
@@ -349,6 +352,9 @@ def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = T
         gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
 
 
+MODULE_TICK_S = 0.05  # the module table's tick (heartbeat every 200 ms, silence after 2 s)
+
+
 class PackRuntime:
     """The whole pack controller on its two buses: control channel, module side, gateway."""
 
@@ -358,8 +364,13 @@ class PackRuntime:
         self.manager = ModuleManager()
         # The module table reads the plain frames (registration, announcements); sealed
         # traffic reaches it through the gateway's tap, so its thread is not woken for it.
+        # Its periodic work is a 200 ms heartbeat and a 2 s silence timeout: a 50 ms tick is
+        # ample, and every wake-up takes the interpreter from the bridge for a moment.
         self.module_loop = NodeLoop(
-            can2, [self.manager], accept=lambda msg: not is_encrypted(msg.arbitration_id)
+            can2,
+            [self.manager],
+            tick_s=MODULE_TICK_S,
+            ids=(ENCRYPTION_FLAG, 0),  # plain frames only
         )
         self.firmware = FirmwareReceiver(controller)
         endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
@@ -378,8 +389,8 @@ class PackRuntime:
         self._restore_module_links()
         self._rules()
         self._listeners = [
-            (can1, can1.subscribe(self._from_app)),
-            (can2, can2.subscribe(self._from_modules)),
+            (can1, can1.subscribe_messages(self._from_app)),
+            (can2, can2.subscribe_messages(self._from_modules)),
         ]
 
     def start(self) -> PackRuntime:
@@ -433,14 +444,21 @@ class PackRuntime:
 
     # --- the gateway, frame by frame --------------------------------------------------------
 
-    def _send(self, outputs: list[tuple[int, int, bytes]]) -> None:
+    def _send(self, outputs: list[tuple[int, int, bytes]], received: can.Message | None) -> None:
+        # One frame out for one in (the usual case, with cut-through): the received message
+        # object becomes the sent one when no one else holds it, as `can.bridge` sends it.
+        if len(outputs) == 1:
+            bus, can_id, data = outputs[0]
+            (self.can1 if bus == CAN1 else self.can2).send_built(can_id, data, received)
+            return
         for bus, can_id, data in outputs:
             (self.can1 if bus == CAN1 else self.can2).send_built(can_id, data)
 
-    def _from_modules(self, can_id: int, data: bytes, _timestamp: float) -> None:
-        outputs, plain = self.controller.gateway.step_tap(CAN2, can_id, data)
-        self._send(outputs)
-        if plain is not None and is_encrypted(can_id):
+    def _from_modules(self, msg: can.Message, owned: bool) -> None:
+        can_id = msg.arbitration_id
+        outputs, plain = self.controller.gateway.step_tap(CAN2, can_id, bytes(msg.data))
+        self._send(outputs, msg if owned else None)
+        if plain is not None and can_id & ENCRYPTION_FLAG:
             # The module table is kept from the same frames the gateway opened and bridged.
             with self.module_loop.lock:
                 try:
@@ -451,9 +469,10 @@ class PackRuntime:
             for reply_id, reply in replies:
                 self.can2.send(reply_id, reply)
 
-    def _from_app(self, can_id: int, data: bytes, _timestamp: float) -> None:
-        if is_encrypted(can_id):
-            self._send(self.controller.gateway.step(CAN1, can_id, data))
+    def _from_app(self, msg: can.Message, owned: bool) -> None:
+        if msg.arbitration_id & ENCRYPTION_FLAG:
+            outputs = self.controller.gateway.step(CAN1, msg.arbitration_id, bytes(msg.data))
+            self._send(outputs, msg if owned else None)
 
     def link_module(self, module_id: int, session: Session) -> None:
         """Put a module's established session into the gateway and route its traffic sealed.

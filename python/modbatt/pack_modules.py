@@ -112,6 +112,7 @@ class ModuleManager:
         self._detail_base = self.db.base_of(DETAIL)
         self._status_1_base = self.db.base_of(STATUS_1)
         self._next_heartbeat = 0.0
+        self._heartbeat_frame: tuple[int, tuple[int, bytes]] | None = None  # (max_state, frame)
         self._last_announce_request = -ANNOUNCE_REQUEST_INTERVAL_S
         self._started = False
 
@@ -174,10 +175,12 @@ class ModuleManager:
         base, node = can_id >> 18, can_id & 0xFF
         entry = self.table.get(node)
         length = self._telemetry_lengths.get(base)
-        if entry is not None and length is not None and len(data) >= length:
-            # A known module's telemetry. The gateway taps every message it bridges, and a
-            # decode costs more than the bridging: keep the bytes, decode them when the table
-            # is read. Only the state is read now, for its events.
+        if length is not None and len(data) >= length:
+            # Telemetry. The gateway taps every message it bridges, and a decode costs more
+            # than the bridging: keep the bytes of a known module, decode them when the
+            # table is read. Only the state is read now, for its events.
+            if entry is None:
+                return self._unknown_module(now)
             self._heard(entry, now)
             entry.undecoded[(base, data[0] if base == self._detail_base else 0)] = data
             if base == self._status_1_base:
@@ -190,11 +193,7 @@ class ModuleManager:
             return self._announced(decoded.node, decoded.values, now)
         entry = self.table.get(decoded.node)
         if entry is None:
-            # A module that holds an id we do not know (we restarted): ask all to announce.
-            if now - self._last_announce_request >= ANNOUNCE_REQUEST_INTERVAL_S:
-                self._last_announce_request = now
-                return [self.db.encode(ANNOUNCE_REQUEST, BROADCAST, {"RequestType": 0})]
-            return []
+            return self._unknown_module(now)
         self._heard(entry, now)
         if decoded.name == DETAIL:
             entry.cells[int(decoded.values["CellId"])] = decoded.values
@@ -202,6 +201,20 @@ class ModuleManager:
             entry.telemetry[decoded.name] = decoded.values
         if decoded.name == STATUS_1:
             self._state_reported(entry, int(decoded.values["State"]))
+        return []
+
+    def _heartbeat(self) -> tuple[int, bytes]:
+        """The max-state heartbeat frame, encoded once per value (it goes out 5 times a second)."""
+        if self._heartbeat_frame is None or self._heartbeat_frame[0] != self.max_state:
+            frame = self.db.encode(MAX_STATE, BROADCAST, {"MaxState": self.max_state})
+            self._heartbeat_frame = (self.max_state, frame)
+        return self._heartbeat_frame[1]
+
+    def _unknown_module(self, now: float) -> Frames:
+        """A module that holds an id we do not know (we restarted): ask all to announce."""
+        if now - self._last_announce_request >= ANNOUNCE_REQUEST_INTERVAL_S:
+            self._last_announce_request = now
+            return [self.db.encode(ANNOUNCE_REQUEST, BROADCAST, {"RequestType": 0})]
         return []
 
     def _state_reported(self, entry: ModuleEntry, state: int) -> None:
@@ -272,8 +285,10 @@ class ModuleManager:
             self._last_announce_request = now
             out.append(self.db.encode(ANNOUNCE_REQUEST, BROADCAST, {"RequestType": 0}))
         if now >= self._next_heartbeat:
-            out.append(self.db.encode(MAX_STATE, BROADCAST, {"MaxState": self.max_state}))
-            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            out.append(self._heartbeat())
+            # On schedule, not from `now`: a coarse tick must not stretch the period.
+            late = now - self._next_heartbeat > HEARTBEAT_INTERVAL_S
+            self._next_heartbeat = (now if late else self._next_heartbeat) + HEARTBEAT_INTERVAL_S
         for entry in self.table.values():
             if entry.online and now - entry.last_seen > self.silence_timeout_s:
                 entry.online = False

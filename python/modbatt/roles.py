@@ -6,6 +6,7 @@ with a :class:`~modbatt.nodes.NodeLoop` and prints what changes, until Ctrl-C or
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -100,6 +101,10 @@ def run_pack(
     with CanPort.open(can1) as port1, CanPort.open(can2) as port2:
         controller = PackController(serial, state_dir, AuditLog(state_dir / "audit.jsonl"))
         runtime = PackRuntime(controller, port1, port2).start()
+        # Everything built so far lives as long as the process: freeze it, so that the
+        # collector's full passes (which stop every thread, the bridge's too) skip it.
+        gc.collect()
+        gc.freeze()
         out(
             f"pack controller {serial}: CAN 1 on {port1.name}, CAN 2 on {port2.name}, "
             f"state in {state_dir}"

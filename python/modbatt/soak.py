@@ -42,7 +42,7 @@ import can
 import numpy as np
 import numpy.typing as npt
 
-from modbatt import LinkKey, Session
+from modbatt import DROP_REASONS, LinkKey, Session
 from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.frames import frames_of
 from modbatt.pack import (
@@ -93,6 +93,7 @@ class SoakReport:
     frames_sent: int = 0
     frames_received: int = 0  # by the pack's gateway: sealed traffic and garbage
     frames_forwarded: int = 0
+    frames_ahead: int = 0  # pairs' data frames forwarded before their authenticator
     messages_sent: int = 0
     messages_delivered: int = 0
     lost: int = 0
@@ -150,7 +151,8 @@ class SoakReport:
             f"{self.streams} streams ({self.interface})",
             f"  frames sent {self.frames_sent}, garbage {self.garbage_sent}, "
             f"stepped by the pack's gateway {self.frames_received} "
-            f"(plain garbage on CAN 1 goes to the control channel instead)",
+            f"(plain garbage on CAN 1 goes to the control channel instead); "
+            f"{self.frames_ahead} data frames forwarded ahead of their authenticator",
             f"  messages sent {self.messages_sent}, delivered {self.messages_delivered}, "
             f"lost {self.lost}, reordered {self.reordered}",
             f"  latency p50 {self.latency_p50_us:.0f} µs, p99 {self.latency_p99_us:.0f} µs, "
@@ -422,9 +424,9 @@ def run_soak(
         stats = controller.gateway.stats()
         report.frames_received = int(stats["received"])
         report.frames_forwarded = int(stats["forwarded"])
-        report.gateway_dropped = {
-            k: int(v) for k, v in stats.items() if k not in ("received", "forwarded", "pending")
-        }
+        reasons = {name for _, name in DROP_REASONS}
+        report.gateway_dropped = {k: int(v) for k, v in stats.items() if k in reasons}
+        report.frames_ahead = int(stats["ahead"])
     return report
 
 

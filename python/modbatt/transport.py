@@ -127,6 +127,11 @@ def open_bus(spec: BusSpec) -> can.BusABC:
 
 
 FrameHandler = Callable[[int, bytes, float], None]
+# (message, owned): `owned` when no other listener of the port kept the message object
+MessageHandler = Callable[[can.Message, bool], None]
+# (mask, value): the frames whose id & mask == value
+IdFilter = tuple[int, int]
+ALL_IDS: IdFilter = (0, 0)
 
 
 class CanPort:
@@ -146,8 +151,9 @@ class CanPort:
         # (converted once). The collections are replaced, never changed in place, so the
         # notifier's thread reads them without a lock.
         self._by_id: dict[int, tuple[Callable[[can.Message], None], ...]] = {}
-        self._readers: tuple[can.BufferedReader, ...] = ()
+        self._readers: tuple[tuple[can.BufferedReader, int, int], ...] = ()
         self._handlers: tuple[FrameHandler, ...] = ()
+        self._message_handler: MessageHandler | None = None
         self._lock = threading.Lock()
         self._notifier = can.Notifier(bus, [self._dispatch], timeout=0.1)
 
@@ -170,21 +176,37 @@ class CanPort:
             self._handlers = (*self._handlers, handler)
         return handler
 
-    def unsubscribe(self, listener: FrameHandler | can.BufferedReader) -> None:
+    def subscribe_messages(self, handler: MessageHandler) -> MessageHandler:
+        """Call `handler(message, owned)` for every 29-bit data frame received, last of all.
+
+        For a bridge: it gets python-can's message object itself, and `owned` says that no
+        other listener of this port kept it, so the handler may reuse the object to send
+        (see `send_built`). One such handler per port. Returns what `unsubscribe` takes.
+        """
+        with self._lock:
+            if self._message_handler is not None:
+                raise InvalidArgumentError(f"{self.name} already has a message handler")
+            self._message_handler = handler
+        return handler
+
+    def unsubscribe(self, listener: FrameHandler | MessageHandler | can.BufferedReader) -> None:
         """Stop calling a subscribed handler, or feeding a reader."""
         with self._lock:
             self._handlers = tuple(h for h in self._handlers if h is not listener)
-            self._readers = tuple(r for r in self._readers if r is not listener)
+            self._readers = tuple(r for r in self._readers if r[0] is not listener)
+            if self._message_handler is listener:
+                self._message_handler = None
 
-    def reader(self, accept: Callable[[can.Message], bool] | None = None) -> can.BufferedReader:
+    def reader(self, ids: IdFilter = ALL_IDS) -> can.BufferedReader:
         """A queue of received messages, fed by this port's notifier.
 
-        With `accept`, only the messages it accepts are queued: a reader that wants a few
-        frames of a busy bus is then not woken for every frame.
+        With `ids` = (mask, value), only the messages whose id & mask == value are queued: a
+        reader that wants a few frames of a busy bus is then not woken for every frame.
         """
-        reader = can.BufferedReader() if accept is None else _FilteredReader(accept)
+        reader = can.BufferedReader()
+        mask, value = ids
         with self._lock:
-            self._readers = (*self._readers, reader)
+            self._readers = (*self._readers, (reader, mask, value))
         return reader
 
     def id_notifier(self, *can_ids: int) -> can.Notifier:
@@ -211,29 +233,51 @@ class CanPort:
             self._by_id = routes
 
     def _dispatch(self, msg: can.Message) -> None:
-        routed = self._by_id.get(msg.arbitration_id)
+        # Called for every frame on the bus: kept to plain lookups and comparisons.
+        can_id = msg.arbitration_id
+        kept = False  # whether a listener holds on to the message object
+        routed = self._by_id.get(can_id)
         if routed is not None:
+            kept = True
             for listener in routed:
                 listener(msg)
-        for reader in self._readers:
-            reader.on_message_received(msg)
+        for reader, mask, value in self._readers:
+            if can_id & mask == value:
+                kept = True
+                reader.on_message_received(msg)
         handlers = self._handlers
+        message_handler = self._message_handler
+        if not handlers and message_handler is None:
+            return
+        if msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:
+            return  # no payload for the frame path, or an 11-bit id: modbatt buses use 29
         if handlers:
-            try:
-                can_id, data = from_message(msg)
-            except MalformedFrameError:
-                return
-            timestamp = msg.timestamp
+            data, timestamp = bytes(msg.data), msg.timestamp
             for handler in handlers:
                 handler(can_id, data, timestamp)
+        if message_handler is not None:
+            message_handler(msg, not kept)
 
     def send(self, can_id: int, data: bytes) -> None:
         """Send one frame (CAN FD when this port is FD or the payload needs it)."""
         self.bus.send(to_message(can_id, data, fd=self.fd))
 
-    def send_built(self, can_id: int, data: bytes) -> None:
-        """Send one frame the Rust core built: the bridge's hot path skips re-validation."""
-        self.bus.send(to_message(can_id, data, fd=self.fd, check=False))
+    def send_built(self, can_id: int, data: bytes, reuse: can.Message | None = None) -> None:
+        """Send one frame the Rust core built: the bridge's hot path skips re-validation.
+
+        `reuse`, a received message no one else holds (see `subscribe_messages`), is turned
+        into the outgoing one instead of building a new object: the interface copies what it
+        sends, as it does when `can.bridge` forwards the received object itself.
+        """
+        if reuse is None or self.fd or len(data) > CLASSIC_MAX_DATA:
+            self.bus.send(to_message(can_id, data, fd=self.fd, check=False))
+            return
+        reuse.arbitration_id = can_id
+        reuse.data = bytearray(data)
+        reuse.dlc = len(data)
+        reuse.is_fd = reuse.bitrate_switch = reuse.is_rx = False
+        reuse.channel = None
+        self.bus.send(reuse)
 
     def close(self) -> None:
         """Stop the notifier and shut the bus down."""
@@ -245,16 +289,6 @@ class CanPort:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _FilteredReader(can.BufferedReader):
-    def __init__(self, accept: Callable[[can.Message], bool]) -> None:
-        super().__init__()
-        self.accept = accept
-
-    def on_message_received(self, msg: can.Message) -> None:
-        if self.accept(msg):
-            super().on_message_received(msg)
 
 
 class _IdNotifier(can.Notifier):

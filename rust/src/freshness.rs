@@ -66,6 +66,11 @@ impl RxWindow {
         self.next_min.get(&stream).copied().unwrap_or(0)
     }
 
+    /// The value expected next on `stream`, if a value on it was ever accepted.
+    pub(crate) fn expected(&self, stream: u32) -> Option<u64> {
+        self.next_min.get(&stream).copied()
+    }
+
     /// The full value a frame claims: the smallest value >= the floor with these low bits.
     pub(crate) fn candidate(&self, stream: u32, low: u64, bits: u32) -> Option<u64> {
         rebuild_forward(self.floor(stream), low, bits)

@@ -196,6 +196,20 @@ impl Session {
         fd: bool,
         sealed: &mut Sealed,
     ) -> Result<()> {
+        self.seal_at(can_id, payload, fd, None, sealed)
+    }
+
+    /// Seal with the freshness value `reserved` (taken earlier by [`Session::reserve`]), or
+    /// the stream's next one when `None`. A reserved value must be sealed at most once: the
+    /// gateway's cut-through (see `gateway.rs`) is the one caller.
+    pub(crate) fn seal_at(
+        &mut self,
+        can_id: u32,
+        payload: &[u8],
+        fd: bool,
+        reserved: Option<u64>,
+        sealed: &mut Sealed,
+    ) -> Result<()> {
         self.check_alive()?;
         let logical_id = ids::check_logical(can_id)?;
         let n = payload.len();
@@ -215,7 +229,10 @@ impl Session {
                 "a classic CAN frame carries at most 8 bytes, got {n}"
             )));
         };
-        let freshness = self.tx_counters.take(logical_id)?;
+        let freshness = match reserved {
+            Some(value) => value,
+            None => self.tx_counters.take(logical_id)?,
+        };
         let mut ct = frame::padded(payload);
         let header = Header {
             code: frame::mac_code(format),
@@ -242,6 +259,38 @@ impl Session {
         }
         self.stats.sealed += 1;
         Ok(())
+    }
+
+    /// Take the next freshness value of `logical_id` for a later [`Session::seal_at`].
+    pub(crate) fn reserve(&mut self, logical_id: u32) -> Result<u64> {
+        self.check_alive()?;
+        self.tx_counters.take(ids::check_logical(logical_id)?)
+    }
+
+    /// The freshness value the next message on `logical_id` is expected to carry, once a
+    /// message on it has been accepted in this session (`None` before: nothing to predict).
+    pub(crate) fn rx_expected(&self, logical_id: u32) -> Option<u64> {
+        self.rx_window.expected(logical_id)
+    }
+
+    /// XOR into `buf[..len]` the CTR keystream of a classic pair of `len` bytes on
+    /// `logical_id` at `freshness`: the receiving direction's (`rx`) or the sending one's.
+    pub(crate) fn pair_keystream_xor(
+        &self,
+        rx: bool,
+        logical_id: u32,
+        freshness: u64,
+        len: usize,
+        buf: &mut frame::Padded,
+    ) {
+        let header = Header {
+            code: frame::mac_code(Format::PairData),
+            logical_id,
+            freshness,
+            len,
+        };
+        let keys = if rx { &self.rx_keys } else { &self.tx_keys };
+        keys.keystream_xor(&header, buf);
     }
 
     /// Seal a message of up to 4096 bytes on `stream` (a logical id naming the channel, e.g.

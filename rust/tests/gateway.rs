@@ -255,3 +255,211 @@ fn garbage_never_panics_and_is_counted() {
     assert_eq!(stats.received, stats.forwarded + stats.pending + dropped);
     assert_eq!(stats.forwarded, 0);
 }
+
+// --- cut-through of classic pairs ---------------------------------------------------------
+
+/// Step one frame; the frames that come out.
+fn step_one(gateway: &mut Gateway, bus: u8, frame: &_core::Frame) -> Vec<_core::Frame> {
+    match gateway.step(bus, frame.id, frame.payload()) {
+        Ok(Some(forward)) => forward.frames.frames().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Send module telemetry through the gateway, one frame at a time; what the app opens.
+fn telemetry(p: &mut Pack, payload: &[u8]) -> (Vec<usize>, Option<Vec<u8>>) {
+    let sealed = p.module.seal(STATUS_1, payload, false).unwrap();
+    let mut counts = Vec::new();
+    let mut opened = None;
+    for frame in sealed.frames() {
+        let out = step_one(&mut p.gateway, CAN2, frame);
+        counts.push(out.len());
+        for f in &out {
+            opened = p
+                .app
+                .open(f.id, f.payload())
+                .unwrap()
+                .map(|m| m.payload().to_vec());
+        }
+    }
+    (counts, opened)
+}
+
+#[test]
+fn cut_through_forwards_the_data_frame_before_its_authenticator() {
+    let mut p = pack();
+    // The first message of a stream goes whole: there is no freshness to predict from yet.
+    assert_eq!(telemetry(&mut p, &[1; 8]), (vec![0, 2], Some(vec![1; 8])));
+    // From then on the data frame goes at once, the authenticator when the pair verifies.
+    for n in 2..6u8 {
+        assert_eq!(telemetry(&mut p, &[n; 8]), (vec![1, 1], Some(vec![n; 8])));
+    }
+    let stats = p.gateway.stats();
+    assert_eq!((stats.forwarded, stats.pending, stats.ahead), (5, 5, 4));
+    assert_eq!(stats.ahead_missed, 0);
+    let dropped: u64 = stats.dropped.iter().sum();
+    assert_eq!(stats.received, stats.forwarded + stats.pending + dropped);
+}
+
+#[test]
+fn the_data_frame_ahead_carries_no_plaintext_and_opens_nothing_alone() {
+    let mut p = pack();
+    telemetry(&mut p, &[0; 8]);
+    let sealed = p.module.seal(STATUS_1, &[0x55; 8], false).unwrap();
+    let forward = p
+        .gateway
+        .step(CAN2, sealed.frames()[0].id, sealed.frames()[0].payload())
+        .unwrap()
+        .unwrap();
+    assert!(
+        forward.plain.is_none(),
+        "nothing is verified yet: nothing to tap"
+    );
+    let ahead = forward.frames.frames()[0];
+    assert_ne!(ahead.payload(), &[0x55; 8]);
+    assert_ne!(
+        ahead.payload(),
+        sealed.frames()[0].payload(),
+        "re-encrypted"
+    );
+    assert_eq!(p.app.open(ahead.id, ahead.payload()).unwrap(), None);
+    // A forged authenticator gets nothing forwarded, and the genuine one still completes.
+    let mut forged = sealed.frames()[1];
+    forged.data[7] ^= 1;
+    assert!(step_one(&mut p.gateway, CAN2, &forged).is_empty());
+    let auth = step_one(&mut p.gateway, CAN2, &sealed.frames()[1]);
+    assert_eq!(auth.len(), 1);
+    let opened = p.app.open(auth[0].id, auth[0].payload()).unwrap().unwrap();
+    assert_eq!(opened.payload(), &[0x55; 8]);
+}
+
+#[test]
+fn a_forged_data_frame_ahead_is_replaced_by_the_genuine_one() {
+    let mut p = pack();
+    telemetry(&mut p, &[0; 8]);
+    let sealed = p.module.seal(STATUS_1, &[7; 8], false).unwrap();
+    let mut forged = sealed.frames()[0];
+    forged.data[0] ^= 0xFF;
+    let first = step_one(&mut p.gateway, CAN2, &forged);
+    // The same reservation for every data frame of the pair: an outbound keystream meets one
+    // inbound keystream only, so the two frames ahead differ exactly where the inputs do.
+    let second = step_one(&mut p.gateway, CAN2, &sealed.frames()[0]);
+    let diff: Vec<u8> = first[0]
+        .data
+        .iter()
+        .zip(&second[0].data)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    assert_eq!(diff[..8], [0xFF, 0, 0, 0, 0, 0, 0, 0]);
+    let auth = step_one(&mut p.gateway, CAN2, &sealed.frames()[1]);
+    for f in first.iter().chain(&second) {
+        assert_eq!(p.app.open(f.id, f.payload()).unwrap(), None);
+    }
+    let opened = p.app.open(auth[0].id, auth[0].payload()).unwrap().unwrap();
+    assert_eq!(opened.payload(), &[7; 8]);
+    assert_eq!(p.app.stats().dropped[DropReason::Unpaired.index()], 1);
+}
+
+#[test]
+fn a_lost_message_makes_the_prediction_miss_and_the_pair_goes_whole() {
+    let mut p = pack();
+    telemetry(&mut p, &[0; 8]);
+    p.module.seal(STATUS_1, &[1; 8], false).unwrap(); // lost on the bus
+    assert_eq!(telemetry(&mut p, &[2; 8]), (vec![1, 2], Some(vec![2; 8])));
+    assert_eq!(p.gateway.stats().ahead_missed, 1);
+    // and the next one is predicted right again
+    assert_eq!(telemetry(&mut p, &[3; 8]), (vec![1, 1], Some(vec![3; 8])));
+}
+
+#[test]
+fn the_gateways_own_seal_on_the_stream_gives_the_reservation_up() {
+    let mut p = pack();
+    telemetry(&mut p, &[0; 8]);
+    let sealed = p.module.seal(STATUS_1, &[4; 8], false).unwrap();
+    let ahead = step_one(&mut p.gateway, CAN2, &sealed.frames()[0]);
+    // The pack seals on the same outbound stream in between (its counter moves past the
+    // reservation): the pair must go whole at a newer value, or the app would call it a replay.
+    let own = p.gateway.seal_frame(0, STATUS_1, &[9; 4], false).unwrap();
+    let auth = step_one(&mut p.gateway, CAN2, &sealed.frames()[1]);
+    assert_eq!(auth.len(), 2);
+    let mut opened = Vec::new();
+    for f in ahead.iter().chain(own.frames()).chain(&auth) {
+        if let Some(m) = p.app.open(f.id, f.payload()).unwrap() {
+            opened.push(m.payload().to_vec());
+        }
+    }
+    assert_eq!(opened, vec![vec![9; 4], vec![4; 8]]);
+}
+
+#[test]
+fn two_streams_onto_one_share_no_reservation() {
+    // A rule that carries every status of module 5 onto one app id.
+    let mut p = pack();
+    p.gateway.clear_rules();
+    p.gateway
+        .add_rule(Rule {
+            inbound: Some(1),
+            outbound: Some(0),
+            rewrite: IdRewrite {
+                set: Some(0x502 << 18 | 0x05),
+                ..IdRewrite::default()
+            },
+            ..rule(CAN2, 0x500 << 18, 0x7F0 << 18, CAN1)
+        })
+        .unwrap();
+    let status_2 = 0x503 << 18 | 0x05;
+    let mut app_frames = Vec::new();
+    let mut run = |p: &mut Pack, ids: &[u32], payload: u8| {
+        let pairs: Vec<_> = ids
+            .iter()
+            .map(|&id| p.module.seal(id, &[payload; 8], false).unwrap())
+            .collect();
+        for pair in &pairs {
+            app_frames.extend(step_one(&mut p.gateway, CAN2, &pair.frames()[0]));
+        }
+        for pair in &pairs {
+            app_frames.extend(step_one(&mut p.gateway, CAN2, &pair.frames()[1]));
+        }
+    };
+    run(&mut p, &[STATUS_1, status_2], 1);
+    run(&mut p, &[STATUS_1, status_2], 2);
+    // Both data frames of round 2 are held, only STATUS_1's goes ahead; alternating data
+    // frames of the two streams cannot make the gateway burn outbound counters.
+    assert_eq!(p.gateway.stats().ahead, 1);
+    let mut opened = Vec::new();
+    for f in &app_frames {
+        if let Ok(Some(m)) = p.app.open(f.id, f.payload()) {
+            opened.push(m.payload()[0]);
+        }
+    }
+    // Round 1: both streams' first messages go whole; round 2: STATUS_1's pair completes (its
+    // data frame ahead), then status 2's goes whole after it.
+    assert_eq!(opened, vec![1, 1, 2, 2]);
+}
+
+#[test]
+fn store_and_forward_when_cut_through_is_off() {
+    let mut p = pack();
+    p.gateway.set_cut_through(false);
+    for n in 0..3u8 {
+        assert_eq!(telemetry(&mut p, &[n; 8]), (vec![0, 2], Some(vec![n; 8])));
+    }
+    assert_eq!(p.gateway.stats().ahead, 0);
+}
+
+#[test]
+fn forged_data_frames_on_new_streams_start_no_outbound_counters() {
+    // Only streams that verified a message are predicted, so garbage on fresh ids never goes
+    // ahead (and never reserves an outbound value).
+    let mut p = pack();
+    for low in 0..64u32 {
+        let id = (0x500 << 18 | low) | 0x2_0000 | 0x8000; // E set, fmt = pair data
+        assert!(step_one(
+            &mut p.gateway,
+            CAN2,
+            &_core::Frame::new(id, &[0; 8]).unwrap()
+        )
+        .is_empty());
+    }
+    assert_eq!(p.gateway.stats().ahead, 0);
+}

@@ -43,11 +43,21 @@ fn rule_dict<'py>(py: Python<'py>, rule: &Rule) -> PyResult<Bound<'py, PyDict>> 
 
 #[pymethods]
 impl Gateway {
+    /// An empty gateway. `cut_through` forwards a classic pair's data frame before its
+    /// authenticator arrives (re-encrypted, never decrypted); `False` holds it until the pair
+    /// verifies (store and forward).
     #[new]
-    fn new() -> Self {
-        Gateway {
-            inner: gateway::Gateway::new(),
-        }
+    #[pyo3(signature = (*, cut_through=true))]
+    fn new(cut_through: bool) -> Self {
+        let mut inner = gateway::Gateway::new();
+        inner.set_cut_through(cut_through);
+        Gateway { inner }
+    }
+
+    /// Whether the gateway forwards pairs' data frames ahead of their authenticators.
+    #[getter]
+    fn cut_through(&self) -> bool {
+        self.inner.cut_through()
     }
 
     /// Append a rule: frames from `src_bus` whose logical id matches `match_id` under `mask`
@@ -136,7 +146,7 @@ impl Gateway {
 
     /// Carry one frame received on `bus`; returns the (bus, id, data) frames to send, empty
     /// when the frame was dropped (see `stats()`) or is a pair's data frame held for its
-    /// authenticator.
+    /// authenticator without cut-through.
     fn step<'py>(
         &mut self,
         py: Python<'py>,
@@ -176,7 +186,8 @@ impl Gateway {
     }
 
     /// Like `step`, and also the opened message `(logical id, plaintext)` (None when the
-    /// frame was held or dropped), for the pack's own use of what it bridges.
+    /// frame was held, forwarded ahead of its authenticator, or dropped), for the pack's own
+    /// use of what it bridges.
     #[allow(clippy::type_complexity)]
     fn step_tap<'py>(
         &mut self,
@@ -196,7 +207,9 @@ impl Gateway {
                     .iter()
                     .map(|f| (forward.bus, f.id, PyBytes::new(py, f.payload())))
                     .collect(),
-                Some((forward.plain.id, PyBytes::new(py, forward.plain.payload()))),
+                forward
+                    .plain
+                    .map(|plain| (plain.id, PyBytes::new(py, plain.payload()))),
             ),
             Ok(None) | Err(_) => (Vec::new(), None),
         }
@@ -286,6 +299,8 @@ impl Gateway {
         dict.set_item("received", stats.received)?;
         dict.set_item("forwarded", stats.forwarded)?;
         dict.set_item("pending", stats.pending)?;
+        dict.set_item("ahead", stats.ahead)?;
+        dict.set_item("ahead_missed", stats.ahead_missed)?;
         for reason in DropReason::ALL {
             dict.set_item(reason.name(), stats.dropped[reason.index()])?;
         }
