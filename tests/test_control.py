@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -175,3 +176,27 @@ def test_a_request_nobody_answers_gives_up_after_its_attempts(
     first, second = pack.recv(0.5), pack.recv(0.5)
     assert first is not None and second is not None and first == second  # one request, twice
     assert pack.recv(0.3) is None
+
+
+def test_an_upgraded_endpoint_wakes_for_a_message_on_either_channel(
+    endpoints: tuple[ControlEndpoint, ControlEndpoint],
+) -> None:
+    # `recv` sleeps on one event both channels set, instead of polling them in turn: a plain
+    # handshake message and a sealed one each wake it at once.
+    app, pack = endpoints
+    upgrade(app, pack)
+    for message, plain in (({"type": "handshake_init"}, True), ({"type": "device_info"}, False)):
+        got: list[tuple[dict[str, Any] | None, float]] = []
+
+        def receive(into: list[tuple[dict[str, Any] | None, float]]) -> None:
+            started = time.monotonic()
+            into.append((pack.recv(5.0), time.monotonic() - started))
+
+        thread = threading.Thread(target=receive, args=(got,))
+        thread.start()
+        time.sleep(0.05)
+        app.send(message, plain=plain)
+        thread.join()
+        received, waited = got[0]
+        assert received is not None and received["type"] == message["type"]
+        assert waited < 1.0

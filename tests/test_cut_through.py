@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modbatt import Gateway, errors, frames_of
-from tests.test_gateway import CAN2, STATUS_1, Pack
+from modbatt import Gateway, compose_id, errors, frames_of
+from tests.test_gateway import CAN1, CAN2, STATUS_1, Pack
 
 
 def _telemetry(pack: Pack, payload: bytes) -> list[int]:
@@ -39,16 +39,32 @@ def test_cut_through_forwards_the_data_frame_before_its_authenticator() -> None:
     assert (stats["ahead"], stats["ahead_missed"], stats["forwarded"]) == (1, 0, 2)
 
 
-def test_the_data_frame_ahead_is_not_tapped() -> None:
+def test_the_tap_keeps_only_what_verified() -> None:
     pack = Pack()
+    pack.gateway.set_tap(STATUS_1, 0x7F0 << 18)
     _telemetry(pack, bytes(8))
+    assert pack.gateway.take_tapped() == [(STATUS_1, bytes(8))]
+    assert pack.gateway.take_tapped() == []  # taken
     (data_id, data), (auth_id, auth) = frames_of(pack.module.seal(STATUS_1, b"\x11" * 8))
-    out, plain = pack.gateway.step_tap(CAN2, data_id, data)
-    assert len(out) == 1 and plain is None  # forwarded, but nothing verified to read yet
-    out_auth, plain = pack.gateway.step_tap(CAN2, auth_id, auth)
-    assert plain == (STATUS_1, b"\x11" * 8)
+    out = pack.gateway.step(CAN2, data_id, data)
+    assert len(out) == 1  # forwarded ahead...
+    assert pack.gateway.take_tapped() == []  # ...but nothing verified to read yet
+    out_auth = pack.gateway.step(CAN2, auth_id, auth)
+    assert pack.gateway.take_tapped() == [(STATUS_1, b"\x11" * 8)]
     assert pack.app.open(out[0][1], out[0][2]) is None
     assert pack.app.open(out_auth[0][1], out_auth[0][2]) == b"\x11" * 8
+
+
+def test_the_tap_keeps_the_latest_message_per_id_and_never_plain_traffic() -> None:
+    pack = Pack()
+    pack.gateway.add_rule(CAN2, compose_id(0x510, 0), 0x7F0 << 18, CAN1)  # plain, bridged
+    pack.gateway.set_tap(compose_id(0x500, 0), 0x7E0 << 18)
+    for n in range(3):
+        _telemetry(pack, bytes([n]) * 8)
+    status_2 = compose_id(0x503, 5)
+    pack.carry(CAN2, pack.module.seal(status_2, b"\x07"))
+    assert pack.gateway.step(CAN2, compose_id(0x510, 9), b"\x01")  # plain: bridged...
+    assert pack.gateway.take_tapped() == [(STATUS_1, bytes([2]) * 8), (status_2, b"\x07")]
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Callable
+
 import can
 import pytest
 
-from modbatt import errors
-from modbatt.transport import BusSpec, from_message, parse_bus_spec, to_message
+from modbatt import ENCRYPTION_FLAG, errors
+from modbatt.transport import BusSpec, CanPort, from_message, parse_bus_spec, to_message
 
 
 def test_round_trip_classic_and_fd() -> None:
@@ -87,3 +91,73 @@ def test_interface_options() -> None:
     assert spec.options == (("port", 43114), ("hop_limit", 1))
     with pytest.raises(errors.InvalidArgumentError, match="key=value"):
         parse_bus_spec("virtual:x,nonsense")
+
+
+def _port_pair() -> tuple[can.BusABC, CanPort]:
+    name = f"modbatt-port-{uuid.uuid4().hex[:8]}"
+    return can.Bus(interface="virtual", channel=name), CanPort(
+        can.Bus(interface="virtual", channel=name), "port"
+    )
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_a_reader_with_an_id_filter_gets_only_its_frames() -> None:
+    peer, port = _port_pair()
+    try:
+        plain_only = port.reader(ids=(ENCRYPTION_FLAG, 0))
+        everything = port.reader()
+        for can_id in (0x100, 0x100 | ENCRYPTION_FLAG, 0x200):
+            peer.send(to_message(can_id, b"\x01"))
+        _wait_for(lambda: everything.buffer.qsize() == 3)
+        got = []
+        while (message := plain_only.get_message(0)) is not None:
+            got.append(message.arbitration_id)
+        assert got == [0x100, 0x200]
+    finally:
+        port.close()
+        peer.shutdown()
+
+
+def test_the_message_handler_owns_a_frame_only_when_no_one_else_kept_it() -> None:
+    peer, port = _port_pair()
+    seen: list[tuple[int, bool]] = []
+    try:
+        port.reader(ids=(ENCRYPTION_FLAG, 0))  # keeps plain frames
+        port.subscribe_messages(lambda msg, owned: seen.append((msg.arbitration_id, owned)))
+        with pytest.raises(errors.InvalidArgumentError):
+            port.subscribe_messages(lambda msg, owned: None)  # one per port
+        peer.send(to_message(0x100, b"\x01"))
+        peer.send(to_message(0x100 | ENCRYPTION_FLAG, b"\x02"))
+        peer.send(can.Message(arbitration_id=0x100, data=b"\x03", is_extended_id=False))
+        _wait_for(lambda: len(seen) == 2)
+        time.sleep(0.05)  # the 11-bit frame never comes
+        assert seen == [(0x100, False), (0x100 | ENCRYPTION_FLAG, True)]
+    finally:
+        port.close()
+        peer.shutdown()
+
+
+def test_send_built_turns_a_received_message_into_the_sent_one() -> None:
+    peer, port = _port_pair()
+    try:
+        received = can.Message(
+            arbitration_id=0x123, data=b"\xff" * 8, is_extended_id=True, is_rx=True, channel="x"
+        )
+        port.send_built(0x456 | ENCRYPTION_FLAG, b"\x01\x02\x03\x04\x05", reuse=received)
+        sent = peer.recv(1.0)
+        assert sent is not None
+        assert (sent.arbitration_id, bytes(sent.data), sent.dlc) == (
+            0x456 | ENCRYPTION_FLAG,
+            b"\x01\x02\x03\x04\x05",
+            5,
+        )
+        assert sent.is_extended_id and not sent.is_fd and not sent.is_remote_frame
+    finally:
+        port.close()
+        peer.shutdown()

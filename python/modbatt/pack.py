@@ -20,6 +20,7 @@ out) and its flash; :class:`PackControllerRuntime` binds it to the buses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -352,6 +353,22 @@ def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = T
         gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
 
 
+class _TappedTelemetry:
+    """A node of the pack's module loop: feeds the module table what the gateway opened."""
+
+    def __init__(self, gateway: Gateway, manager: ModuleManager) -> None:
+        self.gateway, self.manager = gateway, manager
+
+    def on_frame(self, can_id: int, data: bytes, now: float) -> list[tuple[int, bytes]]:
+        return []  # frames on the bus are the manager's own
+
+    def tick(self, now: float) -> list[tuple[int, bytes]]:
+        replies = []
+        for logical_id, plain in self.gateway.take_tapped():
+            replies += self.manager.on_frame(logical_id, plain, now)
+        return replies
+
+
 MODULE_TICK_S = 0.05  # the module table's tick (heartbeat every 200 ms, silence after 2 s)
 
 
@@ -366,9 +383,12 @@ class PackRuntime:
         # traffic reaches it through the gateway's tap, so its thread is not woken for it.
         # Its periodic work is a 200 ms heartbeat and a 2 s silence timeout: a 50 ms tick is
         # ample, and every wake-up takes the interpreter from the bridge for a moment.
+        # What the gateway opens on its way through (sealed telemetry) reaches the table at
+        # the loop's tick, from the gateway's tap: nothing of the table on the bridge's path.
+        controller.gateway.set_tap(TELEMETRY_BASE, MODULE_BASE_MASK)
         self.module_loop = NodeLoop(
             can2,
-            [self.manager],
+            [_TappedTelemetry(controller.gateway, self.manager), self.manager],
             tick_s=MODULE_TICK_S,
             ids=(ENCRYPTION_FLAG, 0),  # plain frames only
         )
@@ -389,8 +409,8 @@ class PackRuntime:
         self._restore_module_links()
         self._rules()
         self._listeners = [
-            (can1, can1.subscribe_messages(self._from_app)),
-            (can2, can2.subscribe_messages(self._from_modules)),
+            (can1, can1.subscribe_messages(functools.partial(self._bridge, CAN1))),
+            (can2, can2.subscribe_messages(functools.partial(self._bridge, CAN2))),
         ]
 
     def start(self) -> PackRuntime:
@@ -444,35 +464,21 @@ class PackRuntime:
 
     # --- the gateway, frame by frame --------------------------------------------------------
 
-    def _send(self, outputs: list[tuple[int, int, bytes]], received: can.Message | None) -> None:
-        # One frame out for one in (the usual case, with cut-through): the received message
-        # object becomes the sent one when no one else holds it, as `can.bridge` sends it.
+    def _bridge(self, bus: int, msg: can.Message, owned: bool) -> None:
+        """Carry one frame received on `bus` through the gateway (the bridge's hot path)."""
+        if bus == CAN1 and not msg.arbitration_id & ENCRYPTION_FLAG:
+            return  # plain frames on CAN 1 are the control channel's, not the gateway's
+        outputs = self.controller.gateway.step(bus, msg.arbitration_id, bytes(msg.data))
         if len(outputs) == 1:
-            bus, can_id, data = outputs[0]
-            (self.can1 if bus == CAN1 else self.can2).send_built(can_id, data, received)
+            # One frame out for one in (the usual case, with cut-through): the received
+            # message object becomes the sent one when no one else holds it, as `can.bridge`
+            # sends the object it received.
+            dst, can_id, data = outputs[0]
+            port = self.can1 if dst == CAN1 else self.can2
+            port.send_built(can_id, data, msg if owned else None)
             return
-        for bus, can_id, data in outputs:
-            (self.can1 if bus == CAN1 else self.can2).send_built(can_id, data)
-
-    def _from_modules(self, msg: can.Message, owned: bool) -> None:
-        can_id = msg.arbitration_id
-        outputs, plain = self.controller.gateway.step_tap(CAN2, can_id, bytes(msg.data))
-        self._send(outputs, msg if owned else None)
-        if plain is not None and can_id & ENCRYPTION_FLAG:
-            # The module table is kept from the same frames the gateway opened and bridged.
-            with self.module_loop.lock:
-                try:
-                    replies = self.manager.on_frame(plain[0], plain[1], time.monotonic())
-                except Exception:  # one bad frame must not stop the bus
-                    log.exception("module table update failed")
-                    return
-            for reply_id, reply in replies:
-                self.can2.send(reply_id, reply)
-
-    def _from_app(self, msg: can.Message, owned: bool) -> None:
-        if msg.arbitration_id & ENCRYPTION_FLAG:
-            outputs = self.controller.gateway.step(CAN1, msg.arbitration_id, bytes(msg.data))
-            self._send(outputs, msg if owned else None)
+        for dst, can_id, data in outputs:
+            (self.can1 if dst == CAN1 else self.can2).send_built(can_id, data)
 
     def link_module(self, module_id: int, session: Session) -> None:
         """Put a module's established session into the gateway and route its traffic sealed.

@@ -17,6 +17,7 @@
 
 use crate::error::{DropReason, Error, Result};
 use crate::frame::{self, Frame, MAX_DATA_LEN, PAIR_MAX_PAYLOAD};
+use crate::freshness::StreamMap;
 use crate::ids::{self, Format, SECURE_BITS};
 use crate::routing::{LinkId, RoutingTable, Rule};
 use crate::session::{Sealed, Session};
@@ -30,6 +31,17 @@ pub const STATUS_PENDING: u8 = 1;
 
 /// Reservations kept at once; the oldest is given up (its pair then goes whole).
 const MAX_RESERVATIONS: usize = 64;
+/// Logical ids the tap keeps a message of at once (only authenticated ones count).
+const MAX_TAPPED: usize = 1024;
+
+/// Messages opened on the way through, kept for the gateway's owner: the latest one of each
+/// matching logical id since the owner last took them. The pack keeps its module table from
+/// them, off the bridge's path.
+struct Tap {
+    match_id: u32,
+    mask: u32,
+    latest: StreamMap<Frame>,
+}
 
 /// What one step sends: frames on one destination bus.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +97,7 @@ pub struct Gateway {
     cut_through: bool,
     /// At most one per outbound stream `(out_link, out_id)`.
     reservations: Vec<Reservation>,
+    tap: Option<Tap>,
 }
 
 impl Default for Gateway {
@@ -95,6 +108,7 @@ impl Default for Gateway {
             stats: GatewayStats::default(),
             cut_through: true,
             reservations: Vec::new(),
+            tap: None,
         }
     }
 }
@@ -116,6 +130,26 @@ impl Gateway {
     /// Whether cut-through is on.
     pub fn cut_through(&self) -> bool {
         self.cut_through
+    }
+
+    /// Keep the latest message of every logical id matching `match_id` under `mask` that a
+    /// session opened (plain traffic is never kept: its ids are anyone's to invent).
+    pub fn set_tap(&mut self, match_id: u32, mask: u32) {
+        self.tap = Some(Tap {
+            match_id,
+            mask,
+            latest: StreamMap::default(),
+        });
+    }
+
+    /// The messages the tap kept since the last call, by logical id.
+    pub fn take_tapped(&mut self) -> Vec<Frame> {
+        let Some(tap) = self.tap.as_mut() else {
+            return Vec::new();
+        };
+        let mut frames: Vec<Frame> = tap.latest.drain().map(|(_, frame)| frame).collect();
+        frames.sort_unstable_by_key(|frame| frame.id);
+        frames
     }
 
     /// The routing table.
@@ -209,7 +243,10 @@ impl Gateway {
         })?;
         let plain = match rule.inbound {
             Some(link) => match self.session_mut(link)?.open(can_id, data)? {
-                Some(frame) => frame,
+                Some(frame) => {
+                    self.keep_tapped(&frame);
+                    frame
+                }
                 None => return Ok(self.forward_ahead(&rule, can_id, data)),
             },
             None => {
@@ -370,6 +407,15 @@ impl Gateway {
             self.stats.ahead_missed += 1;
         }
         None
+    }
+
+    fn keep_tapped(&mut self, frame: &Frame) {
+        if let Some(tap) = self.tap.as_mut() {
+            let room = tap.latest.len() < MAX_TAPPED || tap.latest.contains_key(&frame.id);
+            if frame.id & tap.mask == tap.match_id & tap.mask && room {
+                tap.latest.insert(frame.id, *frame);
+            }
+        }
     }
 
     /// Give up every reservation that involves `link` (its session is being replaced).

@@ -185,34 +185,19 @@ impl Gateway {
         })
     }
 
-    /// Like `step`, and also the opened message `(logical id, plaintext)` (None when the
-    /// frame was held, forwarded ahead of its authenticator, or dropped), for the pack's own
-    /// use of what it bridges.
-    #[allow(clippy::type_complexity)]
-    fn step_tap<'py>(
-        &mut self,
-        py: Python<'py>,
-        bus: u8,
-        can_id: u32,
-        data: &[u8],
-    ) -> (
-        Vec<(u8, u32, Bound<'py, PyBytes>)>,
-        Option<(u32, Bound<'py, PyBytes>)>,
-    ) {
-        match self.inner.step(bus, can_id, data) {
-            Ok(Some(forward)) => (
-                forward
-                    .frames
-                    .frames()
-                    .iter()
-                    .map(|f| (forward.bus, f.id, PyBytes::new(py, f.payload())))
-                    .collect(),
-                forward
-                    .plain
-                    .map(|plain| (plain.id, PyBytes::new(py, plain.payload()))),
-            ),
-            Ok(None) | Err(_) => (Vec::new(), None),
-        }
+    /// Keep the latest message of every logical id matching `match_id` under `mask` that a
+    /// session opened, for `take_tapped` (plain traffic is never kept).
+    fn set_tap(&mut self, match_id: u32, mask: u32) {
+        self.inner.set_tap(match_id, mask);
+    }
+
+    /// The (logical id, plaintext) messages the tap kept since the last call, by id.
+    fn take_tapped<'py>(&mut self, py: Python<'py>) -> Vec<(u32, Bound<'py, PyBytes>)> {
+        self.inner
+            .take_tapped()
+            .iter()
+            .map(|f| (f.id, PyBytes::new(py, f.payload())))
+            .collect()
     }
 
     /// Seal a frame of the gateway's own with link `link`'s session: the (id, data) frames.
