@@ -350,8 +350,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def gateway(quick: bool = False) -> dict[str, Any]:
     """Measure both bridges; returns the figures (the numeric keys of issue 7 and more)."""
-    saturated_n, repeats = (4_000, 1) if quick else (20_000, 5)
-    paced_n, paced_rounds = (700, 1) if quick else (PACED_FPS, 5)
+    saturated_n, repeats = (4_000, 1) if quick else (20_000, 7)
+    paced_n, paced_rounds = (700, 1) if quick else (PACED_FPS, 9)
     cpu_seconds = 1.0 if quick else 10.0
     figures: dict[str, Any] = {}
     # Saturated runs swing by a factor of two on this machine from one to the next (thread

@@ -233,6 +233,7 @@ class ControlEndpoint:
     last_sealed: bool = False  # whether the last accepted message came sealed
     # set by either channel when a message completes, so `recv` waits on both at once
     arrived: threading.Event = field(default_factory=threading.Event)
+    _interrupted: bool = field(default=False, init=False, repr=False)  # see `interrupt`
 
     @classmethod
     def open(
@@ -297,6 +298,9 @@ class ControlEndpoint:
                 self.arrived.clear()
                 data = self.secure.recv(0) or self.channel.recv(0)
                 if data is None and self.arrived.wait(left):
+                    if self._interrupted:
+                        self._interrupted = False
+                        return None
                     continue
             if data is not None:
                 message = self._accept(data)
@@ -304,6 +308,11 @@ class ControlEndpoint:
                     return message
             if time.monotonic() >= deadline:
                 return None
+
+    def interrupt(self) -> None:
+        """Make a `recv` that is waiting (or the next one) return None at once."""
+        self._interrupted = True
+        self.arrived.set()
 
     def _accept(self, data: bytes) -> dict[str, Any] | None:
         if data[:1] == b"\x04":

@@ -66,13 +66,24 @@ _WAKE = can.Message(is_remote_frame=True)  # carries nothing: ends a reader's wa
 
 
 class _QuietStack(isotp.NotifierBasedCanStack):
-    """can-isotp's stack, whose idle threads sleep for IDLE_WAKE_S instead of 50 ms.
+    """can-isotp's stack, whose threads sleep for IDLE_WAKE_S instead of 50 ms while idle.
 
     Every wake-up of an idle thread takes the interpreter lock from the pack's bridge for a
-    moment (a frame arriving then waits); a sending or receiving stack is woken by the
-    traffic itself, so a long idle wait costs no ISO-TP timing. Only `stop` would wait for
-    it: it wakes the reading thread itself.
+    moment (a frame arriving then waits). Traffic wakes the stack by itself (a frame, or a
+    send); while a transfer is under way its threads wake at can-isotp's usual 50 ms, which
+    is how finely its timeouts (flow control, consecutive frames) are checked. `stop` wakes
+    the reading thread itself instead of waiting for it.
     """
+
+    # can-isotp reads `default_read_timeout` afresh on every turn of its threads' loops
+    @property
+    def default_read_timeout(self) -> float:
+        idle = self.rx_state == self.RxState.IDLE and self.tx_state == self.TxState.IDLE
+        return IDLE_WAKE_S if idle else self._active_wake_s
+
+    @default_read_timeout.setter
+    def default_read_timeout(self, value: float) -> None:
+        self._active_wake_s = value
 
     def stop(self) -> None:
         reader = self.buffered_reader
@@ -120,7 +131,6 @@ class MessageChannel:
             address=address,
             params=params,
             error_handler=self._on_error,
-            read_timeout=IDLE_WAKE_S,
         )
         if arrived is not None:
             # can-isotp puts every completed message on `rx_queue` (its `recv` reads it there)

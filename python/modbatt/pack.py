@@ -62,7 +62,7 @@ from modbatt.nodes import NodeLoop
 from modbatt.pack_modules import ModuleManager
 from modbatt.pairing import module_channel_ids, responder_id
 from modbatt.stores import AuditLog, StoreCorruptError, atomic_write
-from modbatt.transport import CanPort
+from modbatt.transport import CanPort, IdFilter
 
 log = logging.getLogger("modbatt.pack")
 
@@ -315,7 +315,7 @@ class PackControllerRuntime:
     def stop(self) -> None:
         """Stop serving."""
         self._stop.set()
-        self.endpoint.arrived.set()
+        self.endpoint.interrupt()
         self._thread.join(timeout=5)
 
 
@@ -406,6 +406,8 @@ class PackRuntime:
         )
         if controller.flash is not None:
             self.manager.max_state = int(controller.flash.configuration.get("max_state", 3))
+        self._step = controller.gateway.step  # looked up once: called for every frame
+        self._ports = {CAN1: can1, CAN2: can2}
         self._restore_module_links()
         self._rules()
         self._listeners = [
@@ -468,17 +470,16 @@ class PackRuntime:
         """Carry one frame received on `bus` through the gateway (the bridge's hot path)."""
         if bus == CAN1 and not msg.arbitration_id & ENCRYPTION_FLAG:
             return  # plain frames on CAN 1 are the control channel's, not the gateway's
-        outputs = self.controller.gateway.step(bus, msg.arbitration_id, bytes(msg.data))
+        outputs = self._step(bus, msg.arbitration_id, bytes(msg.data))
         if len(outputs) == 1:
             # One frame out for one in (the usual case, with cut-through): the received
             # message object becomes the sent one when no one else holds it, as `can.bridge`
             # sends the object it received.
             dst, can_id, data = outputs[0]
-            port = self.can1 if dst == CAN1 else self.can2
-            port.send_built(can_id, data, msg if owned else None)
+            self._ports[dst].send_built(can_id, data, msg if owned else None)
             return
         for dst, can_id, data in outputs:
-            (self.can1 if dst == CAN1 else self.can2).send_built(can_id, data)
+            self._ports[dst].send_built(can_id, data)
 
     def link_module(self, module_id: int, session: Session) -> None:
         """Put a module's established session into the gateway and route its traffic sealed.
@@ -497,6 +498,28 @@ class PackRuntime:
             else bool(flash.configuration.get("bridge_unpaired_modules", True))
         )
         routing_rules(self.controller.gateway, sorted(self.controller.paired_links), bridge)
+        for bus, wanted in self.receive_filters().items():
+            self._ports[bus].set_receive_filters(wanted)
+
+    def receive_filters(self) -> dict[int, list[IdFilter]]:
+        """What each bus must let through, as (mask, value) pairs.
+
+        The routing table's sources and the pack's own listeners: the control channel on
+        CAN 1; the module messages and the pairing channels on CAN 2. E and the format bits
+        are never in a mask, so plain and secured frames of a wanted id both pass.
+        """
+        node_any = MODULE_BASE_MASK | 0x0F << 18  # one 11-bit base, any node
+        wanted: dict[int, list[IdFilter]] = {
+            CAN1: [(node_any | NODE_MASK, APP_TO_PACK)],
+            CAN2: [
+                (MODULE_BASE_MASK, TELEMETRY_BASE),  # every module message (0x500-0x50F)
+                (node_any, module_channel_ids(0)[1]),  # pairing channels, module -> pack
+            ],
+        }
+        for rule in self.controller.gateway.rules():
+            mask, match = int(rule["mask"]), int(rule["match_id"])  # type: ignore[arg-type]
+            wanted[int(rule["src_bus"])].append((mask, match & mask))  # type: ignore[arg-type]
+        return wanted
 
     def configure(self, message: dict[str, Any]) -> dict[str, Any]:
         """Operational parameters and security policy from the app (sealed).

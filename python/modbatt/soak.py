@@ -1,6 +1,6 @@
 """Soak and flood: both buses at the full rate of a classic 1 Mbit/s bus through a running pack.
 
-A :class:`~modbatt.pack.PackRuntime` (the same object `modbatt pack run` runs: one notifier
+A :class:`~modbatt.pack.PackRuntime` (the same object `modbatt pack run` runs: one thread
 per bus, the Rust gateway, the module table) bridges an app link on CAN 1 and ``modules``
 module links on CAN 2. The harness is the far end of every link, on one bus of its own per
 side:
@@ -200,11 +200,6 @@ def _thread_cpu_s(native_ids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / ticks
-
-
-def _notifier_threads(port: CanPort) -> list[int]:
-    readers = getattr(port.notifier, "_readers", [])
-    return [r.native_id for r in readers if isinstance(r, threading.Thread) and r.native_id]
 
 
 class _End:
@@ -441,9 +436,9 @@ def _load(
 ) -> None:
     """Send at the rates for `seconds`, then wait for the backlog; measure as it goes."""
     # The pack's CPU is the process's minus the harness's threads (this one, which generates
-    # the load, and the notifiers of the harness's two buses): everything else in the process
-    # is the pack's (bus threads, control channel, module loop, relinker).
-    harness = [threading.get_native_id()] + [t for end in ends for t in _notifier_threads(end.port)]
+    # the load, and the receiving threads of the harness's two buses): everything else in the
+    # process is the pack's (bus threads, control channel, module loop, relinker).
+    harness = [threading.get_native_id()] + [t for end in ends if (t := end.port.thread_id)]
     time.sleep(0.2)  # let every thread reach its loop before measuring
     report.rss_start_kib = _memory_kib("VmRSS")
     cpu_start, harness_start = time.process_time(), _thread_cpu_s(harness)

@@ -1,4 +1,4 @@
-"""CAN I/O: bus names, opening buses, one Notifier per bus, and the message conversion.
+"""CAN I/O: bus names, opening buses, one receiving thread per bus, and the message conversion.
 
 The Rust core takes plain ints and bytes; every role converts a received ``can.Message`` with
 :func:`from_message` and builds an outgoing one with :func:`to_message`, so the conversion
@@ -8,14 +8,18 @@ rules (extended ids only, FD when the payload needs it) live here alone. A bus i
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import can
 
 from modbatt.errors import InvalidArgumentError, MalformedFrameError
+
+log = logging.getLogger("modbatt.transport")
 
 CLASSIC_MAX_DATA = 8
 
@@ -126,6 +130,18 @@ def open_bus(spec: BusSpec) -> can.BusABC:
     return can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
 
 
+RECEIVE_WAKE_S = 0.1  # an idle port's thread wakes this often to see whether it is closed
+
+
+def filters_below_python(bus: can.BusABC) -> bool:
+    """Whether `bus`'s interface applies receive filters itself.
+
+    In the kernel (SocketCAN) or in the adapter (Kvaser, Vector, SYSTEC, ETAS): only there do
+    filters spare Python any work.
+    """
+    return type(bus)._apply_filters is not can.BusABC._apply_filters
+
+
 FrameHandler = Callable[[int, bytes, float], None]
 # (message, owned): `owned` when no other listener of the port kept the message object
 MessageHandler = Callable[[can.Message, bool], None]
@@ -135,32 +151,56 @@ ALL_IDS: IdFilter = (0, 0)
 
 
 class CanPort:
-    """One bus with its one `can.Notifier`, shared by every reader of the bus.
+    """One bus with its one receiving thread, shared by every reader of the bus.
 
-    python-can allows one active Notifier per bus, and two readers polling the same bus steal
-    each other's frames; so every role subscribes here. Received messages are converted to
-    (id, payload, timestamp) once, and frames the frame path cannot carry are dropped.
+    Two readers polling the same bus steal each other's frames (and python-can allows one
+    active Notifier per bus), so every role subscribes here. The thread does what
+    `can.Notifier` does, receive and hand each message on, without its lock and listener
+    layers: it is the first half of the pack's bridge. A listener that raises is logged and
+    the thread goes on. Frames the frame path cannot carry reach only the raw listeners.
     """
 
     def __init__(self, bus: can.BusABC, name: str = "", fd: bool = False) -> None:
         self.bus = bus
         self.name = name or str(bus.channel_info)
         self.fd = fd
-        # One listener on the notifier dispatches every frame: to the stacks that want its
-        # id (one dictionary lookup for all of them), to the readers, and to the handlers
-        # (converted once). The collections are replaced, never changed in place, so the
-        # notifier's thread reads them without a lock.
+        # The receiving thread dispatches every frame: to the stacks that want its id (one
+        # dictionary lookup for all of them), to the readers, and to the handlers (converted
+        # once). The collections are replaced, never changed in place, so the thread reads
+        # them without a lock.
         self._by_id: dict[int, tuple[Callable[[can.Message], None], ...]] = {}
         self._readers: tuple[tuple[can.BufferedReader, int, int], ...] = ()
         self._handlers: tuple[FrameHandler, ...] = ()
         self._message_handler: MessageHandler | None = None
         self._lock = threading.Lock()
-        self._notifier = can.Notifier(bus, [self._dispatch], timeout=0.1)
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._receive, name=f"can-rx {self.name}", daemon=True
+        )
+        self._thread.start()
 
     @property
-    def notifier(self) -> can.Notifier:
-        """The bus's one notifier (its thread reads the bus)."""
-        return self._notifier
+    def thread_id(self) -> int | None:
+        """The native id of the thread that reads the bus (for CPU accounting)."""
+        return self._thread.native_id
+
+    def _receive(self) -> None:
+        bus, dispatch = self.bus, self._dispatch
+        while not self._closing:
+            try:
+                message = bus.recv(RECEIVE_WAKE_S)
+            except can.CanError as exc:
+                if self._closing:
+                    return
+                log.warning("receive on %s failed: %s", self.name, exc)
+                time.sleep(RECEIVE_WAKE_S)  # a bus in error: do not spin
+                continue
+            if message is None:
+                continue
+            try:
+                dispatch(message)
+            except Exception:  # one listener's bug must not deafen the others
+                log.exception("a listener of %s failed on 0x%X", self.name, message.arbitration_id)
 
     @classmethod
     def open(cls, spec: BusSpec) -> CanPort:
@@ -175,6 +215,24 @@ class CanPort:
         with self._lock:
             self._handlers = (*self._handlers, handler)
         return handler
+
+    def set_receive_filters(self, wanted: Iterable[IdFilter]) -> bool:
+        """Have the interface drop the frames that match none of `wanted`, where it can.
+
+        Where the interface filters below Python (`filters_below_python`) the frames are
+        dropped before Python sees them; returns whether filters were set. Elsewhere nothing
+        is set: python-can would filter in Python, at about the cost of the port's own
+        dispatch dropping the frame. Every listener's frames must be wanted.
+        """
+        if not filters_below_python(self.bus):
+            return False
+        self.bus.set_filters(
+            [
+                {"can_id": value, "can_mask": mask, "extended": True}
+                for mask, value in sorted(set(wanted))
+            ]
+        )
+        return True
 
     def subscribe_messages(self, handler: MessageHandler) -> MessageHandler:
         """Call `handler(message, owned)` for every 29-bit data frame received, last of all.
@@ -198,7 +256,7 @@ class CanPort:
                 self._message_handler = None
 
     def reader(self, ids: IdFilter = ALL_IDS) -> can.BufferedReader:
-        """A queue of received messages, fed by this port's notifier.
+        """A queue of received messages, fed by this port's thread.
 
         With `ids` = (mask, value), only the messages whose id & mask == value are queued: a
         reader that wants a few frames of a busy bus is then not woken for every frame.
@@ -280,8 +338,10 @@ class CanPort:
         self.bus.send(reuse)
 
     def close(self) -> None:
-        """Stop the notifier and shut the bus down."""
-        self._notifier.stop()
+        """Stop the receiving thread and shut the bus down."""
+        self._closing = True
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * RECEIVE_WAKE_S + 1)
         self.bus.shutdown()
 
     def __enter__(self) -> CanPort:
@@ -294,8 +354,8 @@ class CanPort:
 class _IdNotifier(can.Notifier):
     """What can-isotp needs of a notifier (add and remove a listener), routed by id.
 
-    No thread of its own: the port's notifier reads the bus and `CanPort._dispatch_by_id`
-    calls these listeners for their ids only.
+    No thread of its own: the port's thread reads the bus and `CanPort._dispatch` calls these
+    listeners for their ids only.
     """
 
     def __init__(self, port: CanPort, can_ids: tuple[int, ...]) -> None:  # no super(): no thread
