@@ -84,6 +84,21 @@ def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
         status = app(["status"], can1, state, bridge.url)
         info = json.loads(status.stdout)
         assert info["state"] == 4 and info["security_level"] == 3
+        # every action the README shows runs as written
+        module_id = str(min(m["module_id"] for m in info["modules"]))
+        image = tmp_path / "firmware.bin"
+        image.write_bytes(os.urandom(3000))
+        for action in (
+            ["configure", "--max-state", "3", "--bridge-unpaired", "no"],
+            ["command", "--module", module_id, "--state", "standby"],
+            ["diagnose"],
+            ["firmware", "--image", str(image), "--version", "1.2.3"],
+        ):
+            done = app(action, can1, state, bridge.url)
+            assert done.returncode == 0, (action, done.stdout + done.stderr)
+            assert isinstance(json.loads(done.stdout), dict), action
+        vague = app(["configure"], can1, state, bridge.url)
+        assert vague.returncode == 1 and "--bridge-unpaired" in vague.stdout
         monitor = app(["monitor", "--duration", "2"], can1, state, bridge.url)
         assert monitor.returncode == 0
         frames = int(monitor.stdout.strip().splitlines()[-1].split()[0])

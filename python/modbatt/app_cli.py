@@ -47,14 +47,29 @@ def add_app_parser(commands: Any, bus_help: str) -> None:
     which.add_argument("--unique-id", type=int, help="the module to pair")
     which.add_argument("--all", action="store_true", help="every registered, unpaired module")
     actions.add_parser("status", help="state, security level and modules")
-    configure = actions.add_parser("configure", help="operational parameters (Workflow B.1)")
+    configure = actions.add_parser(
+        "configure", help="operational parameters and security policy (Workflow B.1)"
+    )
     configure.add_argument(
         "--max-state",
         type=int,
         choices=range(4),
-        required=True,
         help="the highest state modules may take (0 Off ... 3 On)",
     )
+    configure.add_argument(
+        "--bridge-unpaired",
+        choices=("yes", "no"),
+        help="whether the pack bridges unpaired modules' plain traffic (the security policy)",
+    )
+    command = actions.add_parser("command", help="ask a module for a state (Workflow B.3)")
+    command.add_argument("--module", type=int, required=True, help="the module's id (1-31)")
+    command.add_argument(
+        "--state", choices=("off", "standby", "on"), required=True, help="the state to ask for"
+    )
+    actions.add_parser("diagnose", help="counters, links, flash and audit log health")
+    firmware = actions.add_parser("firmware", help="send a firmware image to the pack")
+    firmware.add_argument("--image", type=Path, required=True, help="the image file")
+    firmware.add_argument("--version", required=True, help="the image's version")
     recover = actions.add_parser("recover", help="key recovery (Workflow C)")
     recover.add_argument(
         "--confirm-rebootstrap",
