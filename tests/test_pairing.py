@@ -33,6 +33,7 @@ from modbatt.pack import (
 )
 from modbatt.pairing import PairingAgent, SecureModule, module_channel_ids
 from modbatt.stores import AuditLog
+from modbatt.traffic import TrafficLog
 from modbatt.transport import CanPort
 from tests.api_bridge_server import BridgeProcess
 
@@ -67,10 +68,14 @@ class Lifecycle:
 
 @contextmanager
 def running_lifecycle(
-    tmp_path: Path, api_bridge: BridgeProcess, faults: FaultPlan | None = None
+    tmp_path: Path,
+    api_bridge: BridgeProcess,
+    faults: FaultPlan | None = None,
+    log: TrafficLog | None = None,
 ) -> Iterator[Lifecycle]:
     """A pack, two modules and an app on fresh virtual buses; with `faults`, every node sends
-    through a `FaultyBus` (each with its own seed derived from the plan's)."""
+    through a `FaultyBus` (each with its own seed derived from the plan's); with `log`, the
+    pack's two buses are recorded there, as `modbatt pack run --log` does."""
     run = uuid.uuid4().hex[:8]
     faulty: list[FaultyBus] = []
 
@@ -82,8 +87,13 @@ def running_lifecycle(
         faulty.append(wrapped)
         return wrapped
 
+    def recorded(name: str, raw: can.BusABC) -> can.BusABC:
+        if log is None or not name.startswith("pack"):
+            return raw
+        return log.wrap(raw, "can" + name[-1])
+
     ports = {
-        name: CanPort(bus(f"modbatt-{channel}-{run}"), name)
+        name: CanPort(recorded(name, bus(f"modbatt-{channel}-{run}")), name)
         for name, channel in (
             ("app", "can1"),
             ("pack1", "can1"),

@@ -49,6 +49,8 @@ def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
             can2,
             "--state-dir",
             str(tmp_path / "pack"),
+            "--log",
+            str(tmp_path / "pack.asc"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -113,3 +115,13 @@ def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
             pack.stdout.close()
         bridge.stop()
     assert "state 4 Operational, security level 3" in log, log
+    # the pack's traffic log reads back, decrypted with the pack's keys
+    decoded = subprocess.run(
+        [*MODBATT, "decode", str(tmp_path / "pack.asc"), "--keystore", str(tmp_path / "pack")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert decoded.returncode == 0, decoded.stderr
+    assert "decrypted (app)" in decoded.stdout and "decrypted (module" in decoded.stdout

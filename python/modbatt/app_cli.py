@@ -20,6 +20,7 @@ from modbatt.app import App, AppError
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.errors import ModbattError
 from modbatt.stores import AuditLog
+from modbatt.traffic import LOG_HELP, traffic_log
 from modbatt.transport import CanPort, parse_bus_spec
 
 Printer = Callable[[str], object]
@@ -39,6 +40,7 @@ def add_app_parser(commands: Any, bus_help: str) -> None:
     )
     app.add_argument("--creator", help="creator name (default: $MODBATT_CREATOR or alice)")
     app.add_argument("--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)")
+    app.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
     actions = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
     actions.add_parser("discover", help="ask the pack who and how it is")
     actions.add_parser("bootstrap", help="register, create the LCT, deliver keys, upgrade CAN 1")
@@ -86,7 +88,11 @@ def run_app(args: argparse.Namespace, out: Printer = print) -> int:
         base_url=args.api_bridge, creator=args.creator, token=args.token
     )
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    with CanPort.open(parse_bus_spec(args.can)) as port, ApiBridgeClient(config) as bridge:
+    with (
+        traffic_log(args.log) as log,
+        CanPort.open(parse_bus_spec(args.can), log=log, log_channel="can1") as port,
+        ApiBridgeClient(config) as bridge,
+    ):
         endpoint = ControlEndpoint.open(port, APP_TO_PACK, PACK_TO_APP)
         try:
             app = App(args.state_dir, endpoint, bridge, AuditLog(args.state_dir / "audit.jsonl"))

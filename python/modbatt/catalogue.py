@@ -91,6 +91,11 @@ class Catalogue:
         values = message.decode(data[: message.length], decode_choices=False, scaling=True)
         return Decoded(message.name, node, dict(values))  # type: ignore[arg-type]
 
+    def name_of(self, base: int) -> str | None:
+        """The name of the module message with 11-bit base id `base`, if there is one."""
+        message = self._by_base.get(base)
+        return None if message is None else str(message.name)
+
     def base_of(self, name: str) -> int:
         """The 11-bit base id of message `name`."""
         return split_id(self.message(name).frame_id)[0]

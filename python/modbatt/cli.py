@@ -11,6 +11,7 @@ from typing import Any
 
 from modbatt import __version__
 from modbatt.api_bridge.client import DEFAULT_URL, ENV_TOKEN, ENV_URL
+from modbatt.traffic import LOG_HELP
 
 BUS_HELP = (
     "INTERFACE:CHANNEL[@BITRATE], e.g. virtual:modules, udp_multicast:239.74.163.10, "
@@ -116,6 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "(pairing keys) here; without it, pairings are forgotten on exit",
     )
     module_run.add_argument("--duration", type=float, help="stop after this many seconds")
+    module_run.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
 
     pack = commands.add_parser("pack", help="the pack controller")
     pack_commands = pack.add_subparsers(dest="pack_command", metavar="ACTION")
@@ -141,11 +143,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     pack_run.add_argument("--fd", action="store_true", help="open the buses as CAN FD")
     pack_run.add_argument("--duration", type=float, help="stop after this many seconds")
+    pack_run.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
 
     from modbatt.app_cli import add_app_parser
 
     add_app_parser(commands, BUS_HELP)
 
+    _add_bench_parser(commands)
+    _add_soak_parser(commands)
+    _add_decode_parser(commands)
+    return parser
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = commands.add_parser(
         "bench",
         help="measure the frame path (figures, not a test)",
@@ -167,8 +177,26 @@ def _build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="small sizes: checks that the benchmark runs, the figures mean little",
         )
-    _add_soak_parser(commands)
-    return parser
+
+
+def _add_decode_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    decode = commands.add_parser(
+        "decode",
+        help="read a traffic log back through the protocol (decrypted where keys allow)",
+        description="Every frame of a log written with --log (or any BLF, ASC or candump "
+        "log of modbatt buses), named: module messages through the DBC, pack status and "
+        "alerts, control and pairing messages reassembled from ISO-TP. With --keystore, "
+        "sealed traffic is decrypted from the session handshakes in the log.",
+    )
+    decode.add_argument("file", type=Path, metavar="FILE", help="the log: .blf, .asc or .log")
+    decode.add_argument(
+        "--keystore",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a state directory of the app, the pack or a module (may be given again)",
+    )
 
 
 def _add_soak_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -218,7 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--count and --cells must be between 1 and 255")
         spec = parse_bus_spec(args.can, fd=args.fd)
         return run_modules(
-            spec, args.unique_id, args.count, args.cells, args.duration, state_dir=args.state_dir
+            spec,
+            args.unique_id,
+            args.count,
+            args.cells,
+            args.duration,
+            state_dir=args.state_dir,
+            log_path=args.log,
         )
     if args.command == "pack" and args.pack_command == "run":
         from modbatt.roles import run_pack, run_pack_module_side
@@ -226,12 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         can2 = parse_bus_spec(args.can2, fd=args.fd)
         if args.can1 is None:
-            return run_pack_module_side(can2, args.duration)
+            return run_pack_module_side(can2, args.duration, log_path=args.log)
         if args.state_dir is None:
             parser.error("pack run --can1 needs --state-dir (the pack's flash)")
         return run_pack(
-            parse_bus_spec(args.can1, fd=args.fd), can2, args.state_dir, args.serial, args.duration
+            parse_bus_spec(args.can1, fd=args.fd),
+            can2,
+            args.state_dir,
+            args.serial,
+            args.duration,
+            log_path=args.log,
         )
+    if args.command == "decode":
+        return _decode(args)
     if args.command == "app":
         from modbatt.app_cli import run_app
 
@@ -244,6 +285,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _soak(args, parser)
     parser.print_help(sys.stderr)
     return 2
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from modbatt.decode import decode_log
+    from modbatt.errors import ModbattError
+
+    try:
+        for decoded in decode_log(args.file, args.keystore):
+            for line in decoded.lines():
+                print(line)
+    except (ModbattError, OSError, ValueError) as exc:
+        print(f"decode: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

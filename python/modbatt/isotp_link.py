@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
 from typing import Any
 
 import can
@@ -49,18 +47,6 @@ def without_check(data: bytes | bytearray) -> bytes | None:
     return payload if _check(payload) == check else None
 
 
-class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
-    """The stack's output queue, which also sets `arrived` for every message put on it."""
-
-    def __init__(self, arrived: threading.Event) -> None:
-        super().__init__()
-        self.arrived = arrived
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        self.arrived.set()
-
-
 IDLE_WAKE_S = 1.0  # how often an idle stack's threads wake (can-isotp's default is 50 ms)
 _WAKE = can.Message(is_remote_frame=True)  # carries nothing: ends a reader's wait
 
@@ -94,11 +80,7 @@ class _QuietStack(isotp.NotifierBasedCanStack):
 
 
 class MessageChannel:
-    """One ISO-TP conversation: we send on `txid`, we listen on `rxid`.
-
-    `arrived`, when given, is set whenever a message completes: one event shared by several
-    channels lets a reader wait for all of them at once instead of polling each in turn.
-    """
+    """One ISO-TP conversation: we send on `txid`, we listen on `rxid`."""
 
     def __init__(
         self,
@@ -108,7 +90,6 @@ class MessageChannel:
         *,
         fd: bool = False,
         timeout_s: float = 1.0,
-        arrived: threading.Event | None = None,
     ) -> None:
         self.port = port
         self.timeout_s = timeout_s
@@ -132,9 +113,6 @@ class MessageChannel:
             params=params,
             error_handler=self._on_error,
         )
-        if arrived is not None:
-            # can-isotp puts every completed message on `rx_queue` (its `recv` reads it there)
-            self._stack.rx_queue = _SignallingQueue(arrived)
         self._stack.start()
 
     def _on_error(self, error: Exception) -> None:

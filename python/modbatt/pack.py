@@ -802,6 +802,8 @@ class PackRuntime:
             )
             to_module, to_pack = module_channel_ids(entry.module_id)
             with self._pairing_lock:
+                if self.controller.gateway.has_session(entry.module_id):
+                    continue  # a pairing linked it while this waited for the lock
                 endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
                 try:
                     session = _handshake_over(

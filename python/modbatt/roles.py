@@ -20,6 +20,7 @@ from modbatt.pack import PackController, PackRuntime
 from modbatt.pack_modules import ModuleManager, format_table
 from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.stores import AuditLog
+from modbatt.traffic import traffic_log
 from modbatt.transport import BusSpec, CanPort
 
 Printer = Callable[[str], object]
@@ -47,10 +48,11 @@ def run_modules(
     duration_s: float | None = None,
     out: Printer = print,
     state_dir: Path | None = None,
+    log_path: Path | None = None,
 ) -> int:
     """Simulate `count` modules on one bus, with pairing (flash under `state_dir`)."""
     stop = _until_stopped(duration_s)
-    with CanPort.open(spec) as port:
+    with traffic_log(log_path) as log, CanPort.open(spec, log=log, log_channel="can2") as port:
         modules = [
             SecureModule(
                 m, None if state_dir is None else state_dir / f"module-{m.config.unique_id}"
@@ -94,11 +96,16 @@ def run_pack(
     serial: str,
     duration_s: float | None = None,
     out: Printer = print,
+    log_path: Path | None = None,
 ) -> int:
     """The pack controller: the app side, the module side and the gateway."""
     stop = _until_stopped(duration_s)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with CanPort.open(can1) as port1, CanPort.open(can2) as port2:
+    with (
+        traffic_log(log_path) as log,
+        CanPort.open(can1, log=log, log_channel="can1") as port1,
+        CanPort.open(can2, log=log, log_channel="can2") as port2,
+    ):
         controller = PackController(serial, state_dir, AuditLog(state_dir / "audit.jsonl"))
         runtime = PackRuntime(controller, port1, port2).start()
         # Everything built so far lives as long as the process: freeze it, so that the
@@ -127,11 +134,14 @@ def run_pack(
 
 
 def run_pack_module_side(
-    spec: BusSpec, duration_s: float | None = None, out: Printer = print
+    spec: BusSpec,
+    duration_s: float | None = None,
+    out: Printer = print,
+    log_path: Path | None = None,
 ) -> int:
     """The pack controller's module side alone: register modules, print the table."""
     stop = _until_stopped(duration_s)
-    with CanPort.open(spec) as port:
+    with traffic_log(log_path) as log, CanPort.open(spec, log=log, log_channel="can2") as port:
         manager = ModuleManager()
         last_print = 0.0
 

@@ -18,6 +18,7 @@ from typing import Any
 import can
 
 from modbatt.errors import InvalidArgumentError, MalformedFrameError
+from modbatt.traffic import TrafficLog
 
 log = logging.getLogger("modbatt.transport")
 
@@ -203,9 +204,12 @@ class CanPort:
                 log.exception("a listener of %s failed on 0x%X", self.name, message.arbitration_id)
 
     @classmethod
-    def open(cls, spec: BusSpec) -> CanPort:
-        """Open the bus `spec` names."""
-        return cls(open_bus(spec), str(spec), fd=spec.fd)
+    def open(cls, spec: BusSpec, log: TrafficLog | None = None, log_channel: str = "") -> CanPort:
+        """Open the bus `spec` names; with `log`, its traffic is recorded as `log_channel`."""
+        bus = open_bus(spec)
+        if log is not None:
+            bus = log.wrap(bus, log_channel or str(spec))
+        return cls(bus, str(spec), fd=spec.fd)
 
     def subscribe(self, handler: FrameHandler) -> FrameHandler:
         """Call `handler(id, payload, timestamp)` for every data frame received.

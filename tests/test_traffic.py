@@ -1,0 +1,126 @@
+"""Traffic logs (issue 8): what a role sends and receives, written through python-can's
+writers, and `modbatt decode` reading it back, decrypted where the keys allow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import can
+import pytest
+
+from modbatt.decode import Decoded, decode_log
+from modbatt.errors import InvalidArgumentError
+from modbatt.keystores import pack_flash
+from modbatt.pack import PackState
+from modbatt.traffic import FORMATS, TrafficLog, check_log_path
+from tests.api_bridge_server import BridgeProcess
+from tests.test_pairing import online_count, running_lifecycle, wait_for
+
+
+def test_a_log_needs_an_extension_that_names_its_format(tmp_path: Path) -> None:
+    for suffix in FORMATS:
+        assert check_log_path(tmp_path / f"x{suffix}")
+    with pytest.raises(InvalidArgumentError, match=r"\.blf.*\.asc.*\.log"):
+        check_log_path(tmp_path / "x.txt")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A whole lifecycle recorded on the pack's two buses: (the BLF log, the pack's state)."""
+    tmp_path = tmp_path_factory.mktemp("traffic")
+    bridge = BridgeProcess(tmp_path / "bridge.sqlite3").start()
+    log = TrafficLog(tmp_path / "pack.blf")
+    try:
+        with running_lifecycle(tmp_path, bridge, log=log) as life:
+            app = life.app
+            app.bootstrap()
+            assert wait_for(lambda: online_count(life) == 2, 5.0)
+            for module in life.modules:
+                app.pair(module.module.config.unique_id)
+            assert app.status()["state"] == PackState.OPERATIONAL
+            ids = {m.module.module_id for m in life.modules}
+            app.telemetry.clear()
+            assert wait_for(lambda: ids <= set(app.telemetry), 4.0)
+            first = life.modules[0]
+            app.command_state(first.module.module_id or 0, 3, 400.0)
+            assert wait_for(lambda: first.module.state == 3, 3.0)
+            time.sleep(1.2)  # a pack status frame (one a second) on the sealed app bus
+    finally:
+        log.close()
+        bridge.stop()
+    assert log.frames > 100
+    return tmp_path / "pack.blf", tmp_path / "pack"
+
+
+def _messages(decoded: list[Decoded]) -> list[str]:
+    return [m for d in decoded for m in d.messages]
+
+
+def test_the_pack_keystore_decrypts_both_buses(recorded: tuple[Path, Path]) -> None:
+    path, pack_state = recorded
+    decoded = list(decode_log(path, [pack_state]))
+    whats = [d.what for d in decoded]
+    # the handshakes that gave the sessions, reassembled from ISO-TP
+    assert any('"type": "handshake_init"' in m for m in _messages(decoded))
+    # telemetry on CAN 2 (module link), the same resealed on CAN 1 (app link), and a command
+    assert any(
+        d.bus == 2 and "decrypted (module" in d.what and "STATUS_1 node" in d.what for d in decoded
+    ), whats
+    assert any(d.bus == 1 and "decrypted (app)" in d.what and "STATUS_1" in d.what for d in decoded)
+    assert any("decrypted" in w and "STATE_CHANGE" in w and "RequestedState 3" in w for w in whats)
+    assert any("decrypted (app)" in w and "pack status" in w for w in whats)
+    # sealed control messages after the upgrade open too
+    assert any("decrypted (app):" in m and "pair_result" in m for m in _messages(decoded))
+    # no key bytes anywhere in the output
+    flash = pack_flash(pack_state).load()
+    assert flash is not None
+    secrets = [flash.pack_device_key_half, flash.pack_lct_key_half, flash.app_device_key_half]
+    secrets += [m.module_device_key_half for m in flash.modules.values()]
+    text = "\n".join(line for d in decoded for line in d.lines())
+    assert not any(secret.lower() in text.lower() for secret in secrets)
+
+
+def test_without_keys_sealed_frames_are_named_not_opened(recorded: tuple[Path, Path]) -> None:
+    path, _ = recorded
+    decoded = list(decode_log(path))
+    assert not any("decrypted" in d.what for d in decoded)
+    assert any("sealed pair auth, STATUS_1 node" in d.what for d in decoded)
+    assert any("no session in this log" in d.what for d in decoded)
+    # plain traffic still decodes: registration and announcements through the DBC
+    assert any(d.what.startswith("ANNOUNCEMENT node") for d in decoded)
+
+
+@pytest.mark.parametrize("suffix", [".asc", ".log"])
+def test_every_format_reads_back_the_same(
+    recorded: tuple[Path, Path], tmp_path: Path, suffix: str
+) -> None:
+    path, pack_state = recorded
+    other = tmp_path / f"pack{suffix}"
+    writer = can.Logger(str(other))
+    for message in can.LogReader(str(path)):
+        writer.on_message_received(message)
+    writer.stop()
+    expected = [
+        (d.bus, d.received, d.can_id, d.data, d.what) for d in decode_log(path, [pack_state])
+    ]
+    got = [(d.bus, d.received, d.can_id, d.data, d.what) for d in decode_log(other, [pack_state])]
+    assert got == expected
+
+
+def test_modbatt_decode_on_the_command_line(recorded: tuple[Path, Path], tmp_path: Path) -> None:
+    path, pack_state = recorded
+    command = [sys.executable, "-m", "modbatt", "decode", str(path), "--keystore", str(pack_state)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "decrypted (app)" in result.stdout and "can2  R" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "modbatt", "decode", str(tmp_path / "nothing.txt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "extension" in bad.stderr
