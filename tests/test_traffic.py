@@ -10,9 +10,13 @@ from pathlib import Path
 
 import can
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from modbatt.decode import Decoded, decode_log
+from modbatt.control import encode as encode_control
+from modbatt.decode import Decoded, Decoder, decode_log, links_in
 from modbatt.errors import InvalidArgumentError
+from modbatt.isotp_link import with_check
 from modbatt.keystores import pack_flash
 from modbatt.pack import PackState
 from modbatt.traffic import FORMATS, TrafficLog, check_log_path
@@ -124,3 +128,58 @@ def test_modbatt_decode_on_the_command_line(recorded: tuple[Path, Path], tmp_pat
         check=False,
     )
     assert bad.returncode == 2 and "extension" in bad.stderr
+
+
+frames = st.builds(
+    can.Message,
+    arbitration_id=st.one_of(
+        st.integers(0, 0x1FFF_FFFF),
+        st.sampled_from([0x460, 0x461, 0x470, 0x471, 0x500, 0x502, 0x514, 0x530, 0x531]).map(
+            lambda base: base << 18 | 1
+        ),
+    ).map(lambda can_id: can_id | (0x2_0000 if can_id % 3 == 0 else 0)),
+    data=st.binary(max_size=8),
+    is_extended_id=st.booleans(),
+    is_remote_frame=st.just(False),
+    is_rx=st.booleans(),
+    channel=st.sampled_from(["can1", "can2", 1, 2, None, "vcan0"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frames, max_size=60))
+def test_any_log_decodes_without_an_exception(messages: list[can.Message]) -> None:
+    # A log is input like any other: a crafted one must not stop the decoder.
+    decoder = Decoder()
+    for message in messages:
+        assert decoder.feed(message).lines()
+
+
+def test_a_forged_handshake_in_a_log_names_no_link(recorded: tuple[Path, Path]) -> None:
+    _, pack_state = recorded
+    decoder = Decoder(links_in(pack_state))
+    init = {"type": "handshake_init", "data": "0101" + "11" * 16}
+    response = {"type": "handshake_response", "data": "0102" + "22" * 16 + "33" * 16}
+    short_init = {"type": "handshake_init", "data": "0101" + "11" * 3}
+    short_response = {"type": "handshake_response", "data": "0102" + "22" * 3}
+    exchange = [(init, 0x460 << 18), (response, 0x461 << 18)]
+    exchange += [(short_init, 0x460 << 18), (short_response, 0x461 << 18)]
+    for message, can_id in exchange:
+        payload = with_check(encode_control(message))
+        single = bytes([len(payload)]) + payload if len(payload) <= 7 else None
+        assert single is None  # each needs ISO-TP segmentation: feed its frames
+        for frame in _isotp_frames(payload):
+            decoder.feed(can.Message(arbitration_id=can_id, data=frame, channel="can1"))
+    assert decoder.feed(
+        can.Message(arbitration_id=0x470 << 18 | 0x2_0000, data=bytes(8), channel="can1")
+    ).what.endswith("no session in this log for its link")
+
+
+def _isotp_frames(payload: bytes) -> list[bytes]:
+    """ISO-TP first and consecutive frames of `payload` (classic, 8 bytes)."""
+    out = [bytes([0x10 | len(payload) >> 8, len(payload) & 0xFF]) + payload[:6]]
+    rest, index = payload[6:], 1
+    while rest:
+        out.append(bytes([0x20 | index & 0x0F]) + rest[:7])
+        rest, index = rest[7:], index + 1
+    return out

@@ -312,9 +312,13 @@ class Decoder:
             raw = bytes.fromhex(hex_data)
         except ValueError:
             return
+        # Only well-formed handshake messages count (a log is anyone's input).
         if kind == "handshake_init" and raw[:2] == bytes([VERSION, INIT]):
-            self._handshakes[key] = _Handshake(init_nonce=raw[2 : 2 + NONCE_LEN])
+            if len(raw) == 2 + NONCE_LEN:
+                self._handshakes[key] = _Handshake(init_nonce=raw[2:])
         elif kind == "handshake_response" and raw[:2] == bytes([VERSION, RESPONSE]):
+            if len(raw) != 2 + 2 * NONCE_LEN:  # nonce ‖ confirmation, 16 bytes each
+                return
             started = self._handshakes.pop(key, None)
             if started is None or started.init_nonce is None:
                 return
@@ -327,7 +331,11 @@ class Decoder:
         """The known link (and which end began) whose responder confirmation verifies."""
         for link in self.links:
             for a, b in (link.ids, link.ids[::-1]):
-                if link.key.verify_confirmation(b, a, nonce_b, nonce_a, confirm):
+                try:
+                    confirmed = link.key.verify_confirmation(b, a, nonce_b, nonce_a, confirm)
+                except ModbattError:  # not a nonce or a confirmation at all
+                    return None
+                if confirmed:
                     limit = {"max_failures": DECODE_FAILURE_BUDGET}
                     opens_b_to_a = Session(link.key, a, b, nonce_a, nonce_b, **limit)
                     opens_a_to_b = Session(link.key, b, a, nonce_b, nonce_a, **limit)
