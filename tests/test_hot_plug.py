@@ -12,18 +12,14 @@ from modbatt.nodes import NodeLoop
 from modbatt.pack import PackState
 from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.transport import CanPort
-from tests.test_pairing import Lifecycle, lifecycle, online_count, wait_for
+from tests.test_pairing import Lifecycle, bring_up, lifecycle, online_count, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 
 
 def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Lifecycle) -> None:
+    bring_up(lifecycle)
     app = lifecycle.app
-    app.bootstrap()
-    assert wait_for(lambda: online_count(lifecycle) == 2, 5.0)
-    for module in lifecycle.modules:
-        app.pair(module.module.config.unique_id)
-    assert app.status()["state"] == PackState.OPERATIONAL
     paired_before = {m.module.module_id for m in lifecycle.modules}
 
     # Plug a third module into CAN 2, with its own node and pairing agent, as a new board is.

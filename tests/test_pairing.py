@@ -52,6 +52,15 @@ def online_count(life: Lifecycle) -> int:
     return len([m for m in life.app.status()["modules"] if m["online"]])
 
 
+def bring_up(life: Lifecycle) -> None:
+    """Bootstrap, wait for both modules, pair them: an Operational pack at security level 3."""
+    life.app.bootstrap()
+    assert wait_for(lambda: online_count(life) == 2, 5.0)
+    for module in life.modules:
+        life.app.pair(module.module.config.unique_id)
+    assert life.app.status()["state"] == PackState.OPERATIONAL
+
+
 @dataclass
 class Lifecycle:
     app: App

@@ -17,11 +17,11 @@ from can.interfaces.virtual import VirtualBus
 
 from modbatt import ENCRYPTION_FLAG, compose_id, transport
 from modbatt.control import APP_TO_PACK, PACK_TO_APP
-from modbatt.pack import CAN1, CAN2, PackState
+from modbatt.pack import CAN1, CAN2
 from modbatt.pairing import module_channel_ids
 from modbatt.transport import CanPort, IdFilter, filters_below_python
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import online_count, running_lifecycle, wait_for
+from tests.test_pairing import bring_up, running_lifecycle, wait_for
 
 
 class _KernelFilteringBus(VirtualBus):
@@ -55,12 +55,8 @@ def test_the_lifecycle_runs_through_the_filters(
 ) -> None:
     monkeypatch.setattr(transport, "filters_below_python", lambda bus: True)
     with running_lifecycle(tmp_path, api_bridge) as life:
+        bring_up(life)
         app = life.app
-        app.bootstrap()
-        assert wait_for(lambda: online_count(life) == 2, 5.0)
-        for module in life.modules:
-            app.pair(module.module.config.unique_id)
-        assert app.status()["state"] == PackState.OPERATIONAL
 
         wanted = life.pack.receive_filters()
         module_ids = [m.module.module_id for m in life.modules]

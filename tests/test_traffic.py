@@ -18,10 +18,9 @@ from modbatt.decode import Decoded, Decoder, decode_log, links_in
 from modbatt.errors import InvalidArgumentError
 from modbatt.isotp_link import with_check
 from modbatt.keystores import pack_flash
-from modbatt.pack import PackState
 from modbatt.traffic import FORMATS, TrafficLog, check_log_path
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import online_count, running_lifecycle, wait_for
+from tests.test_pairing import bring_up, running_lifecycle, wait_for
 
 
 def test_a_log_needs_an_extension_that_names_its_format(tmp_path: Path) -> None:
@@ -39,12 +38,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     log = TrafficLog(tmp_path / "pack.blf")
     try:
         with running_lifecycle(tmp_path, bridge, log=log) as life:
+            bring_up(life)
             app = life.app
-            app.bootstrap()
-            assert wait_for(lambda: online_count(life) == 2, 5.0)
-            for module in life.modules:
-                app.pair(module.module.config.unique_id)
-            assert app.status()["state"] == PackState.OPERATIONAL
             ids = {m.module.module_id for m in life.modules}
             app.telemetry.clear()
             assert wait_for(lambda: ids <= set(app.telemetry), 4.0)

@@ -43,7 +43,7 @@ from modbatt.catalogue import MAX_MODULES, catalogue
 from modbatt.control import REQUEST_ID, ControlEndpoint, new_request_id, request
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
 from modbatt.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
-from modbatt.keystores import AppKeys, TypedStore, app_keystore, host_id
+from modbatt.keystores import AppKeys, TypedStore, app_keystore, app_link_key, host_id
 from modbatt.stores import AuditLog, StoreCorruptError
 
 log = logging.getLogger("modbatt.app")
@@ -423,16 +423,10 @@ class App:
     def link(self) -> LinkKey:
         """The app link's key, rebuilt from the keystore."""
         keys = self.keystore.load()
-        if keys is None or keys.app_device_key_half is None or keys.pack_device_key_half is None:
+        link = None if keys is None else app_link_key(keys)
+        if link is None:
             raise AppError("no app link keys in the keystore: bootstrap first")
-        assert keys.app_component_id and keys.pack_component_id and keys.link_dh_secret
-        return LinkKey(
-            bytes.fromhex(keys.app_device_key_half),
-            keys.app_component_id,
-            bytes.fromhex(keys.pack_device_key_half),
-            keys.pack_component_id,
-            bytes.fromhex(keys.link_dh_secret),
-        )
+        return link
 
     def connect(self) -> dict[str, Any]:
         """Run the session handshake and check the upgraded channel (the communication test)."""

@@ -34,7 +34,15 @@ from modbatt.control import decode as decode_control
 from modbatt.errors import FrameRejectedError, ModbattError
 from modbatt.handshake import INIT, NONCE_LEN, RESPONSE, VERSION
 from modbatt.isotp_link import CHECK_LEN, MAX_MESSAGE, without_check
-from modbatt.keystores import app_keystore, module_flash, pack_flash
+from modbatt.keystores import (
+    app_keystore,
+    app_link_key,
+    module_flash,
+    module_link_key,
+    pack_app_link_key,
+    pack_flash,
+    paired_module_link_key,
+)
 from modbatt.stores import StoreCorruptError
 from modbatt.traffic import check_log_path
 
@@ -69,47 +77,23 @@ def links_in(directory: Path) -> list[KnownLink]:
 def _links_of(folder: Path) -> list[KnownLink]:
     links = []
     app = app_keystore(folder).load()
-    if app is not None and app.app_device_key_half and app.pack_device_key_half:
-        assert app.app_component_id and app.pack_component_id and app.link_dh_secret
-        key = LinkKey(
-            bytes.fromhex(app.app_device_key_half),
-            app.app_component_id,
-            bytes.fromhex(app.pack_device_key_half),
-            app.pack_component_id,
-            bytes.fromhex(app.link_dh_secret),
-        )
+    if app is not None and (key := app_link_key(app)) is not None:
+        assert app.app_component_id and app.pack_component_id
         links.append(KnownLink("app", key, (app.app_component_id, app.pack_component_id)))
     flash = pack_flash(folder).load()
     if flash is not None:
-        key = LinkKey(
-            bytes.fromhex(flash.pack_device_key_half),
-            flash.pack_component_id,
-            bytes.fromhex(flash.app_device_key_half),
-            flash.app_component_id,
-            bytes.fromhex(flash.app_link_dh_secret),
-        )
-        links.append(KnownLink("app", key, (flash.app_component_id, flash.pack_component_id)))
-        for module_id, paired in sorted(flash.modules.items()):
-            key = LinkKey(
-                bytes.fromhex(paired.module_device_key_half),
-                paired.module_component_id,
-                bytes.fromhex(paired.pack_device_key_half),
-                flash.pack_component_id,
-                bytes.fromhex(paired.dh_secret),
-            )
+        ids = (flash.app_component_id, flash.pack_component_id)
+        links.append(KnownLink("app", pack_app_link_key(flash), ids))
+        for paired in flash.modules.values():
             ids = (paired.module_component_id, flash.pack_component_id)
-            links.append(KnownLink(f"module {module_id}", key, ids))
+            key = paired_module_link_key(flash, paired)
+            links.append(KnownLink(f"module {paired.module_component_id}", key, ids))
     module = module_flash(folder).load()
     if module is not None:
-        key = LinkKey(
-            bytes.fromhex(module.module_device_key_half),
-            module.module_component_id,
-            bytes.fromhex(module.pack_device_key_half),
-            module.pack_component_id,
-            bytes.fromhex(module.dh_secret),
-        )
         ids = (module.module_component_id, module.pack_component_id)
-        links.append(KnownLink(module.module_component_id, key, ids))
+        links.append(
+            KnownLink(f"module {module.module_component_id}", module_link_key(module), ids)
+        )
     return links
 
 

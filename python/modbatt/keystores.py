@@ -25,6 +25,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from modbatt._core import LinkKey
 from modbatt.stores import StoreCorruptError, TwoSlotStore
 
 KeyHalfHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
@@ -167,6 +168,56 @@ def pack_flash(directory: Path) -> TypedStore[PackFlash]:
 def module_flash(directory: Path) -> TypedStore[ModuleFlash]:
     """A battery module's flash store in `directory`."""
     return TypedStore(directory, "module-flash", ModuleFlash)
+
+
+# --- the link keys, rebuilt from what each store holds (PROTOCOL.md §2.1) --------------------
+
+
+def app_link_key(keys: AppKeys) -> LinkKey | None:
+    """The app link's key from the app's keystore; None before the app has its keys."""
+    if not (keys.app_device_key_half and keys.pack_device_key_half and keys.link_dh_secret):
+        return None
+    assert keys.app_component_id and keys.pack_component_id  # stored with the halves
+    return LinkKey(
+        bytes.fromhex(keys.app_device_key_half),
+        keys.app_component_id,
+        bytes.fromhex(keys.pack_device_key_half),
+        keys.pack_component_id,
+        bytes.fromhex(keys.link_dh_secret),
+    )
+
+
+def pack_app_link_key(flash: PackFlash) -> LinkKey:
+    """The app link's key from the pack's flash."""
+    return LinkKey(
+        bytes.fromhex(flash.pack_device_key_half),
+        flash.pack_component_id,
+        bytes.fromhex(flash.app_device_key_half),
+        flash.app_component_id,
+        bytes.fromhex(flash.app_link_dh_secret),
+    )
+
+
+def paired_module_link_key(flash: PackFlash, paired: PairedModule) -> LinkKey:
+    """A paired module's link key from the pack's flash."""
+    return LinkKey(
+        bytes.fromhex(paired.pack_device_key_half),
+        flash.pack_component_id,
+        bytes.fromhex(paired.module_device_key_half),
+        paired.module_component_id,
+        bytes.fromhex(paired.dh_secret),
+    )
+
+
+def module_link_key(record: ModuleFlash) -> LinkKey:
+    """The module's link key from its own flash."""
+    return LinkKey(
+        bytes.fromhex(record.module_device_key_half),
+        record.module_component_id,
+        bytes.fromhex(record.pack_device_key_half),
+        record.pack_component_id,
+        bytes.fromhex(record.dh_secret),
+    )
 
 
 def host_id(store: TypedStore[AppKeys]) -> str:

@@ -57,7 +57,14 @@ from modbatt.control import (
 from modbatt.errors import ModbattError
 from modbatt.handshake import HandshakeError, Initiator, Responder
 from modbatt.isotp_link import TransferError
-from modbatt.keystores import PackFlash, PairedModule, TypedStore, pack_flash
+from modbatt.keystores import (
+    PackFlash,
+    PairedModule,
+    TypedStore,
+    pack_app_link_key,
+    pack_flash,
+    paired_module_link_key,
+)
 from modbatt.nodes import NodeLoop
 from modbatt.pack_modules import ModuleManager
 from modbatt.pairing import module_channel_ids, responder_id
@@ -171,13 +178,7 @@ class PackController:
         """The app link's key, rebuilt from flash."""
         if self.flash is None:
             raise HandshakeError("no keys in flash: the pack is in factory state")
-        return LinkKey(
-            bytes.fromhex(self.flash.pack_device_key_half),
-            self.flash.pack_component_id,
-            bytes.fromhex(self.flash.app_device_key_half),
-            self.flash.app_component_id,
-            bytes.fromhex(self.flash.app_link_dh_secret),
-        )
+        return pack_app_link_key(self.flash)
 
     # --- control messages ----------------------------------------------------------------
 
@@ -793,13 +794,7 @@ class PackRuntime:
                 continue
             if time.monotonic() < self._retry_at.get(paired.unique_id, 0.0):
                 continue
-            link = LinkKey(
-                bytes.fromhex(paired.pack_device_key_half),
-                flash.pack_component_id,
-                bytes.fromhex(paired.module_device_key_half),
-                paired.module_component_id,
-                bytes.fromhex(paired.dh_secret),
-            )
+            link = paired_module_link_key(flash, paired)
             to_module, to_pack = module_channel_ids(entry.module_id)
             with self._pairing_lock:
                 if self.controller.gateway.has_session(entry.module_id):

@@ -32,14 +32,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from modbatt import LinkKey, Session, compose_id, frames_of, is_encrypted, logical_id
+from modbatt import Session, compose_id, frames_of, is_encrypted, logical_id
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
 from modbatt.catalogue import ANNOUNCEMENT, catalogue
 from modbatt.control import MALFORMED_FIELD_ERRORS, AnswerCache, ControlEndpoint, error_answer
 from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.handshake import HandshakeError, Responder
 from modbatt.isotp_link import TransferError
-from modbatt.keystores import ModuleFlash, module_flash
+from modbatt.keystores import ModuleFlash, module_flash, module_link_key
 from modbatt.module_sim import BatteryModule
 from modbatt.nodes import Frames, NodeLoop
 from modbatt.stores import AuditLog, StoreCorruptError
@@ -265,7 +265,7 @@ class PairingAgent:
                 if secure.flash is not None:
                     secure.flash.save(record)
                 state["record"] = record
-                link = _module_link(record)
+                link = module_link_key(record)
                 secure.record("keys.stored", link=link.fingerprint, pack=record.pack_component_id)
                 ack = seal(keys.acknowledgement, ACK_LABEL, {"link": link.fingerprint})
                 return {"type": "pair_ack", "sealed": ack.hex()}
@@ -277,7 +277,7 @@ class PairingAgent:
                 # the current session stays until handshake_finish proves the peer holds the
                 # link key: a plain init from anyone on the bus must not cut the module off
                 responder = Responder(
-                    _module_link(record), record.module_component_id, record.pack_component_id
+                    module_link_key(record), record.module_component_id, record.pack_component_id
                 )
                 state["responder"] = responder
                 response = responder.on_init(bytes.fromhex(message["data"]))
@@ -290,13 +290,3 @@ class PairingAgent:
         except (HandshakeError, *MALFORMED_FIELD_ERRORS) as exc:
             return error_answer(kind, str(exc))
         return error_answer(kind, "unexpected message")
-
-
-def _module_link(record: ModuleFlash) -> LinkKey:
-    return LinkKey(
-        bytes.fromhex(record.module_device_key_half),
-        record.module_component_id,
-        bytes.fromhex(record.pack_device_key_half),
-        record.pack_component_id,
-        bytes.fromhex(record.dh_secret),
-    )
