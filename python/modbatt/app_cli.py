@@ -26,13 +26,13 @@ from modbatt.transport import CanPort, parse_bus_spec
 Printer = Callable[[str], object]
 
 
-def add_app_parser(commands: Any, bus_help: str) -> None:
-    """Add ``modbatt app`` and its actions to the command line."""
-    app = commands.add_parser("app", help="the Modbatt app: discover, bootstrap, pair, ...")
-    app.add_argument("--can", required=True, metavar="BUS", help=bus_help)
-    app.add_argument(
-        "--state-dir", type=Path, required=True, help="the app's keystore and audit log"
+def add_app_parser(commands: Any, bus_help: str, config_help: str) -> argparse.ArgumentParser:
+    """Add ``modbatt app`` and its actions to the command line; returns the app's parser."""
+    app: argparse.ArgumentParser = commands.add_parser(
+        "app", help="the Modbatt app: discover, bootstrap, pair, ..."
     )
+    app.add_argument("--can", metavar="BUS", help="(required) " + bus_help)
+    app.add_argument("--state-dir", type=Path, help="(required) the app's keystore and audit log")
     app.add_argument(
         "--api-bridge",
         metavar="URL",
@@ -41,6 +41,7 @@ def add_app_parser(commands: Any, bus_help: str) -> None:
     app.add_argument("--creator", help="creator name (default: $MODBATT_CREATOR or alice)")
     app.add_argument("--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)")
     app.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
+    app.add_argument("--config", type=Path, metavar="FILE", help=config_help)
     actions = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
     actions.add_parser("discover", help="ask the pack who and how it is")
     actions.add_parser("bootstrap", help="register, create the LCT, deliver keys, upgrade CAN 1")
@@ -80,6 +81,7 @@ def add_app_parser(commands: Any, bus_help: str) -> None:
     )
     monitor = actions.add_parser("monitor", help="decrypted module telemetry (Workflow B.2)")
     monitor.add_argument("--duration", type=float, default=10.0, help="seconds (default: 10)")
+    return app
 
 
 def run_app(args: argparse.Namespace, out: Printer = print) -> int:

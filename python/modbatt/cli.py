@@ -13,6 +13,13 @@ from modbatt import __version__
 from modbatt.api_bridge.client import DEFAULT_URL, ENV_TOKEN, ENV_URL
 from modbatt.traffic import LOG_HELP
 
+CONFIG_HELP = (
+    "a TOML file with this command's options (keys as the options are spelled, e.g. "
+    'state-dir = "pack"); options given here win over it'
+)
+# the parsers that take --config, by command: main() applies the file to them
+ROLE_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
 BUS_HELP = (
     "INTERFACE:CHANNEL[@BITRATE], e.g. virtual:modules, udp_multicast:239.74.163.10, "
     "socketcan:can1@500000, pcan:PCAN_USBBUS1@500000, slcan:/dev/ttyACM0@500000; or 'config' "
@@ -96,10 +103,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Behaves as the Modbatt module firmware on the module bus: announces, "
         "takes the id the pack assigns, reports status and cell details.",
     )
-    module_run.add_argument("--can", required=True, metavar="BUS", help=BUS_HELP)
-    module_run.add_argument(
-        "--unique-id", type=int, required=True, help="the (first) module's unique id"
-    )
+    module_run.add_argument("--can", metavar="BUS", help="(required) " + BUS_HELP)
+    module_run.add_argument("--unique-id", type=int, help="(required) the first module's unique id")
     module_run.add_argument(
         "--cells", type=int, default=14, help="cells per module (default: %(default)s)"
     )
@@ -132,7 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="BUS",
         help="the app bus; without it only the module side runs. " + BUS_HELP,
     )
-    pack_run.add_argument("--can2", required=True, metavar="BUS", help="the module bus")
+    pack_run.add_argument("--can2", metavar="BUS", help="(required) the module bus")
     pack_run.add_argument(
         "--state-dir", type=Path, help="the pack's flash and audit log (required with --can1)"
     )
@@ -144,10 +149,13 @@ def _build_parser() -> argparse.ArgumentParser:
     pack_run.add_argument("--fd", action="store_true", help="open the buses as CAN FD")
     pack_run.add_argument("--duration", type=float, help="stop after this many seconds")
     pack_run.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
+    for role_parser in (module_run, pack_run):
+        role_parser.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    ROLE_PARSERS.update({"module": module_run, "pack": pack_run})
 
     from modbatt.app_cli import add_app_parser
 
-    add_app_parser(commands, BUS_HELP)
+    ROLE_PARSERS["app"] = add_app_parser(commands, BUS_HELP, CONFIG_HELP)
 
     _add_bench_parser(commands)
     _add_soak_parser(commands)
@@ -224,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        args = _with_config(parser, args, argv)
     if args.command == "demo":
         from modbatt.demo import run_demo
 
@@ -242,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modbatt.roles import run_modules
         from modbatt.transport import parse_bus_spec
 
+        _require(parser, args, "can", "unique-id")
         if not 1 <= args.count <= 255 or not 1 <= args.cells <= 255:
             parser.error("--count and --cells must be between 1 and 255")
         spec = parse_bus_spec(args.can, fd=args.fd)
@@ -258,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modbatt.roles import run_pack, run_pack_module_side
         from modbatt.transport import parse_bus_spec
 
+        _require(parser, args, "can2")
         can2 = parse_bus_spec(args.can2, fd=args.fd)
         if args.can1 is None:
             return run_pack_module_side(can2, args.duration, log_path=args.log)
@@ -276,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "app":
         from modbatt.app_cli import run_app
 
+        _require(parser, args, "can", "state-dir")
         return run_app(args)
     if args.command == "api-bridge":
         return _api_bridge(args, parser)
@@ -285,6 +298,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _soak(args, parser)
     parser.print_help(sys.stderr)
     return 2
+
+
+def _with_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """`args` again, with the role's --config file under what the command line gave."""
+    from modbatt.config import (
+        AppConfig,
+        ConfigError,
+        ModuleConfig,
+        PackConfig,
+        RoleConfig,
+        load_config,
+    )
+
+    models: dict[str, type[RoleConfig]] = {
+        "app": AppConfig,
+        "module": ModuleConfig,
+        "pack": PackConfig,
+    }
+    try:
+        config: RoleConfig = load_config(args.config, models[args.command])
+    except ConfigError as exc:
+        parser.exit(2, f"modbatt: {exc}\n")
+    ROLE_PARSERS[args.command].set_defaults(**config.options())  # the command line still wins
+    return parser.parse_args(argv)
+
+
+def _require(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Options a command needs, from its command line or its --config file."""
+    missing = [name for name in names if getattr(args, name.replace("-", "_")) is None]
+    if missing:
+        options = ", ".join(f"--{name}" for name in missing)
+        parser.error(f"{args.command} needs {options} (on the command line or in --config)")
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -1,0 +1,137 @@
+"""Configuration files: a TOML file per role (``--config FILE``) holding its command-line options.
+
+Keys are the options' names as on the command line, without the dashes in front
+(``state-dir``, ``can2``, ``unique-id``); an option given on the command line wins over the
+file. A file is checked whole at start-up: every unknown key, wrong type or impossible value
+is named, with the problem, before anything runs.
+
+```toml
+# pack.toml: modbatt pack run --config pack.toml
+can1 = "socketcan:can0"
+can2 = "socketcan:can1"
+state-dir = "/var/lib/modbatt/pack"
+serial = "PACK-0001"
+log = "/var/log/modbatt/pack.blf"
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from modbatt.errors import InvalidArgumentError
+from modbatt.traffic import check_log_path
+from modbatt.transport import parse_bus_spec
+
+
+class ConfigError(InvalidArgumentError):
+    """A configuration file that cannot be used; the message names each key and problem."""
+
+
+def _bus(text: str) -> str:
+    try:
+        parse_bus_spec(text)
+    except InvalidArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def _log(path: Path) -> Path:
+    try:
+        return check_log_path(path)
+    except InvalidArgumentError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+Bus = Annotated[str, AfterValidator(_bus)]
+LogFile = Annotated[Path, AfterValidator(_log)]
+
+
+class RoleConfig(BaseModel):
+    """What every role's file may hold; each role adds its own options."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, alias_generator=lambda name: name.replace("_", "-")
+    )
+
+    log: LogFile | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The values set in the file, by the `argparse` destination of their option."""
+        return self.model_dump(exclude_unset=True)
+
+
+class PackConfig(RoleConfig):
+    """``modbatt pack run``."""
+
+    can1: Bus | None = None
+    can2: Bus | None = None
+    state_dir: Path | None = None
+    serial: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    fd: bool | None = None
+    duration: Annotated[float, Field(gt=0)] | None = None
+
+
+class ModuleConfig(RoleConfig):
+    """``modbatt module run``."""
+
+    can: Bus | None = None
+    unique_id: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    cells: Annotated[int, Field(ge=1, le=255)] | None = None
+    count: Annotated[int, Field(ge=1, le=255)] | None = None
+    fd: bool | None = None
+    state_dir: Path | None = None
+    duration: Annotated[float, Field(gt=0)] | None = None
+
+
+class AppConfig(RoleConfig):
+    """``modbatt app`` (the options before the action)."""
+
+    can: Bus | None = None
+    state_dir: Path | None = None
+    api_bridge: Annotated[str, AfterValidator(_url)] | None = None
+    creator: Annotated[str, Field(min_length=1)] | None = None
+    token: Annotated[str, Field(min_length=1)] | None = None
+
+
+ConfigT = TypeVar("ConfigT", bound=RoleConfig)
+
+
+def load_config(path: Path, model: type[ConfigT]) -> ConfigT:
+    """The file at `path`, checked against `model`; ConfigError names every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: cannot be read ({exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+    # Paths are strings in TOML: turn them into Paths before the strict check.
+    for key in ("state-dir", "log"):
+        if isinstance(data.get(key), str):
+            data[key] = Path(data[key])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        known = ", ".join(sorted(field.alias or name for name, field in model.model_fields.items()))
+        problems = [_problem(error, known) for error in exc.errors(include_input=False)]
+        raise ConfigError(f"config {path}:\n  " + "\n  ".join(problems)) from None
+
+
+def _problem(error: Any, known: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(the file)"
+    if error["type"] == "extra_forbidden":
+        return f"key {key!r}: not an option of this role (its keys: {known})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"key {key!r}: {message}"
