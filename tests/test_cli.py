@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import modbatt.cli as cli
+
 KEYS = [
     "seal_ns_rust",
     "open_ns_rust",
@@ -83,3 +87,40 @@ def test_no_command_prints_help_and_fails() -> None:
 def test_version() -> None:
     result = _run("--version")
     assert result.stdout.startswith("modbatt ")
+
+
+def test_exit_status_says_what_failed(tmp_path: Path) -> None:
+    """Scripts can tell the failure classes apart (`modbatt --help` lists them)."""
+    no_bus = _run(
+        "app", "--can", "socketcan:modbatt-no-such-if", "--state-dir", str(tmp_path), "status"
+    )
+    assert no_bus.returncode == cli.EXIT_BUS, no_bus.stderr
+    assert "cannot open bus" in no_bus.stderr and "ip link" in no_bus.stderr
+    assert "Traceback" not in no_bus.stderr
+    no_bridge = _run("api-bridge", "health", "--url", "http://127.0.0.1:9")
+    assert no_bridge.returncode == cli.EXIT_API_BRIDGE
+    assert _run("pack", "run", "--no-such-option").returncode == cli.EXIT_USAGE
+    assert "exit status: 0 success; 1 the operation failed" in _run("--help").stdout
+
+
+def test_a_bug_is_a_short_paragraph_and_its_traceback_needs_v(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*_args: object) -> int:
+        raise RuntimeError("something modbatt did not expect")
+
+    monkeypatch.setattr(cli, "_run", broken)
+    assert cli.main(["dbc"]) == cli.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "something modbatt did not expect" in err and "run again with -v" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError):
+        cli.main(["dbc", "-v"])  # -v anywhere on the line: the traceback is the user's
+
+
+def test_state_lives_in_the_platform_data_directory_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert cli.default_state_dir("app") == tmp_path / "modbatt" / "app"
+    assert cli.default_db_path() == tmp_path / "modbatt" / "api-bridge.sqlite3"

@@ -18,8 +18,8 @@ from typing import Any
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.app import App, AppError
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
-from modbatt.errors import ModbattError
-from modbatt.stores import AuditLog
+from modbatt.errors import ApiBridgeError, ModbattError
+from modbatt.stores import AuditLog, StoreError
 from modbatt.traffic import LOG_HELP, traffic_log
 from modbatt.transport import CanPort, parse_bus_spec
 
@@ -32,7 +32,12 @@ def add_app_parser(commands: Any, bus_help: str, config_help: str) -> argparse.A
         "app", help="the Modbatt app: discover, bootstrap, pair, ..."
     )
     app.add_argument("--can", metavar="BUS", help="(required) " + bus_help)
-    app.add_argument("--state-dir", type=Path, help="(required) the app's keystore and audit log")
+    app.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the app's keystore and audit log (default: the platform's data directory, "
+        "e.g. ~/.local/share/modbatt/app)",
+    )
     app.add_argument(
         "--api-bridge",
         metavar="URL",
@@ -100,6 +105,8 @@ def run_app(args: argparse.Namespace, out: Printer = print) -> int:
             app = App(args.state_dir, endpoint, bridge, AuditLog(args.state_dir / "audit.jsonl"))
             port.subscribe(app.on_frame)
             return _act(app, args, out)
+        except (ApiBridgeError, StoreError):
+            raise  # their own exit status and advice (modbatt.cli.EXIT_CODES)
         except ModbattError as exc:
             out(f"error: {exc}")
             return 1

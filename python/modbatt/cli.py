@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import platformdirs
 
 from modbatt import __version__
 from modbatt.api_bridge.client import DEFAULT_URL, ENV_TOKEN, ENV_URL
@@ -17,6 +20,20 @@ CONFIG_HELP = (
     "a TOML file with this command's options (keys as the options are spelled, e.g. "
     'state-dir = "pack"); options given here win over it'
 )
+# What the exit status says, for scripts (also in `modbatt --help` and docs/OPERATIONS.md).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API_BRIDGE, EXIT_STATE, EXIT_BUS = 0, 1, 2, 3, 4, 5
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the operation failed (refused, unanswered, or a check did not pass)",
+    EXIT_USAGE: "a mistake on the command line or in a --config file",
+    EXIT_API_BRIDGE: "the API-Bridge could not be reached or answered wrongly",
+    EXIT_STATE: "local state (keystore, flash) damaged",
+    EXIT_BUS: "a CAN bus could not be opened",
+    EXIT_INTERNAL: "an internal error (a bug: run again with -v and report the traceback)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
 # the parsers that take --config, by command: main() applies the file to them
 ROLE_PARSERS: dict[str, argparse.ArgumentParser] = {}
 
@@ -27,16 +44,26 @@ BUS_HELP = (
 )
 
 
+def default_state_dir(role: str) -> Path:
+    """Where a role keeps its state unless told otherwise.
+
+    The platform's data directory: ``~/.local/share/modbatt/ROLE`` on Linux (or under
+    ``$XDG_DATA_HOME``), the local application data folder on Windows and macOS.
+    """
+    return platformdirs.user_data_path("modbatt", appauthor=False) / role
+
+
 def default_db_path() -> Path:
     """Where `modbatt api-bridge serve` keeps its database unless told otherwise."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "modbatt" / "api-bridge.sqlite3"
+    return platformdirs.user_data_path("modbatt", appauthor=False) / "api-bridge.sqlite3"
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modbatt",
         description="The Modbatt secure dual-CAN communications stack.",
+        epilog="exit status: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=f"modbatt {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -139,7 +166,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     pack_run.add_argument("--can2", metavar="BUS", help="(required) the module bus")
     pack_run.add_argument(
-        "--state-dir", type=Path, help="the pack's flash and audit log (required with --can1)"
+        "--state-dir",
+        type=Path,
+        help="the pack's flash and audit log (default: the platform's data directory, "
+        "e.g. ~/.local/share/modbatt/pack)",
     )
     pack_run.add_argument(
         "--serial",
@@ -160,7 +190,26 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     _add_soak_parser(commands)
     _add_decode_parser(commands)
+    _add_verbosity(parser)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-v and -q on every command and subcommand, wherever they are typed."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="say more: -v what the roles do, -vv everything; tracebacks on errors",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="count", default=argparse.SUPPRESS, help="errors only"
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_verbosity(sub)
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -229,11 +278,65 @@ def _add_soak_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code (EXIT_CODES)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is not None:
         args = _with_config(parser, args, argv)
+    verbose = _set_up_logging(args)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code, hint = _classify(exc)
+        if verbose and code == EXIT_INTERNAL:
+            raise
+        print(f"modbatt: {exc}", file=sys.stderr)
+        print(hint, file=sys.stderr)
+        return code
+
+
+def _set_up_logging(args: argparse.Namespace) -> bool:
+    """-v: what the roles do (INFO), -vv: everything (DEBUG), -q: errors only."""
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
+        max(-1, min(verbosity, 2)), logging.DEBUG
+    )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # can-isotp warns about every lost frame of a transfer; modbatt retries and says so itself
+    logging.getLogger("isotp").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
+    return verbosity > 0
+
+
+def _classify(exc: BaseException) -> tuple[int, str]:
+    """The exit status of a failure, and what to do about it."""
+    from modbatt.errors import ApiBridgeError, BusOpenError, ModbattError
+    from modbatt.stores import StoreError
+
+    if isinstance(exc, BusOpenError):
+        return EXIT_BUS, (
+            "Check the bus name (INTERFACE:CHANNEL[@BITRATE]), that the adapter is plugged in "
+            "and its driver installed; 'ip link' lists SocketCAN interfaces."
+        )
+    if isinstance(exc, ApiBridgeError):
+        return EXIT_API_BRIDGE, (
+            "Check --api-bridge (or MODBATT_API_BRIDGE_URL) and --token; "
+            "'modbatt api-bridge health' tells whether the API-Bridge is up."
+        )
+    if isinstance(exc, StoreError):
+        return EXIT_STATE, (
+            "The state directory's stores do not verify: restore them from a backup, or run "
+            "key recovery (docs/OPERATIONS.md)."
+        )
+    if isinstance(exc, ModbattError):
+        return EXIT_FAILED, "Run again with -v for what led to it."
+    if isinstance(exc, OSError):  # a state directory or file that cannot be made or written
+        return EXIT_STATE, "Check the path given (--state-dir, --log, ...) and its permissions."
+    return EXIT_INTERNAL, "This is a bug in modbatt: run again with -v for the traceback."
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         from modbatt.demo import run_demo
 
@@ -274,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.can1 is None:
             return run_pack_module_side(can2, args.duration, log_path=args.log)
         if args.state_dir is None:
-            parser.error("pack run --can1 needs --state-dir (the pack's flash)")
+            args.state_dir = default_state_dir("pack")
         return run_pack(
             parse_bus_spec(args.can1, fd=args.fd),
             can2,
@@ -288,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "app":
         from modbatt.app_cli import run_app
 
-        _require(parser, args, "can", "state-dir")
+        _require(parser, args, "can")
+        if args.state_dir is None:
+            args.state_dir = default_state_dir("app")
         return run_app(args)
     if args.command == "api-bridge":
         return _api_bridge(args, parser)
@@ -417,7 +522,7 @@ def _api_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 health = client.health()
             except ApiBridgeError as exc:
                 print(f"API-Bridge at {config.base_url}: {exc}", file=sys.stderr)
-                return 1
+                return EXIT_API_BRIDGE
         print(
             f"API-Bridge at {config.base_url}: {health.status} ({health.service} {health.version})"
         )

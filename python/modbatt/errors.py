@@ -114,12 +114,17 @@ class KeyHalfError(ApiBridgeResponseError):
         self.field = field
 
 
+class BusOpenError(ModbattError):
+    """A CAN bus could not be opened (no such interface, adapter or driver)."""
+
+
 __all__ = [
     "ApiBridgeError",
     "ApiBridgeRequestError",
     "ApiBridgeResponseError",
     "ApiBridgeUnavailableError",
     "AuthenticationError",
+    "BusOpenError",
     "CounterExhaustedError",
     "DowngradeError",
     "FrameRejectedError",

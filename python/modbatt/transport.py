@@ -17,7 +17,7 @@ from typing import Any
 
 import can
 
-from modbatt.errors import InvalidArgumentError, MalformedFrameError
+from modbatt.errors import BusOpenError, InvalidArgumentError, MalformedFrameError
 from modbatt.traffic import TrafficLog
 
 log = logging.getLogger("modbatt.transport")
@@ -126,9 +126,12 @@ def open_bus(spec: BusSpec) -> can.BusABC:
         kwargs["bitrate"] = spec.bitrate
     if spec.fd:
         kwargs["fd"] = True
-    if spec.interface is None:
-        return can.Bus(context=spec.context, **kwargs)
-    return can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
+    try:
+        if spec.interface is None:
+            return can.Bus(context=spec.context, **kwargs)
+        return can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
+    except (can.CanError, OSError, ImportError) as exc:
+        raise BusOpenError(f"cannot open bus {str(spec)!r}: {exc}") from None
 
 
 RECEIVE_WAKE_S = 0.1  # an idle port's thread wakes this often to see whether it is closed
