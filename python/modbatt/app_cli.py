@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.app import App, AppError
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.errors import ApiBridgeError, ModbattError
+from modbatt.monitor import run_monitor
 from modbatt.stores import AuditLog, StoreError
 from modbatt.traffic import LOG_HELP, traffic_log
 from modbatt.transport import CanPort, parse_bus_spec
@@ -31,22 +31,7 @@ def add_app_parser(commands: Any, bus_help: str, config_help: str) -> argparse.A
     app: argparse.ArgumentParser = commands.add_parser(
         "app", help="the Modbatt app: discover, bootstrap, pair, ..."
     )
-    app.add_argument("--can", metavar="BUS", help="(required) " + bus_help)
-    app.add_argument(
-        "--state-dir",
-        type=Path,
-        help="the app's keystore and audit log (default: the platform's data directory, "
-        "e.g. ~/.local/share/modbatt/app)",
-    )
-    app.add_argument(
-        "--api-bridge",
-        metavar="URL",
-        help="API-Bridge base URL (default: $MODBATT_API_BRIDGE_URL or http://127.0.0.1:8082)",
-    )
-    app.add_argument("--creator", help="creator name (default: $MODBATT_CREATOR or alice)")
-    app.add_argument("--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)")
-    app.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
-    app.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_app_options(app, bus_help, config_help)
     actions = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
     actions.add_parser("discover", help="ask the pack who and how it is")
     actions.add_parser("bootstrap", help="register, create the LCT, deliver keys, upgrade CAN 1")
@@ -84,9 +69,62 @@ def add_app_parser(commands: Any, bus_help: str, config_help: str) -> argparse.A
         action="store_true",
         help="allow a new bootstrap of a pack that lost its keys",
     )
-    monitor = actions.add_parser("monitor", help="decrypted module telemetry (Workflow B.2)")
-    monitor.add_argument("--duration", type=float, default=10.0, help="seconds (default: 10)")
+    monitor = actions.add_parser(
+        "monitor", help="the live view of the pack: module telemetry, links, drops (B.2)"
+    )
+    _add_monitor_options(monitor, default_duration=10.0)
     return app
+
+
+def add_app_options(app: argparse.ArgumentParser, bus_help: str, config_help: str) -> None:
+    """The options of every app command: the bus, the state, the API-Bridge, the log."""
+    app.add_argument("--can", metavar="BUS", help="(required) " + bus_help)
+    app.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the app's keystore and audit log (default: the platform's data directory, "
+        "e.g. ~/.local/share/modbatt/app)",
+    )
+    app.add_argument(
+        "--api-bridge",
+        metavar="URL",
+        help="API-Bridge base URL (default: $MODBATT_API_BRIDGE_URL or http://127.0.0.1:8082)",
+    )
+    app.add_argument("--creator", help="creator name (default: $MODBATT_CREATOR or alice)")
+    app.add_argument("--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)")
+    app.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
+    app.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+
+
+def add_monitor_parser(commands: Any, bus_help: str, config_help: str) -> argparse.ArgumentParser:
+    """``modbatt monitor``: the live view of a pack (``modbatt app ... monitor``)."""
+    monitor: argparse.ArgumentParser = commands.add_parser(
+        "monitor",
+        help="a live view of a running pack: state, links, module telemetry, drops, alerts",
+        description="Connects to a pack as its app (the keys in --state-dir) and redraws its "
+        "state, security level, each module's decrypted telemetry, frame rates, drops by "
+        "reason and the latest alerts, until Ctrl-C or --duration.",
+    )
+    add_app_options(monitor, bus_help, config_help)
+    _add_monitor_options(monitor, default_duration=None)
+    return monitor
+
+
+def _add_monitor_options(parser: argparse.ArgumentParser, default_duration: float | None) -> None:
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=default_duration,
+        help="seconds, then stop"
+        + (
+            " (default: until Ctrl-C)"
+            if default_duration is None
+            else f" (default: {default_duration:g})"
+        ),
+    )
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)"
+    )
 
 
 def run_app(args: argparse.Namespace, out: Printer = print) -> int:
@@ -156,16 +194,6 @@ def _act(app: App, args: argparse.Namespace, out: Printer) -> int:
     elif command == "firmware":
         out(json.dumps(app.update_firmware(args.image.read_bytes(), args.version)))
     elif command == "monitor":
-        end = time.monotonic() + args.duration
-        while time.monotonic() < end:
-            time.sleep(1.0)
-            if app.keep_link():  # the pack's status frames stopped: handshake again
-                out("link re-established (the pack's status frames had stopped)")
-            for node in sorted(app.telemetry):
-                s1 = app.telemetry[node].get("STATUS_1", {})
-                out(
-                    f"module {node}: state {s1.get('State')}, SOC {s1.get('SOC')} %, "
-                    f"{s1.get('ModuleVoltage')} V, {s1.get('Current')} A"
-                )
+        run_monitor(app, args.duration, args.interval, out)
         out(f"{app.telemetry_frames} telemetry frames decrypted")
     return 0

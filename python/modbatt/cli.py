@@ -183,15 +183,20 @@ def _build_parser() -> argparse.ArgumentParser:
         role_parser.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     ROLE_PARSERS.update({"module": module_run, "pack": pack_run})
 
-    from modbatt.app_cli import add_app_parser
-
-    ROLE_PARSERS["app"] = add_app_parser(commands, BUS_HELP, CONFIG_HELP)
+    _add_app_parsers(commands)
 
     _add_bench_parser(commands)
     _add_soak_parser(commands)
     _add_decode_parser(commands)
     _add_verbosity(parser)
     return parser
+
+
+def _add_app_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from modbatt.app_cli import add_app_parser, add_monitor_parser
+
+    ROLE_PARSERS["app"] = add_app_parser(commands, BUS_HELP, CONFIG_HELP)
+    ROLE_PARSERS["monitor"] = add_monitor_parser(commands, BUS_HELP, CONFIG_HELP)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -388,6 +393,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     if args.command == "decode":
         return _decode(args)
+    if args.command == "monitor":  # the app's live view, as its own command
+        args.command, args.app_command = "app", "monitor"
     if args.command == "app":
         from modbatt.app_cli import run_app
 
@@ -420,6 +427,7 @@ def _with_config(
 
     models: dict[str, type[RoleConfig]] = {
         "app": AppConfig,
+        "monitor": AppConfig,
         "module": ModuleConfig,
         "pack": PackConfig,
     }

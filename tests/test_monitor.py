@@ -1,0 +1,71 @@
+"""`modbatt monitor` (issue 8): the live view of a pack, rendered from a known snapshot, and
+gathered from a running pack by the app."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from modbatt.monitor import ModuleRow, MonitorView, render, run_monitor, view_of
+from tests.api_bridge_server import BridgeProcess
+from tests.test_pairing import bring_up, running_lifecycle, wait_for
+
+SNAPSHOT = MonitorView(
+    pack="PACK-0001",
+    state="Operational",
+    security_level=3,
+    app_link=True,
+    modules=[
+        ModuleRow(1, 500, True, True, "On", 74.5, 52.31, -1.25, 3.866, 3.886, 24.2, 25.9),
+        ModuleRow(2, 501, False, False, "?"),
+    ],
+    telemetry_fps=38.4,
+    app_drops={"unpaired": 1},
+    gateway_drops={"bad_tag": 2, "no_route": 7},
+    alerts=["module silent: module 2, value 0"],
+)
+
+
+def test_a_known_snapshot_renders_as_expected() -> None:
+    assert render(SNAPSHOT) == [
+        "pack PACK-0001: Operational, security level 3 (both encrypted)",
+        "app link (CAN 1): sealed session; telemetry 38 messages/s",
+        "",
+        " id  unique id link      online state     SOC %       V       A  cell V min-max"
+        "  °C min-max",
+        "  1        500 sealed    yes    On         74.5   52.31   -1.25     3.866-3.886"
+        "   24.2-25.9",
+        "  2        501 plain     no     ?             -       -       -               -"
+        "           -",
+        "",
+        "dropped: bad_tag 2, no_route 7, app: unpaired 1",
+        "alerts: module silent: module 2, value 0",
+    ]
+    assert all(len(line) <= 100 for line in render(SNAPSHOT))
+
+
+def test_an_empty_pack_says_so() -> None:
+    empty = MonitorView("PACK-0002", "Bootstrap Complete", 1, True, [], 0.0)
+    lines = render(empty)
+    assert "  (no module registered)" in lines
+    assert lines[-2:] == ["dropped: nothing", "alerts: none"]
+
+
+def test_the_view_of_a_running_pack(tmp_path: Path, api_bridge: BridgeProcess) -> None:
+    with running_lifecycle(tmp_path, api_bridge) as life:
+        bring_up(life)
+        ids = {m.module.module_id for m in life.modules}
+        assert wait_for(lambda: ids <= set(life.app.telemetry), 4.0)
+        time.sleep(0.5)  # every STATUS message once at least
+        view = view_of(life.app, life.app.status(), 10.0)
+        assert (view.state, view.security_level, view.app_link) == ("Operational", 3, True)
+        assert {row.module_id for row in view.modules} == ids
+        assert all(row.paired and row.online and row.soc is not None for row in view.modules)
+        assert all(row.cell_min_v is not None and row.temp_max is not None for row in view.modules)
+        # the loop redraws in place on a terminal, one block a refresh otherwise
+        shown: list[str] = []
+        assert run_monitor(life.app, 0.25, 0.1, shown.append, redraw=False) == 0
+        assert shown and shown[-1].startswith("pack PACK-")
+        shown.clear()
+        run_monitor(life.app, 0.15, 0.1, shown.append, redraw=True)
+        assert shown[-1].startswith("\x1b[H\x1b[2J")
