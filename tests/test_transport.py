@@ -132,11 +132,14 @@ def test_the_message_handler_owns_a_frame_only_when_no_one_else_kept_it() -> Non
         port.subscribe_messages(lambda msg, owned: seen.append((msg.arbitration_id, owned)))
         with pytest.raises(errors.InvalidArgumentError):
             port.subscribe_messages(lambda msg, owned: None)  # one per port
+        stack: list[int] = []
+        port.id_notifier(0x300).add_listener(lambda msg: stack.append(msg.arbitration_id))
         peer.send(to_message(0x100, b"\x01"))
         peer.send(to_message(0x100 | ENCRYPTION_FLAG, b"\x02"))
         peer.send(can.Message(arbitration_id=0x100, data=b"\x03", is_extended_id=False))
-        _wait_for(lambda: len(seen) == 2)
-        time.sleep(0.05)  # the 11-bit frame never comes
+        peer.send(to_message(0x300, b"\x04"))  # an ISO-TP stack's: the node's own
+        _wait_for(lambda: len(seen) == 2 and stack == [0x300])
+        time.sleep(0.05)  # neither the 11-bit frame nor the stack's comes
         assert seen == [(0x100, False), (0x100 | ENCRYPTION_FLAG, True)]
     finally:
         port.close()

@@ -37,6 +37,7 @@ from modbatt.api_bridge.server import build
 from modbatt.app import App
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.module_sim import modules_for
+from modbatt.monitor import render, view_of
 from modbatt.nodes import NodeLoop
 from modbatt.pack import PackController, PackRuntime, PackState
 from modbatt.pairing import PairingAgent, SecureModule
@@ -232,18 +233,6 @@ class Processes:
             process.wait(timeout=10)
 
 
-def _table(app: App, out: Printer) -> None:
-    out(f"   {'module':>6}  {'state':9}  {'SOC %':>6}  {'V':>7}  {'A':>7}  {'T max °C':>8}")
-    for node in sorted(n for n in app.telemetry if 1 <= n <= 31):  # not unregistered (0xFF)
-        t = app.telemetry[node]
-        s1, s3 = t.get("STATUS_1", {}), t.get("STATUS_3", {})
-        state = {0: "Off", 1: "Standby", 2: "Precharge", 3: "On"}.get(int(s1.get("State", -1)), "?")
-        out(
-            f"   {node:>6}  {state:9}  {s1.get('SOC', 0):6.1f}  {s1.get('ModuleVoltage', 0):7.2f}"
-            f"  {s1.get('Current', 0):7.2f}  {s3.get('MaxCellTemp', 0):8.2f}"
-        )
-
-
 def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -423,9 +412,15 @@ def _phases(
     )
     app.telemetry_frames = 0
     end = time.monotonic() + duration_s
+    frames, at = 0, time.monotonic()
     while time.monotonic() < end:
         time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-        _table(app, out)
+        # the live view is `modbatt monitor`'s, one block a second
+        now = time.monotonic()
+        fps = (app.telemetry_frames - frames) / max(now - at, 1e-6)
+        frames, at = app.telemetry_frames, now
+        for line in render(view_of(app, app.status(), fps)):
+            out(f"   {line}" if line else "")
     telemetry = app.telemetry_frames
     out("5. the pack's flash is lost (erased) and the pack restarts")
     topology.stop_pack()

@@ -246,7 +246,9 @@ class CanPort:
 
         For a bridge: it gets python-can's message object itself, and `owned` says that no
         other listener of this port kept it, so the handler may reuse the object to send
-        (see `send_built`). One such handler per port. Returns what `unsubscribe` takes.
+        (see `send_built`). Frames on the ids of this node's ISO-TP stacks (`id_notifier`)
+        are the node's own and are not handed to it. One such handler per port. Returns what
+        `unsubscribe` takes.
         """
         with self._lock:
             if self._message_handler is not None:
@@ -320,7 +322,8 @@ class CanPort:
             data, timestamp = bytes(msg.data), msg.timestamp
             for handler in handlers:
                 handler(can_id, data, timestamp)
-        if message_handler is not None:
+        if message_handler is not None and routed is None:
+            # a frame for one of this node's ISO-TP stacks is its own, not one to bridge
             message_handler(msg, not kept)
 
     def send(self, can_id: int, data: bytes) -> None:
