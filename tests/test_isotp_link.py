@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -13,7 +12,7 @@ import can
 import pytest
 
 from modbatt.faults import FaultPlan, FaultyBus
-from modbatt.isotp_link import IDLE_WAKE_S, MAX_MESSAGE, MessageChannel, TransferError
+from modbatt.isotp_link import MAX_MESSAGE, MessageChannel, TransferError
 from modbatt.transport import CanPort
 
 TX, RX = 0x1980_0001, 0x1984_0001
@@ -108,17 +107,3 @@ def test_a_retry_gets_through_a_lossy_bus(channel_name: str) -> None:
         right.close()
         a.close()
         b.close()
-
-
-def test_a_channel_closes_at_once_although_its_idle_threads_sleep_long(channel_name: str) -> None:
-    # The stack's idle threads wake once a second (IDLE_WAKE_S) so as not to disturb the
-    # bridge; closing must not wait for them.
-    a, b = ports(channel_name)
-    left, right = MessageChannel(a, TX, RX), MessageChannel(b, RX, TX)
-    assert transfer(left, right, b"hello") == b"hello"
-    started = time.monotonic()
-    for channel in (left, right):
-        channel.close()
-    assert time.monotonic() - started < IDLE_WAKE_S / 4
-    a.close()
-    b.close()

@@ -14,7 +14,6 @@ import hashlib
 import logging
 from typing import Any
 
-import can
 import isotp
 
 from modbatt.errors import ModbattError
@@ -47,38 +46,6 @@ def without_check(data: bytes | bytearray) -> bytes | None:
     return payload if _check(payload) == check else None
 
 
-IDLE_WAKE_S = 1.0  # how often an idle stack's threads wake (can-isotp's default is 50 ms)
-_WAKE = can.Message(is_remote_frame=True)  # carries nothing: ends a reader's wait
-
-
-class _QuietStack(isotp.NotifierBasedCanStack):
-    """can-isotp's stack, whose threads sleep for IDLE_WAKE_S instead of 50 ms while idle.
-
-    Every wake-up of an idle thread takes the interpreter lock from the pack's bridge for a
-    moment (a frame arriving then waits). Traffic wakes the stack by itself (a frame, or a
-    send); while a transfer is under way its threads wake at can-isotp's usual 50 ms, which
-    is how finely its timeouts (flow control, consecutive frames) are checked. `stop` wakes
-    the reading thread itself instead of waiting for it.
-    """
-
-    # can-isotp reads `default_read_timeout` afresh on every turn of its threads' loops
-    @property
-    def default_read_timeout(self) -> float:
-        idle = self.rx_state == self.RxState.IDLE and self.tx_state == self.TxState.IDLE
-        return IDLE_WAKE_S if idle else self._active_wake_s
-
-    @default_read_timeout.setter
-    def default_read_timeout(self, value: float) -> None:
-        self._active_wake_s = value
-
-    def stop(self) -> None:
-        reader = self.buffered_reader
-        self.events.stop_requested.set()  # the threads leave their loops when they wake...
-        if reader is not None:
-            reader.on_message_received(_WAKE)  # ...which the reading thread does now
-        super().stop()
-
-
 class MessageChannel:
     """One ISO-TP conversation: we send on `txid`, we listen on `rxid`."""
 
@@ -106,7 +73,7 @@ class MessageChannel:
             "rx_flowcontrol_timeout": int(timeout_s * 1000),
             "rx_consecutive_frame_timeout": int(timeout_s * 1000),
         }
-        self._stack = _QuietStack(
+        self._stack = isotp.NotifierBasedCanStack(
             port.bus,
             port.id_notifier(rxid),  # only its own frames: one lookup per frame, not a copy
             address=address,
