@@ -26,7 +26,8 @@ from typing import Any
 import can
 import isotp
 
-from modbatt import LinkKey, Session, is_encrypted, split_id
+from modbatt import LinkKey, Session, is_encrypted, logical_id, split_id
+from modbatt._core import frame_format
 from modbatt.app import AppError, parse_alert, parse_pack_status
 from modbatt.catalogue import catalogue
 from modbatt.control import ControlError
@@ -50,7 +51,6 @@ CONTROL_BASES = {0x460: "app -> pack", 0x461: "pack -> app"}  # CAN 1 (PROTOCOL.
 PAIRING_BASES = {0x530: "pack -> module", 0x531: "module -> pack"}  # CAN 2 (§8c)
 STATUS_BASE, ALERT_BASE = 0x470, 0x471
 SECURE_FORMATS = {0: "single", 1: "pair data", 2: "pair auth", 3: "FD"}
-FORMAT_SHIFT, ENCRYPTION_BIT = 15, 1 << 17
 DECODE_FAILURE_BUDGET = 2**31  # a decoding session tries frames of both directions
 
 
@@ -183,7 +183,7 @@ class Decoder:
         if message.is_error_frame or message.is_remote_frame or not message.is_extended_id:
             decoded.what = "not a modbatt frame (error, remote or 11-bit)"
             return decoded
-        base, node = split_id(can_id & ~(ENCRYPTION_BIT | 0b11 << FORMAT_SHIFT))
+        base, node = split_id(logical_id(can_id))
         channels = CONTROL_BASES if bus == 1 else PAIRING_BASES
         if base in channels:
             decoded.what = f"ISO-TP, {channels[base]}" + (
@@ -193,13 +193,10 @@ class Decoder:
         elif is_encrypted(can_id):
             decoded.what = self._sealed(bus, node, can_id, data)
         else:
-            decoded.what = self._plain(can_id, data)
+            decoded.what = self._name(can_id, data)
         return decoded
 
     # --- plain frames -------------------------------------------------------------------
-
-    def _plain(self, can_id: int, data: bytes) -> str:
-        return self._name(can_id, data)
 
     def _name(self, logical_id: int, plain: bytes) -> str:
         base, _node = split_id(logical_id)
@@ -222,8 +219,8 @@ class Decoder:
     # --- sealed frames ------------------------------------------------------------------
 
     def _sealed(self, bus: int, node: int, can_id: int, data: bytes) -> str:
-        form = SECURE_FORMATS[(can_id >> FORMAT_SHIFT) & 0b11]
-        logical = can_id & ~(ENCRYPTION_BIT | 0b11 << FORMAT_SHIFT)
+        form = SECURE_FORMATS[frame_format(can_id)]
+        logical = logical_id(can_id)
         name = self._message_name(logical)
         sessions = self._sessions.get((bus, 0 if bus == 1 else node))
         if sessions is None:
@@ -273,7 +270,7 @@ class Decoder:
             sessions = self._sessions.get(key)
             if sessions is None:
                 return f"sealed message ({len(data)} bytes): no session in this log for its link"
-            stream = can_id & ~(ENCRYPTION_BIT | 0b11 << FORMAT_SHIFT)
+            stream = logical_id(can_id)
             for opener in sessions.openers:
                 try:
                     plain = opener.open_message(stream, data)

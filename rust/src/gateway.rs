@@ -16,7 +16,7 @@
 //! reveals nothing the forwarded message would not.
 
 use crate::error::{DropReason, Error, Result};
-use crate::frame::{self, Frame, MAX_DATA_LEN, PAIR_MAX_PAYLOAD};
+use crate::frame::{self, Frame, MAX_DATA_LEN, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD};
 use crate::freshness::StreamMap;
 use crate::ids::{self, Format, SECURE_BITS};
 use crate::routing::{LinkId, RoutingTable, Rule};
@@ -400,7 +400,11 @@ impl Gateway {
             .session(in_link)
             .and_then(|s| s.rx_expected(plain.id))
             .and_then(|next| next.checked_sub(1));
-        if ours && !rule.fd && verified_at == Some(r.expected) && usize::from(plain.len) > 3 {
+        if ours
+            && !rule.fd
+            && verified_at == Some(r.expected)
+            && usize::from(plain.len) > SINGLE_MAX_PAYLOAD
+        {
             return Some(r.freshness);
         }
         if ours {
