@@ -211,7 +211,7 @@ def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> No
         app.pair(module.module.config.unique_id)
     keys = app.keystore.load()
     assert keys is not None and keys.lct_id is not None
-    old_lct = keys.lct_id
+    old_lct, old_module_lcts = keys.lct_id, dict(keys.module_lcts)
     # the pack's flash is lost; the pack restarts in Factory Default
     lifecycle.pack.stop()
     old = lifecycle.pack.controller
@@ -225,6 +225,13 @@ def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> No
     status = app.status()
     assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
     assert lifecycle.bridge.get_lct(old_lct).status == "revoked"
+    # the modules' old LCTs are revoked too, each replaced by the one now in the keystore
+    renewed = app.keystore.load()
+    assert renewed is not None and len(old_module_lcts) == 2
+    for unique_id, lct_id in old_module_lcts.items():
+        old_record = lifecycle.bridge.get_lct(lct_id)
+        assert old_record.status == "revoked"
+        assert old_record.replaced_by == renewed.module_lcts[unique_id]
     app.telemetry.clear()
     ids = {m.module.module_id for m in modules}
     assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)

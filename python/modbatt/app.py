@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +45,7 @@ from modbatt.control import REQUEST_ID, ControlEndpoint, new_request_id, request
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
 from modbatt.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, app_link_key, host_id
+from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.stores import AuditLog, StoreCorruptError
 
 log = logging.getLogger("modbatt.app")
@@ -232,6 +234,7 @@ class App:
     endpoint: ControlEndpoint
     bridge: ApiBridgeClient
     audit: AuditLog | None = None
+    progress: Progress = field(default=NO_PROGRESS, repr=False)  # what long steps wait for
     keystore: TypedStore[AppKeys] = field(init=False)
     host_id: str = field(init=False)
 
@@ -272,6 +275,13 @@ class App:
         timeout_s: float = REPLY_TIMEOUT_S,
     ) -> dict[str, Any]:
         message = {**message, REQUEST_ID: new_request_id()}  # the same id for every retry
+        with self.progress.waiting(f"{message['type']}: waiting for the pack controller"):
+            answer = self._request(message, plain=plain, timeout_s=timeout_s)
+        return check_answer(message["type"], expect, answer)
+
+    def _request(
+        self, message: dict[str, Any], *, plain: bool, timeout_s: float
+    ) -> dict[str, Any] | None:
         sealed = self.session is not None and not plain
         answer = request(
             self.endpoint,
@@ -294,7 +304,13 @@ class App:
                     f"could not be re-established ({exc})"
                 ) from None
             answer = request(self.endpoint, message, attempts=REPLY_ATTEMPTS, timeout_s=timeout_s)
-        return check_answer(message["type"], expect, answer)
+        return answer
+
+    def _api_bridge(self, what: str) -> AbstractContextManager[None]:
+        """A progress step around a call to the API-Bridge (it retries a while when down)."""
+        return self.progress.waiting(
+            f"{what}: waiting for the API-Bridge at {self.bridge.config.base_url}"
+        )
 
     @property
     def session(self) -> Session | None:
@@ -325,7 +341,9 @@ class App:
         """
         for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
             try:
-                return self._bootstrap_once(replaces, resuming=attempt > 1)
+                step = f"bootstrap (attempt {attempt} of {BOOTSTRAP_ATTEMPTS})"
+                with self.progress.waiting(step):
+                    return self._bootstrap_once(replaces, resuming=attempt > 1)
             except (PackSilentError, PackRefusedError) as exc:
                 if attempt == BOOTSTRAP_ATTEMPTS:
                     raise
@@ -352,16 +370,20 @@ class App:
                 " not Factory Default"
             )
         serial = str(info["serial"])
-        app = self.bridge.register_component(self.host_id, "modbatt app")
-        pack = self.bridge.register_component(f"MODBATT-PACK-{serial}", "modbatt pack controller")
+        with self._api_bridge("registering the app and the pack"):
+            app = self.bridge.register_component(self.host_id, "modbatt app")
+            pack = self.bridge.register_component(
+                f"MODBATT-PACK-{serial}", "modbatt pack controller"
+            )
         # A pending LCT never reached a pack (it is in factory state): replace it rather than
         # leave it active on the API-Bridge.
         old_lct = pending.lct_id if pending is not None else replaces
-        if old_lct is None:
-            created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
-        else:
-            reason = "key recovery" if pending is None else "bootstrap retried"
-            created = self.bridge.replace_lct(old_lct, reason)
+        with self._api_bridge("creating the app-pack LCT"):
+            if old_lct is None:
+                created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
+            else:
+                reason = "key recovery" if pending is None else "bootstrap retried"
+                created = self.bridge.replace_lct(old_lct, reason)
         keys = created.keys
         self._audit(
             "lct.created",
@@ -434,6 +456,11 @@ class App:
         assert keys is not None and keys.app_component_id and keys.pack_component_id
         self.session = None
         self.last_status_at = None  # the new session's status frames are due from now
+        with self.progress.waiting("the channel upgrade (session handshake)"):
+            return self._connect(keys)
+
+    def _connect(self, keys: AppKeys) -> dict[str, Any]:
+        assert keys.app_component_id and keys.pack_component_id
         initiator = Initiator(self.link(), keys.app_component_id, keys.pack_component_id)
         response = self._ask(
             {"type": "handshake_init", "data": initiator.start().hex()},
@@ -524,20 +551,33 @@ class App:
         keys = self.keystore.load()
         if keys is None or keys.pack_component_id is None:
             raise AppError("pair: bootstrap first")
-        module = self.bridge.register_component(f"MODBATT-MODULE-{unique_id}", "battery module")
-        created = self.bridge.create_lct(keys.pack_component_id, module.component_id, "pack-module")
+        with self.progress.waiting(f"pairing module {unique_id}"):
+            return self._pair(keys, keys.pack_component_id, unique_id, replaces)
+
+    def _pair(
+        self, keys: AppKeys, pack: str, unique_id: int, replaces: str | None
+    ) -> dict[str, Any]:
+        with self._api_bridge(f"registering module {unique_id} and its LCT"):
+            if replaces is None:
+                module = self.bridge.register_component(
+                    f"MODBATT-MODULE-{unique_id}", "battery module"
+                ).component_id
+                created = self.bridge.create_lct(pack, module, "pack-module")
+            else:  # key recovery: the old LCT is revoked, its replacement joins the same two
+                created = self.bridge.replace_lct(replaces, "key recovery")
+                module = created.record.component_b
         halves = created.keys
         self._audit(
             "lct.created",
             lct_id=created.record.lct_id,
-            pack=keys.pack_component_id,
-            module=module.component_id,
+            pack=pack,
+            module=module,
         )
         result = self._ask(
             {
                 "type": "pair_module",
                 "unique_id": unique_id,
-                "module_component_id": module.component_id,
+                "module_component_id": module,
                 "lct_id": created.record.lct_id,
                 "pack_device_key_half": halves.device_key_half_a.get_secret_value().hex(),
                 "pack_lct_key_half": halves.lct_key_half_a.get_secret_value().hex(),
@@ -609,19 +649,18 @@ class App:
             "firmware_ready",
         )
         size = int(ready["chunk"])
-        for index, start in enumerate(range(0, len(image), size)):
-            taken = self._ask(
-                {
-                    "type": "firmware_chunk",
-                    "index": index,
-                    "data": image[start : start + size].hex(),
-                },
-                "firmware_chunk_ok",
-            )
-            if taken["index"] != index:
-                raise AppError(
-                    f"firmware_chunk: sent chunk {index}, the pack took {taken['index']}"
+        with self.progress.counting(f"firmware {version}: bytes sent", len(image)) as advance:
+            for index, start in enumerate(range(0, len(image), size)):
+                chunk = image[start : start + size]
+                taken = self._ask(
+                    {"type": "firmware_chunk", "index": index, "data": chunk.hex()},
+                    "firmware_chunk_ok",
                 )
+                if taken["index"] != index:
+                    raise AppError(
+                        f"firmware_chunk: sent chunk {index}, the pack took {taken['index']}"
+                    )
+                advance(len(chunk))
         stored = self._ask({"type": "firmware_end"}, "firmware_stored")
         self._audit("firmware.sent", version=version, sha256=digest)
         return stored
@@ -685,9 +724,11 @@ class App:
         modules = {} if keys is None else dict(keys.module_lcts)
         if modules:
             online = {m["unique_id"] for m in self.status()["modules"] if m["online"]}
-            for unique, lct_id in modules.items():
-                if int(unique) in online:
-                    self.pair(int(unique), replaces=lct_id)
+            with self.progress.counting("pairing the modules again", len(modules)) as advance:
+                for unique, lct_id in modules.items():
+                    if int(unique) in online:
+                        self.pair(int(unique), replaces=lct_id)
+                    advance(1)
         return {**upgraded, "repaired_modules": len(modules)}
 
     def _pack_frame(self, session: Session, can_id: int, data: bytes) -> None:
