@@ -14,7 +14,6 @@ a stand-in that hands out random key halves.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -38,7 +37,7 @@ from pydantic import SecretBytes
 from modbatt import compose_id
 from modbatt.api_bridge.client import ApiBridgeClient
 from modbatt.app import App, AppError, parse_alert, parse_pack_status
-from modbatt.app_cli import _act
+from modbatt.app_cli import act
 from modbatt.bootstrap import ACK_LABEL, delivery_keys
 from modbatt.catalogue import catalogue
 from modbatt.control import (
@@ -179,6 +178,8 @@ class Peer:
 
 class Bridge:
     """The API-Bridge calls the app makes: components by name, LCTs with random halves."""
+
+    config = SimpleNamespace(base_url="in-process")
 
     def __init__(self) -> None:
         self.secrets: list[bytes] = []
@@ -356,8 +357,7 @@ def linked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Linked]:
 
 def cli(command: str, **options: Any) -> Callable[[App], Any]:
     """`modbatt app COMMAND` as `app_cli` runs it (after the app's own handshake)."""
-    args = argparse.Namespace(app_command=command, **options)
-    return lambda app: _act(app, args, lambda _line: None)
+    return lambda app: act(app, command, lambda _line: None, **options)
 
 
 FACTORY_DEFAULT = {

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import modbatt.cli as cli
+import modbatt.cli_base as cli_base
 
 KEYS = [
     "seal_ns_rust",
@@ -94,13 +95,15 @@ def test_exit_status_says_what_failed(tmp_path: Path) -> None:
     no_bus = _run(
         "app", "--can", "socketcan:modbatt-no-such-if", "--state-dir", str(tmp_path), "status"
     )
-    assert no_bus.returncode == cli.EXIT_BUS, no_bus.stderr
+    assert no_bus.returncode == cli_base.EXIT_BUS, no_bus.stderr
     assert "cannot open bus" in no_bus.stderr and "ip link" in no_bus.stderr
     assert "Traceback" not in no_bus.stderr
     no_bridge = _run("api-bridge", "health", "--url", "http://127.0.0.1:9")
-    assert no_bridge.returncode == cli.EXIT_API_BRIDGE
-    assert _run("pack", "run", "--no-such-option").returncode == cli.EXIT_USAGE
-    assert "exit status: 0 success; 1 the operation failed" in _run("--help").stdout
+    assert no_bridge.returncode == cli_base.EXIT_API_BRIDGE
+    assert _run("pack", "run", "--no-such-option").returncode == cli_base.EXIT_USAGE
+    help_text = _run("--help").stdout
+    for code, meaning in cli.EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in help_text
 
 
 def test_a_bug_is_a_short_paragraph_and_its_traceback_needs_v(
@@ -109,8 +112,8 @@ def test_a_bug_is_a_short_paragraph_and_its_traceback_needs_v(
     def broken(*_args: object) -> int:
         raise RuntimeError("something modbatt did not expect")
 
-    monkeypatch.setattr(cli, "_run", broken)
-    assert cli.main(["dbc"]) == cli.EXIT_INTERNAL
+    monkeypatch.setattr("modbatt.catalogue.dbc_path", broken)
+    assert cli.main(["dbc"]) == cli_base.EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "something modbatt did not expect" in err and "run again with -v" in err
     assert "Traceback" not in err
@@ -122,5 +125,5 @@ def test_state_lives_in_the_platform_data_directory_by_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert cli.default_state_dir("app") == tmp_path / "modbatt" / "app"
-    assert cli.default_db_path() == tmp_path / "modbatt" / "api-bridge.sqlite3"
+    assert cli_base.default_state_dir("app") == tmp_path / "modbatt" / "app"
+    assert cli_base.default_db_path() == tmp_path / "modbatt" / "api-bridge.sqlite3"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -100,11 +102,12 @@ def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
             assert done.returncode == 0, (action, done.stdout + done.stderr)
             assert isinstance(json.loads(done.stdout), dict), action
         vague = app(["configure"], can1, state, bridge.url)
-        assert vague.returncode == 1 and "--bridge-unpaired" in vague.stdout
+        assert vague.returncode == 2 and "--bridge-unpaired" in vague.stderr  # a usage mistake
         monitor = app(["monitor", "--duration", "2"], can1, state, bridge.url)
         assert monitor.returncode == 0
-        frames = int(monitor.stdout.strip().splitlines()[-1].split()[0])
-        assert frames > 10, monitor.stdout
+        # the result line, on stderr: "monitor: N telemetry frames decrypted (2.3 s)"
+        counted = re.search(r"monitor: (\d+) telemetry frames decrypted", monitor.stderr)
+        assert counted is not None and int(counted.group(1)) > 10, monitor.stderr
     finally:
         for process in (modules, pack):
             process.terminate()
@@ -125,3 +128,23 @@ def test_bootstrap_pairing_monitoring_across_processes(tmp_path: Path) -> None:
     )
     assert decoded.returncode == 0, decoded.stderr
     assert "decrypted (app)" in decoded.stdout and "decrypted (module" in decoded.stdout
+
+
+def test_ctrl_c_stops_a_role_at_once_whatever_its_duration() -> None:
+    """A --duration's timer does not keep the process alive after Ctrl-C."""
+    role = subprocess.Popen(
+        [*MODBATT, "module", "run", "--can", f"virtual:ctrl-c-{random.randint(0, 10**9)}",
+         "--unique-id", "1", "--duration", "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert role.stdout is not None and "module(s)" in role.stdout.readline()
+        interrupted = time.monotonic()
+        role.send_signal(signal.SIGINT)
+        assert role.wait(timeout=30) == 0
+        assert time.monotonic() - interrupted < 10
+    finally:
+        role.kill()
+        if role.stdout is not None:
+            role.stdout.close()

@@ -65,6 +65,4 @@ def test_the_soak_command_reports_and_exits_zero(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["--modules", "0"], ["--seconds", "0"], ["--rate", "-1"]])
 def test_the_soak_command_refuses_bad_options(argv: list[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["soak", *argv])
-    assert exit_info.value.code == 2
+    assert main(["soak", *argv]) == 2

@@ -115,6 +115,7 @@ def test_modbatt_decode_on_the_command_line(recorded: tuple[Path, Path], tmp_pat
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "decrypted (app)" in result.stdout and "can2  R" in result.stdout
+    (tmp_path / "nothing.txt").write_text("")
     bad = subprocess.run(
         [sys.executable, "-m", "modbatt", "decode", str(tmp_path / "nothing.txt")],
         capture_output=True,

@@ -341,7 +341,9 @@ class App:
         """
         for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
             try:
-                step = f"bootstrap (attempt {attempt} of {BOOTSTRAP_ATTEMPTS})"
+                step = "bootstrap" + (
+                    f" (attempt {attempt} of {BOOTSTRAP_ATTEMPTS})" if attempt > 1 else ""
+                )
                 with self.progress.waiting(step):
                     return self._bootstrap_once(replaces, resuming=attempt > 1)
             except (PackSilentError, PackRefusedError) as exc:

@@ -8,192 +8,372 @@ its job: ``discover``, ``bootstrap``, ``pair``, ``status``, ``configure``, ``rec
 
 from __future__ import annotations
 
-import argparse
 import json
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
+
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.app import App, AppError
+from modbatt.cli_base import (
+    BUS,
+    BUS_HELP,
+    PATH,
+    ModbattGroup,
+    config_option,
+    default_state_dir,
+    log_option,
+    progress_of,
+)
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.errors import ApiBridgeError, ModbattError
 from modbatt.monitor import run_monitor
+from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.stores import AuditLog, StoreError
-from modbatt.traffic import LOG_HELP, traffic_log
+from modbatt.traffic import traffic_log
 from modbatt.transport import CanPort, parse_bus_spec
 
 Printer = Callable[[str], object]
+F = Callable[..., Any]
 
 
-def add_app_parser(commands: Any, bus_help: str, config_help: str) -> argparse.ArgumentParser:
-    """Add ``modbatt app`` and its actions to the command line; returns the app's parser."""
-    app: argparse.ArgumentParser = commands.add_parser(
-        "app", help="the Modbatt app: discover, bootstrap, pair, ..."
-    )
-    add_app_options(app, bus_help, config_help)
-    actions = app.add_subparsers(dest="app_command", metavar="ACTION", required=True)
-    actions.add_parser("discover", help="ask the pack who and how it is")
-    actions.add_parser("bootstrap", help="register, create the LCT, deliver keys, upgrade CAN 1")
-    pair = actions.add_parser("pair", help="pair modules (Workflow A)")
-    which = pair.add_mutually_exclusive_group(required=True)
-    which.add_argument("--unique-id", type=int, help="the module to pair")
-    which.add_argument("--all", action="store_true", help="every registered, unpaired module")
-    actions.add_parser("status", help="state, security level and modules")
-    configure = actions.add_parser(
-        "configure", help="operational parameters and security policy (Workflow B.1)"
-    )
-    configure.add_argument(
-        "--max-state",
-        type=int,
-        choices=range(4),
-        help="the highest state modules may take (0 Off ... 3 On)",
-    )
-    configure.add_argument(
-        "--bridge-unpaired",
-        choices=("yes", "no"),
-        help="whether the pack bridges unpaired modules' plain traffic (the security policy)",
-    )
-    command = actions.add_parser("command", help="ask a module for a state (Workflow B.3)")
-    command.add_argument("--module", type=int, required=True, help="the module's id (1-31)")
-    command.add_argument(
-        "--state", choices=("off", "standby", "on"), required=True, help="the state to ask for"
-    )
-    actions.add_parser("diagnose", help="counters, links, flash and audit log health")
-    firmware = actions.add_parser("firmware", help="send a firmware image to the pack")
-    firmware.add_argument("--image", type=Path, required=True, help="the image file")
-    firmware.add_argument("--version", required=True, help="the image's version")
-    recover = actions.add_parser("recover", help="key recovery (Workflow C)")
-    recover.add_argument(
-        "--confirm-rebootstrap",
-        action="store_true",
-        help="allow a new bootstrap of a pack that lost its keys",
-    )
-    monitor = actions.add_parser(
-        "monitor", help="the live view of the pack: module telemetry, links, drops (B.2)"
-    )
-    _add_monitor_options(monitor, default_duration=10.0)
-    return app
-
-
-def add_app_options(app: argparse.ArgumentParser, bus_help: str, config_help: str) -> None:
+@dataclass(frozen=True)
+class AppOptions:
     """The options of every app command: the bus, the state, the API-Bridge, the log."""
-    app.add_argument("--can", metavar="BUS", help="(required) " + bus_help)
-    app.add_argument(
-        "--state-dir",
-        type=Path,
-        help="the app's keystore and audit log (default: the platform's data directory, "
-        "e.g. ~/.local/share/modbatt/app)",
-    )
-    app.add_argument(
-        "--api-bridge",
-        metavar="URL",
-        help="API-Bridge base URL (default: $MODBATT_API_BRIDGE_URL or http://127.0.0.1:8082)",
-    )
-    app.add_argument("--creator", help="creator name (default: $MODBATT_CREATOR or alice)")
-    app.add_argument("--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)")
-    app.add_argument("--log", type=Path, metavar="FILE", help=LOG_HELP)
-    app.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+
+    can: str | None
+    state_dir: Path | None
+    api_bridge: str | None
+    creator: str | None
+    token: str | None
+    log: Path | None
 
 
-def add_monitor_parser(commands: Any, bus_help: str, config_help: str) -> argparse.ArgumentParser:
-    """``modbatt monitor``: the live view of a pack (``modbatt app ... monitor``)."""
-    monitor: argparse.ArgumentParser = commands.add_parser(
+def app_options(function: F) -> F:
+    """Add the options of :class:`AppOptions` (and ``--config``) to a command."""
+    for option in reversed(
+        [
+            config_option("app"),
+            click.option("--can", type=BUS, metavar="BUS", help="(Required.) " + BUS_HELP),
+            click.option(
+                "--state-dir",
+                type=PATH,
+                help="The app's keystore and audit log (default: the platform's data "
+                "directory, e.g. ~/.local/share/modbatt/app).",
+            ),
+            click.option(
+                "--api-bridge",
+                metavar="URL",
+                help="API-Bridge base URL (default: $MODBATT_API_BRIDGE_URL or "
+                "http://127.0.0.1:8082).",
+            ),
+            click.option("--creator", help="Creator name (default: $MODBATT_CREATOR or alice)."),
+            click.option(
+                "--token", help="API-Bridge bearer token (default: $MODBATT_API_BRIDGE_TOKEN)."
+            ),
+            log_option,
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _monitor_options(default_duration: float | None) -> Callable[[F], F]:
+    def add(function: F) -> F:
+        function = click.option(
+            "--interval",
+            type=click.FloatRange(min=0.05),
+            metavar="SECONDS",
+            default=1.0,
+            show_default=True,
+            help="Seconds between refreshes.",
+        )(function)
+        return click.option(
+            "--duration",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="SECONDS",
+            default=default_duration,
+            show_default="until Ctrl-C" if default_duration is None else True,
+            help="Seconds, then stop.",
+        )(function)
+
+    return add
+
+
+@click.group(cls=ModbattGroup)
+@app_options
+@click.pass_context
+def app(ctx: click.Context, /, **options: Any) -> None:
+    """The Modbatt app: discover, bootstrap, pair, configure, monitor, recover.
+
+    Every action opens CAN 1, reads the app's keystore from --state-dir and, when the app
+    holds keys, first runs the session handshake with the pack (the channel upgrade).
+    """
+    ctx.obj = AppOptions(**options)
+
+
+def _run(ctx: click.Context, action: str, **action_options: Any) -> int:
+    options: AppOptions = ctx.obj
+    return run_app(options, action, progress=progress_of(ctx), **action_options)
+
+
+@app.command()
+@click.pass_context
+def discover(ctx: click.Context) -> int:
+    """Ask the pack who and how it is (plain before bootstrap)."""
+    return _run(ctx, "discover")
+
+
+@app.command()
+@click.pass_context
+def bootstrap(ctx: click.Context) -> int:
+    """Register app and pack, create their LCT, deliver the keys, upgrade CAN 1."""
+    return _run(ctx, "bootstrap")
+
+
+@app.command()
+@click.option("--unique-id", type=click.IntRange(0, 2**32 - 1), help="The module to pair.")
+@click.option("--all", "every", is_flag=True, help="Every registered, unpaired module.")
+@click.pass_context
+def pair(ctx: click.Context, unique_id: int | None, every: bool) -> int:
+    """Pair modules with the pack (Workflow A)."""
+    if (unique_id is None) == (not every):
+        raise click.UsageError("give either --unique-id or --all", ctx)
+    return _run(ctx, "pair", unique_id=unique_id)
+
+
+@app.command()
+@click.pass_context
+def status(ctx: click.Context) -> int:
+    """The pack's state, security level and modules."""
+    return _run(ctx, "status")
+
+
+@app.command()
+@click.option(
+    "--max-state",
+    type=click.IntRange(0, 3),
+    help="The highest state modules may take (0 Off ... 3 On).",
+)
+@click.option(
+    "--bridge-unpaired",
+    type=click.Choice(["yes", "no"]),
+    help="Whether the pack bridges unpaired modules' plain traffic (the security policy).",
+)
+@click.pass_context
+def configure(ctx: click.Context, max_state: int | None, bridge_unpaired: str | None) -> int:
+    """Operational parameters and security policy (Workflow B.1)."""
+    if max_state is None and bridge_unpaired is None:
+        raise click.UsageError("give --max-state and/or --bridge-unpaired", ctx)
+    return _run(ctx, "configure", max_state=max_state, bridge_unpaired=bridge_unpaired)
+
+
+@app.command("command")
+@click.option(
+    "--module", "module_id", type=click.IntRange(1, 31), required=True, help="The module's id."
+)
+@click.option(
+    "--state",
+    type=click.Choice(["off", "standby", "on"]),
+    required=True,
+    help="The state to ask for.",
+)
+@click.pass_context
+def command_state(ctx: click.Context, module_id: int, state: str) -> int:
+    """Ask a module for a state (Workflow B.3)."""
+    return _run(ctx, "command", module=module_id, state=state)
+
+
+@app.command()
+@click.pass_context
+def diagnose(ctx: click.Context) -> int:
+    """Counters, links, flash and audit log health."""
+    return _run(ctx, "diagnose")
+
+
+@app.command()
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The image file.",
+)
+@click.option("--version", "image_version", required=True, help="The image's version.")
+@click.pass_context
+def firmware(ctx: click.Context, image: Path, image_version: str) -> int:
+    """Send a firmware image to the pack, in sealed chunks."""
+    return _run(ctx, "firmware", image=image, version=image_version)
+
+
+@app.command()
+@click.option(
+    "--confirm-rebootstrap",
+    is_flag=True,
+    help="Allow a new bootstrap of a pack that lost its keys.",
+)
+@click.pass_context
+def recover(ctx: click.Context, confirm_rebootstrap: bool) -> int:
+    """Key recovery (Workflow C)."""
+    return _run(ctx, "recover", confirm_rebootstrap=confirm_rebootstrap)
+
+
+@app.command("monitor")
+@_monitor_options(default_duration=10.0)
+@click.pass_context
+def app_monitor(ctx: click.Context, duration: float | None, interval: float) -> int:
+    """The live view of the pack: module telemetry, links, drops (Workflow B.2)."""
+    return _run(ctx, "monitor", duration=duration, interval=interval)
+
+
+@click.command(cls=ModbattGroup.command_class)
+@app_options
+@_monitor_options(default_duration=None)
+@click.pass_context
+def monitor(ctx: click.Context, /, duration: float | None, interval: float, **options: Any) -> int:
+    """A live view of a running pack: state, links, module telemetry, drops, alerts.
+
+    Connects to a pack as its app (the keys in --state-dir) and redraws its state, security
+    level, each module's decrypted telemetry, frame rates, drops by reason and the latest
+    alerts, until Ctrl-C or --duration.
+    """
+    return run_app(
+        AppOptions(**options),
         "monitor",
-        help="a live view of a running pack: state, links, module telemetry, drops, alerts",
-        description="Connects to a pack as its app (the keys in --state-dir) and redraws its "
-        "state, security level, each module's decrypted telemetry, frame rates, drops by "
-        "reason and the latest alerts, until Ctrl-C or --duration.",
-    )
-    add_app_options(monitor, bus_help, config_help)
-    _add_monitor_options(monitor, default_duration=None)
-    return monitor
-
-
-def _add_monitor_options(parser: argparse.ArgumentParser, default_duration: float | None) -> None:
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=default_duration,
-        help="seconds, then stop"
-        + (
-            " (default: until Ctrl-C)"
-            if default_duration is None
-            else f" (default: {default_duration:g})"
-        ),
-    )
-    parser.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)"
+        progress=progress_of(ctx),
+        duration=duration,
+        interval=interval,
     )
 
 
-def run_app(args: argparse.Namespace, out: Printer = print) -> int:
+def run_app(
+    options: AppOptions,
+    action: str,
+    out: Printer = print,
+    progress: Progress = NO_PROGRESS,
+    **action_options: Any,
+) -> int:
     """Run one `modbatt app` action; returns the exit status."""
+    if options.can is None:
+        raise click.UsageError("Missing option '--can' (on the command line or in --config).")
+    state_dir = options.state_dir or default_state_dir("app")
     config = ApiBridgeConfig.from_env(
-        base_url=args.api_bridge, creator=args.creator, token=args.token
+        base_url=options.api_bridge, creator=options.creator, token=options.token
     )
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with (
-        traffic_log(args.log) as log,
-        CanPort.open(parse_bus_spec(args.can), log=log, log_channel="can1") as port,
+        traffic_log(options.log) as log,
+        CanPort.open(parse_bus_spec(options.can), log=log, log_channel="can1") as port,
         ApiBridgeClient(config) as bridge,
     ):
         endpoint = ControlEndpoint.open(port, APP_TO_PACK, PACK_TO_APP)
         try:
-            app = App(args.state_dir, endpoint, bridge, AuditLog(args.state_dir / "audit.jsonl"))
+            app = App(
+                state_dir,
+                endpoint,
+                bridge,
+                AuditLog(state_dir / "audit.jsonl"),
+                progress=progress,
+            )
             port.subscribe(app.on_frame)
-            return _act(app, args, out)
+            outcome = act(app, action, out, progress, **action_options)
         except (ApiBridgeError, StoreError):
-            raise  # their own exit status and advice (modbatt.cli.EXIT_CODES)
+            raise  # their own exit status and advice (modbatt.cli_base.EXIT_CODES)
         except ModbattError as exc:
             out(f"error: {exc}")
             return 1
         finally:
             endpoint.close()
-
-
-def _act(app: App, args: argparse.Namespace, out: Printer) -> int:
-    command = args.app_command
-    keys = app.keystore.load()
-    has_keys = keys is not None and keys.app_device_key_half is not None
-    if command == "discover":
-        out(json.dumps(app.discover(), indent=2))
-        return 0
-    if command == "bootstrap":
-        out(json.dumps(app.bootstrap(), indent=2))
-        return 0
-    if command == "recover":
-        out(json.dumps(app.recover(confirm=args.confirm_rebootstrap), indent=2))
-        return 0
-    if not has_keys:
-        raise AppError(f"{command}: the app holds no keys yet (run bootstrap)")
-    app.connect()
-    if command == "status":
-        out(json.dumps(app.status(), indent=2))
-    elif command == "pair":
-        targets = (
-            [args.unique_id]
-            if args.unique_id is not None
-            else [
-                m["unique_id"] for m in app.status()["modules"] if m["online"] and not m["paired"]
-            ]
-        )
-        for unique_id in targets:
-            out(json.dumps(app.pair(int(unique_id))))
-    elif command == "configure":
-        bridge = None if args.bridge_unpaired is None else args.bridge_unpaired == "yes"
-        if args.max_state is None and bridge is None:
-            raise AppError("configure: give --max-state and/or --bridge-unpaired")
-        out(json.dumps(app.configure(max_state=args.max_state, bridge_unpaired_modules=bridge)))
-    elif command == "command":
-        state = {"off": 0, "standby": 1, "on": 3}[args.state]
-        app.command_state(args.module, state)
-        out(json.dumps({"module": args.module, "requested_state": state}))
-    elif command == "diagnose":
-        out(json.dumps(app.diagnostics(), indent=2))
-    elif command == "firmware":
-        out(json.dumps(app.update_firmware(args.image.read_bytes(), args.version)))
-    elif command == "monitor":
-        run_monitor(app, args.duration, args.interval, out)
-        out(f"{app.telemetry_frames} telemetry frames decrypted")
+    progress.result(f"{action}: {outcome} ({time.monotonic() - started:.1f} s)")
     return 0
+
+
+STATES = {"off": 0, "standby": 1, "on": 3}
+
+
+def act(
+    app: App, action: str, out: Printer, progress: Progress = NO_PROGRESS, **options: Any
+) -> str:
+    """Run one app action on a ready :class:`App`, print its answer; returns a summary.
+
+    The answer goes to `out` as JSON (stdout, for scripts); the summary becomes the
+    command's result line on stderr.
+    """
+    if action in ("discover", "status") and not _has_keys(app):
+        answer = app.discover()
+        out(json.dumps(answer, indent=2))
+        return _level(answer)
+    if action == "bootstrap":
+        answer = app.bootstrap()
+        out(json.dumps(answer, indent=2))
+        return f"bootstrapped, {_level(answer)}"
+    if action == "recover":
+        answer = app.recover(confirm=options["confirm_rebootstrap"])
+        out(json.dumps(answer, indent=2))
+        again = answer.get("repaired_modules")
+        return f"recovered, {_level(answer)}" + (
+            f", {again} module(s) paired again" * (again is not None)
+        )
+    if not _has_keys(app):
+        raise AppError(f"{action}: the app holds no keys yet (run bootstrap)")
+    app.connect()
+    if action in ("discover", "status"):
+        answer = app.status()
+        out(json.dumps(answer, indent=2))
+        return _level(answer)
+    if action == "pair":
+        return _pair(app, options["unique_id"], out, progress)
+    if action == "configure":
+        choice = options["bridge_unpaired"]
+        bridge = None if choice is None else choice == "yes"
+        out(
+            json.dumps(
+                app.configure(max_state=options["max_state"], bridge_unpaired_modules=bridge)
+            )
+        )
+        return "configured"
+    if action == "command":
+        state = STATES[options["state"]]
+        app.command_state(options["module"], state)
+        out(json.dumps({"module": options["module"], "requested_state": state}))
+        return f"module {options['module']} asked for state {options['state']}"
+    if action == "diagnose":
+        out(json.dumps(app.diagnostics(), indent=2))
+        return "diagnostics read"
+    if action == "firmware":
+        image: Path = options["image"]
+        answer = app.update_firmware(image.read_bytes(), options["version"])
+        out(json.dumps(answer))
+        return f"firmware {answer['version']} stored in the pack ({answer['size']} bytes)"
+    if action == "monitor":
+        run_monitor(app, options["duration"], options["interval"], out)
+        return f"{app.telemetry_frames} telemetry frames decrypted"
+    raise AppError(f"no app action {action!r}")
+
+
+def _has_keys(app: App) -> bool:
+    keys = app.keystore.load()
+    return keys is not None and keys.app_device_key_half is not None
+
+
+def _level(answer: dict[str, Any]) -> str:
+    level = f"security level {answer.get('security_level', '?')}"
+    return f"{answer['state_name']}, {level}" if "state_name" in answer else level
+
+
+def _pair(app: App, unique_id: int | None, out: Printer, progress: Progress) -> str:
+    """Pair one module, or every online unpaired one (a bar counts them)."""
+    if unique_id is not None:
+        targets = [unique_id]
+    else:
+        modules = app.status()["modules"]
+        targets = [int(m["unique_id"]) for m in modules if m["online"] and not m["paired"]]
+    with progress.counting("pairing modules", len(targets)) as advance:
+        for target in targets:
+            out(json.dumps(app.pair(target)))
+            advance(1)
+    return f"{len(targets)} module(s) paired"

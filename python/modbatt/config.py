@@ -67,7 +67,7 @@ class RoleConfig(BaseModel):
     log: LogFile | None = None
 
     def options(self) -> dict[str, Any]:
-        """The values set in the file, by the `argparse` destination of their option."""
+        """The values set in the file, by the name of their option's parameter (`state_dir`)."""
         return self.model_dump(exclude_unset=True)
 
 
@@ -105,6 +105,18 @@ class AppConfig(RoleConfig):
 
 
 ConfigT = TypeVar("ConfigT", bound=RoleConfig)
+
+MODELS: dict[str, type[RoleConfig]] = {
+    "app": AppConfig,
+    "monitor": AppConfig,
+    "module": ModuleConfig,
+    "pack": PackConfig,
+}
+
+
+def model_for(role: str) -> type[RoleConfig]:
+    """What the configuration file of `role` may hold (`app`, `monitor`, `module`, `pack`)."""
+    return MODELS[role]
 
 
 def load_config(path: Path, model: type[ConfigT]) -> ConfigT:

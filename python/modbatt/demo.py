@@ -41,6 +41,7 @@ from modbatt.monitor import render, view_of
 from modbatt.nodes import NodeLoop
 from modbatt.pack import PackController, PackRuntime, PackState
 from modbatt.pairing import PairingAgent, SecureModule
+from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.stores import AuditLog
 from modbatt.transport import BusSpec, CanPort, open_bus, parse_bus_spec
 
@@ -248,8 +249,12 @@ def run_demo(
     json_path: Path | None = None,
     out: Printer = print,
     interface: str = "virtual",
+    progress: Progress = NO_PROGRESS,
 ) -> Summary:
-    """Run the whole lifecycle; returns (and with `json_path` writes) the summary."""
+    """Run the whole lifecycle; returns (and with `json_path` writes) the summary.
+
+    `progress` shows what the app's long steps wait for (the command line's spinners).
+    """
     if not 1 <= modules <= 31:
         raise ValueError("--modules must be between 1 and 31")
     if interface not in ("virtual", "udp_multicast"):
@@ -261,7 +266,9 @@ def run_demo(
             base, run, modules
         )
         with _api_bridge(base, interface) as url:
-            return _lifecycle(base, url, topology, interface, modules, duration_s, json_path, out)
+            return _lifecycle(
+                base, url, topology, interface, modules, duration_s, json_path, out, progress
+            )
 
 
 @contextmanager
@@ -317,6 +324,7 @@ def _lifecycle(
     duration_s: float,
     json_path: Path | None,
     out: Printer,
+    progress: Progress,
 ) -> Summary:
     specs = topology.specs
     out(
@@ -336,6 +344,7 @@ def _lifecycle(
         ControlEndpoint.open(app_port, APP_TO_PACK, PACK_TO_APP),
         bridge,
         AuditLog(base / "app" / "audit.jsonl"),
+        progress=progress,
     )
     app_port.subscribe(app.on_frame)
     try:

@@ -10,7 +10,8 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -24,20 +25,33 @@ from modbatt.traffic import traffic_log
 from modbatt.transport import BusSpec, CanPort
 
 Printer = Callable[[str], object]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _until_stopped(duration_s: float | None) -> threading.Event:
-    """An event set by SIGINT, SIGTERM or the end of `duration_s`."""
+@contextmanager
+def _until_stopped(duration_s: float | None) -> Iterator[threading.Event]:
+    """An event set by SIGINT, SIGTERM or the end of `duration_s`, for the block's length.
+
+    The previous signal handlers come back afterwards, and the duration's timer is cancelled:
+    a role stopped by Ctrl-C exits at once, not when its --duration would have ended.
+    """
     stop = threading.Event()
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    if duration_s is not None:
-        threading.Timer(duration_s, stop.set).start()
-    return stop
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    timer = None if duration_s is None else threading.Timer(duration_s, stop.set)
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield stop
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def run_modules(
@@ -51,8 +65,11 @@ def run_modules(
     log_path: Path | None = None,
 ) -> int:
     """Simulate `count` modules on one bus, with pairing (flash under `state_dir`)."""
-    stop = _until_stopped(duration_s)
-    with traffic_log(log_path) as log, CanPort.open(spec, log=log, log_channel="can2") as port:
+    with (
+        _until_stopped(duration_s) as stop,
+        traffic_log(log_path) as log,
+        CanPort.open(spec, log=log, log_channel="can2") as port,
+    ):
         modules = [
             SecureModule(
                 m, None if state_dir is None else state_dir / f"module-{m.config.unique_id}"
@@ -99,9 +116,9 @@ def run_pack(
     log_path: Path | None = None,
 ) -> int:
     """The pack controller: the app side, the module side and the gateway."""
-    stop = _until_stopped(duration_s)
     state_dir.mkdir(parents=True, exist_ok=True)
     with (
+        _until_stopped(duration_s) as stop,
         traffic_log(log_path) as log,
         CanPort.open(can1, log=log, log_channel="can1") as port1,
         CanPort.open(can2, log=log, log_channel="can2") as port2,
@@ -140,8 +157,11 @@ def run_pack_module_side(
     log_path: Path | None = None,
 ) -> int:
     """The pack controller's module side alone: register modules, print the table."""
-    stop = _until_stopped(duration_s)
-    with traffic_log(log_path) as log, CanPort.open(spec, log=log, log_channel="can2") as port:
+    with (
+        _until_stopped(duration_s) as stop,
+        traffic_log(log_path) as log,
+        CanPort.open(spec, log=log, log_channel="can2") as port,
+    ):
         manager = ModuleManager()
         last_print = 0.0
 

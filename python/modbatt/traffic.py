@@ -22,8 +22,8 @@ from modbatt.errors import InvalidArgumentError
 
 FORMATS = {".blf": "BLF (Vector)", ".asc": "ASC (Vector)", ".log": "candump"}
 LOG_HELP = (
-    "record every frame sent and received to FILE, in the format its extension names: "
-    ".blf or .asc (Vector), .log (candump); read it back with 'modbatt decode'"
+    "Record every frame sent and received to FILE, in the format its extension names: "
+    ".blf or .asc (Vector), .log (candump); read it back with 'modbatt decode'."
 )
 
 
