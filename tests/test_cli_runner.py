@@ -262,10 +262,12 @@ def test_every_app_action_against_a_running_pack(tmp_path: Path, api_bridge: Bri
 
         watched = run("monitor", "--duration", "2", "--interval", "0.5")
         assert "Operational" in watched.stdout and "telemetry frames decrypted" in watched.stderr
-        alone = modbatt(
-            "monitor", "--can", f"virtual:{_can1(life)}", "--state-dir", str(tmp_path / "app-cli"),
-            "--api-bridge", api_bridge.url, "--duration", "1.5",
-        )  # fmt: skip
+        config = tmp_path / "monitor.toml"  # the options from a file this time
+        config.write_text(
+            f'can = "virtual:{_can1(life)}"\nstate-dir = "{tmp_path / "app-cli"}"\n'
+            f'api-bridge = "{api_bridge.url}"\nduration = 1.5\ninterval = 0.5\n'
+        )
+        alone = modbatt("monitor", "--config", str(config))
         assert alone.exit_code == 0 and "security level 3" in alone.stdout, alone.output
 
         recovered = run("recover")  # the pack kept its keys: the channel upgrade alone

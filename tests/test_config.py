@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from modbatt.cli import main as cli_main
-from modbatt.config import AppConfig, ConfigError, ModuleConfig, PackConfig, load_config
+from modbatt.config import (
+    AppConfig,
+    ConfigError,
+    ModuleConfig,
+    MonitorConfig,
+    PackConfig,
+    load_config,
+)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -52,6 +59,8 @@ def test_a_pack_runs_from_its_file_and_the_command_line_wins(tmp_path: Path) -> 
         (ModuleConfig, 'unique-id = "five"\n', ["key 'unique-id'"]),
         (AppConfig, 'api-bridge = "bridge.local"\n', ["key 'api-bridge'", "http"]),
         (AppConfig, "can = \n", ["not valid TOML", "line 1"]),
+        (AppConfig, "interval = 2.0\n", ["key 'interval'", "not an option"]),
+        (MonitorConfig, "interval = 0.01\n", ["key 'interval'", "0.05"]),
     ],
 )
 def test_a_bad_file_names_each_key_and_problem(
@@ -90,3 +99,10 @@ def test_a_required_option_comes_from_the_line_or_the_file(
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "absent.toml", AppConfig)
+
+
+def test_the_monitor_takes_its_view_options_from_a_file(tmp_path: Path) -> None:
+    config = _write(tmp_path, 'can = "virtual:x"\ninterval = 0.5\nduration = 3.0\n')
+    loaded = load_config(config, MonitorConfig)
+    assert loaded.options() == {"can": "virtual:x", "interval": 0.5, "duration": 3.0}
+    assert cli_main(["app", "--config", str(config), "status"]) == 2  # not the app's keys

@@ -53,11 +53,15 @@ class AppOptions:
     log: Path | None
 
 
-def app_options(function: F) -> F:
-    """Add the options of :class:`AppOptions` (and ``--config``) to a command."""
+def app_options(role: str) -> Callable[[F], F]:
+    """The options of :class:`AppOptions`, and ``--config`` with the file of `role`."""
+    return lambda function: _with_app_options(function, role)
+
+
+def _with_app_options(function: F, role: str) -> F:
     for option in reversed(
         [
-            config_option("app"),
+            config_option(role),
             click.option("--can", type=BUS, metavar="BUS", help="(Required.) " + BUS_HELP),
             click.option(
                 "--state-dir",
@@ -105,7 +109,7 @@ def _monitor_options(default_duration: float | None) -> Callable[[F], F]:
 
 
 @click.group(cls=ModbattGroup)
-@app_options
+@app_options("app")
 @click.pass_context
 def app(ctx: click.Context, /, **options: Any) -> None:
     """The Modbatt app: discover, bootstrap, pair, configure, monitor, recover.
@@ -230,7 +234,7 @@ def app_monitor(ctx: click.Context, duration: float | None, interval: float) -> 
 
 
 @click.command(cls=ModbattGroup.command_class)
-@app_options
+@app_options("monitor")
 @_monitor_options(default_duration=None)
 @click.pass_context
 def monitor(ctx: click.Context, /, duration: float | None, interval: float, **options: Any) -> int:

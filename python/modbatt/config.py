@@ -104,11 +104,18 @@ class AppConfig(RoleConfig):
     token: Annotated[str, Field(min_length=1)] | None = None
 
 
+class MonitorConfig(AppConfig):
+    """``modbatt monitor``: the app's options and the view's own."""
+
+    duration: Annotated[float, Field(gt=0)] | None = None
+    interval: Annotated[float, Field(ge=0.05)] | None = None
+
+
 ConfigT = TypeVar("ConfigT", bound=RoleConfig)
 
 MODELS: dict[str, type[RoleConfig]] = {
     "app": AppConfig,
-    "monitor": AppConfig,
+    "monitor": MonitorConfig,
     "module": ModuleConfig,
     "pack": PackConfig,
 }
