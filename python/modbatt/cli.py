@@ -43,6 +43,15 @@ EPILOG = "\b\nExit status:\n" + "\n".join(
     f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()
 )
 SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+STOP_AFTER = click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).",
+)
+FIGURES_JSON = click.option(
+    "--json", "json_path", type=PATH, metavar="FILE", help="Also write the figures here."
+)
 
 
 @click.group("modbatt", cls=ModbattGroup, context_settings=SETTINGS, epilog=EPILOG)
@@ -134,12 +143,7 @@ def module() -> None:
     help="Keep each module's flash store (pairing keys) here; without it, pairings are "
     "forgotten on exit.",
 )
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="Stop after this many seconds.",
-)
+@STOP_AFTER
 @log_option
 def module_run(
     can: str,
@@ -194,12 +198,7 @@ def pack() -> None:
     "--serial", default="PACK-0001", show_default=True, help="The pack controller's serial number."
 )
 @click.option("--fd", is_flag=True, help="Open the buses as CAN FD.")
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="Stop after this many seconds.",
-)
+@STOP_AFTER
 @log_option
 def pack_run(
     can1: str | None,
@@ -352,7 +351,7 @@ BENCHMARKS = {"frame-path": "frame_path", "gateway": "gateway"}
 
 @cli.command()
 @click.argument("benchmark", type=click.Choice(list(BENCHMARKS)), required=False)
-@click.option("--json", "json_path", type=PATH, metavar="FILE", help="Also write the figures here.")
+@FIGURES_JSON
 @click.option(
     "--quick",
     is_flag=True,
@@ -417,7 +416,7 @@ def _bench(names: Sequence[str], json_path: Path | None, quick: bool) -> int:
 @click.option(
     "--modules", type=click.IntRange(1, 31), default=2, show_default=True, help="Module links."
 )
-@click.option("--json", "json_path", type=PATH, metavar="FILE", help="Also write the figures here.")
+@FIGURES_JSON
 def soak(seconds: float, rate: int, garbage_rate: int, modules: int, json_path: Path | None) -> int:
     """Both buses at full rate through a running pack: loss, order, memory, CPU.
 
