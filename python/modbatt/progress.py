@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 from rich.progress_bar import ProgressBar
+from rich.table import Column
 from rich.text import Text
 
 Advance = Callable[[int], None]
@@ -85,8 +86,16 @@ class ConsoleProgress(Progress):
         self._steps = 0
         self._display = RichProgress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
-            _OnlyWhenCounted(bar_width=30),
+            # the description is cut short, never wrapped, leaving room for the spinner and
+            # the time: a step stays one line on a narrow terminal
+            TextColumn(
+                "{task.description}",
+                markup=False,
+                table_column=Column(
+                    no_wrap=True, overflow="ellipsis", max_width=max(24, console.width - 42)
+                ),
+            ),
+            _OnlyWhenCounted(bar_width=20),
             _CountWhenCounted(),
             TimeElapsedColumn(),
             console=console,
