@@ -198,6 +198,9 @@ class Bridge:
     def replace_lct(self, lct_id: str, context: str = "") -> Any:
         return self.create_lct("", "", context)
 
+    def update_lct_status(self, lct_id: str, status: str, context: str = "") -> Any:
+        return SimpleNamespace(lct_id=lct_id, status=status)
+
 
 def new_app(state_dir: Path, peer: Peer, bridge: Bridge) -> App:
     return App(

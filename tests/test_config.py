@@ -106,3 +106,15 @@ def test_the_monitor_takes_its_view_options_from_a_file(tmp_path: Path) -> None:
     loaded = load_config(config, MonitorConfig)
     assert loaded.options() == {"can": "virtual:x", "interval": 0.5, "duration": 3.0}
     assert cli_main(["app", "--config", str(config), "status"]) == 2  # not the app's keys
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "pack.toml"
+    config.write_text('state-dir = "state"\nlog = "/var/log/pack.blf"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # started from elsewhere, as systemd would
+    loaded = load_config(config, PackConfig)
+    assert loaded.state_dir == tmp_path / "etc" / "state"
+    assert loaded.log == Path("/var/log/pack.blf")

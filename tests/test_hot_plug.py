@@ -12,7 +12,14 @@ from modbatt.nodes import NodeLoop
 from modbatt.pack import PackState
 from modbatt.pairing import PairingAgent, SecureModule
 from modbatt.transport import CanPort
-from tests.test_pairing import Lifecycle, bring_up, lifecycle, online_count, wait_for
+from tests.test_pairing import (
+    Lifecycle,
+    bring_up,
+    lifecycle,
+    lose_the_packs_flash,
+    online_count,
+    wait_for,
+)
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 
@@ -55,3 +62,33 @@ def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Life
         agent.stop()
         loop.stop()
         port.close()
+
+
+def test_a_module_unplugged_at_key_recovery_has_its_lct_revoked(lifecycle: Lifecycle) -> None:
+    """Recovery pairs the modules that are there; an absent one's LCT is revoked, not left."""
+    bring_up(lifecycle)
+    app = lifecycle.app
+    port = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "hot-plug")
+    visitor = SecureModule(
+        BatteryModule(ModuleConfig(unique_id=0xBEEF, cells=8), now=time.monotonic()),
+        lifecycle.state_dir / "module-visitor",
+    )
+    loop = NodeLoop(port, [visitor]).start()
+    agent = PairingAgent(port, [visitor], loop).start()
+    try:
+        assert wait_for(lambda: online_count(lifecycle) == 3, 5.0)
+        app.pair(0xBEEF)
+    finally:  # unplugged
+        agent.stop()
+        loop.stop()
+        port.close()
+    keys = app.keystore.load()
+    assert keys is not None
+    visitor_lct = keys.module_lcts[str(0xBEEF)]
+    lose_the_packs_flash(lifecycle)  # while the visitor is away
+    result = app.recover(confirm=True)
+    assert result["repaired_modules"] == 2 and result["offline_modules"] == [0xBEEF]
+    assert lifecycle.bridge.get_lct(visitor_lct).status == "revoked"
+    renewed = app.keystore.load()
+    assert renewed is not None and str(0xBEEF) not in renewed.module_lcts
+    assert app.audit is not None and '"lct.revoked"' in app.audit.path.read_text()

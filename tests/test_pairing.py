@@ -61,6 +61,15 @@ def bring_up(life: Lifecycle) -> None:
     assert life.app.status()["state"] == PackState.OPERATIONAL
 
 
+def lose_the_packs_flash(life: Lifecycle) -> None:
+    """The pack's flash is erased and the pack restarts, in Factory Default."""
+    life.pack.stop()
+    old = life.pack.controller
+    old.flash_store.erase()
+    reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
+    life.pack = PackRuntime(reborn, life.ports["pack1"], life.ports["pack2"]).start()
+
+
 @dataclass
 class Lifecycle:
     app: App
@@ -212,12 +221,7 @@ def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> No
     keys = app.keystore.load()
     assert keys is not None and keys.lct_id is not None
     old_lct, old_module_lcts = keys.lct_id, dict(keys.module_lcts)
-    # the pack's flash is lost; the pack restarts in Factory Default
-    lifecycle.pack.stop()
-    old = lifecycle.pack.controller
-    old.flash_store.erase()
-    reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
-    lifecycle.pack = PackRuntime(reborn, lifecycle.ports["pack1"], lifecycle.ports["pack2"]).start()
+    lose_the_packs_flash(lifecycle)
     with pytest.raises(AppError, match="confirm"):
         app.recover(confirm=False)
     result = app.recover(confirm=True)

@@ -752,12 +752,14 @@ def test_an_app_whose_keystore_does_not_verify_refuses_to_start_and_says_why(
     assert_no_secret(message, last_good, newest)
     assert [slot.read_bytes() for slot in keystore.slots.slots] == slots_before
     assert "keystore.corrupt" in audit_events(audit)
-    # and the command line reports it (exit status 1), no traceback
+    # and the command line reports it on stderr (exit status 4: local state), no traceback
     bus = f"virtual:power-cut-{uuid.uuid4().hex[:8]}"
-    assert cli_main(["app", "--can", bus, "--state-dir", str(state_dir), "discover"]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("error: the app's keystore is damaged")
-    assert_no_secret(out, last_good, newest)
+    assert cli_main(["app", "--can", bus, "--state-dir", str(state_dir), "discover"]) == 4
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.startswith("modbatt: the app's keystore is damaged")
+    assert "restore them from a backup" in said.err and "Traceback" not in said.err
+    assert_no_secret(said.err, last_good, newest)
     assert [slot.read_bytes() for slot in keystore.slots.slots] == slots_before
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from modbatt.progress import Advance, ConsoleProgress, Progress
@@ -105,3 +106,17 @@ def test_elsewhere_only_the_result_line_and_quiet_not_even_that() -> None:
         pass
     quiet.result("bootstrap: done")
     assert written.getvalue() == ""
+
+
+def test_the_answer_stays_on_stdout_while_a_step_is_drawn(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`pair --all > pairs.json` on a terminal: the answers go to the file, not the display."""
+    console, written = _console(terminal=True)
+    progress = ConsoleProgress(console)
+    with progress.counting("pairing modules", 2) as advance:
+        progress.answer('{"type": "pair_result"}')
+        print('{"type": "pair_result"}')  # a plain print too
+        advance(2)
+    assert capsys.readouterr().out == '{"type": "pair_result"}\n' * 2
+    assert "pair_result" not in written.getvalue()

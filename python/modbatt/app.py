@@ -53,11 +53,16 @@ log = logging.getLogger("modbatt.app")
 REPLY_TIMEOUT_S = 2.0  # per attempt; a request is sent up to REPLY_ATTEMPTS times
 REPLY_ATTEMPTS = 3
 BOOTSTRAP_ATTEMPTS, BOOTSTRAP_RETRY_S = 3, 1.0  # whole exchanges, when one is cut short
+MODULES_BACK_S = 5.0  # at key recovery: how long a known module has to register again
 LINK_SILENCE_S = 3.5  # three missed status frames (one a second) and a half: the link is gone
 
 
 class AppError(ModbattError):
     """A step of the app's workflow failed; the message names the step and the reason."""
+
+
+class KeystoreLostError(AppError, StoreCorruptError):
+    """The app's keystore has no slot that verifies: its keys are lost (exit status 4)."""
 
 
 class PackSilentError(AppError):
@@ -248,7 +253,7 @@ class App:
             if self.audit is not None:
                 self.audit.record("keystore.corrupt", role="app", problem=str(exc))
             log.error("keystore corrupt: %s (key recovery needed)", exc)
-            raise AppError(
+            raise KeystoreLostError(
                 f"the app's keystore is damaged and its keys are lost ({exc});"
                 " key recovery (Workflow C) is needed"
             ) from None
@@ -724,14 +729,53 @@ class App:
         )
         upgraded = self.bootstrap(replaces=old_lct)
         modules = {} if keys is None else dict(keys.module_lcts)
+        paired: list[int] = []
+        offline: list[int] = []
         if modules:
-            online = {m["unique_id"] for m in self.status()["modules"] if m["online"]}
+            online = self._modules_back({int(unique) for unique in modules})
             with self.progress.counting("pairing the modules again", len(modules)) as advance:
                 for unique, lct_id in modules.items():
                     if int(unique) in online:
                         self.pair(int(unique), replaces=lct_id)
+                        paired.append(int(unique))
+                    else:
+                        self._retire_module_lct(int(unique), lct_id)
+                        offline.append(int(unique))
                     advance(1)
-        return {**upgraded, "repaired_modules": len(modules)}
+        if paired:  # the pack's state and level now, not the bootstrap's
+            now = self.status()
+            upgraded = {**upgraded, "state": now["state"], "security_level": now["security_level"]}
+        return {**upgraded, "repaired_modules": len(paired), "offline_modules": offline}
+
+    def _modules_back(self, expected: set[int]) -> set[int]:
+        """Which of `expected` the restarted pack has registered again, waiting a while.
+
+        The pack's module table starts empty when it restarts, so a module in it has
+        announced itself since: it is on the bus. Its "online" flag is no guide here, since
+        the pack cannot open a paired module's sealed telemetry until it is paired again.
+        A module still missing after MODULES_BACK_S is taken as unplugged.
+        """
+        deadline = time.monotonic() + MODULES_BACK_S
+        with self.progress.waiting("waiting for the modules to register with the pack again"):
+            while True:
+                listed = {int(m["unique_id"]) for m in self.status()["modules"]} & expected
+                if listed == expected or time.monotonic() >= deadline:
+                    return listed
+                time.sleep(0.25)
+
+    def _retire_module_lct(self, unique_id: int, lct_id: str) -> None:
+        """An offline module's LCT at key recovery: its pack half is gone, so it is revoked.
+
+        The module is forgotten by the app too: once it is back, it is paired as a new one
+        (`pair --all` finds it), under a new LCT.
+        """
+        with self._api_bridge(f"revoking the LCT of offline module {unique_id}"):
+            self.bridge.update_lct_status(lct_id, "revoked", "key recovery: module offline")
+        keys = self.keystore.load()
+        if keys is not None:
+            remaining = {k: v for k, v in keys.module_lcts.items() if k != str(unique_id)}
+            self.keystore.save(keys.model_copy(update={"module_lcts": remaining}))
+        self._audit("lct.revoked", lct_id=lct_id, unique_id=unique_id, reason="module offline")
 
     def _pack_frame(self, session: Session, can_id: int, data: bytes) -> None:
         try:

@@ -23,6 +23,7 @@ from modbatt.cli_base import (
     BUS,
     BUS_HELP,
     PATH,
+    URL,
     ModbattGroup,
     config_option,
     default_state_dir,
@@ -30,10 +31,9 @@ from modbatt.cli_base import (
     progress_of,
 )
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
-from modbatt.errors import ApiBridgeError, ModbattError
 from modbatt.monitor import run_monitor
 from modbatt.progress import NO_PROGRESS, Progress
-from modbatt.stores import AuditLog, StoreError
+from modbatt.stores import AuditLog
 from modbatt.traffic import traffic_log
 from modbatt.transport import CanPort, parse_bus_spec
 
@@ -71,7 +71,7 @@ def _with_app_options(function: F, role: str) -> F:
             ),
             click.option(
                 "--api-bridge",
-                metavar="URL",
+                type=URL,
                 help="API-Bridge base URL (default: $MODBATT_API_BRIDGE_URL or "
                 "http://127.0.0.1:8082).",
             ),
@@ -122,7 +122,8 @@ def app(ctx: click.Context, /, **options: Any) -> None:
 
 def _run(ctx: click.Context, action: str, **action_options: Any) -> int:
     options: AppOptions = ctx.obj
-    return run_app(options, action, progress=progress_of(ctx), **action_options)
+    progress = progress_of(ctx)
+    return run_app(options, action, progress.answer, progress, **action_options)
 
 
 @app.command()
@@ -244,10 +245,12 @@ def monitor(ctx: click.Context, /, duration: float | None, interval: float, **op
     level, each module's decrypted telemetry, frame rates, drops by reason and the latest
     alerts, until Ctrl-C or --duration.
     """
+    progress = progress_of(ctx)
     return run_app(
         AppOptions(**options),
         "monitor",
-        progress=progress_of(ctx),
+        progress.answer,
+        progress,
         duration=duration,
         interval=interval,
     )
@@ -284,12 +287,8 @@ def run_app(
                 progress=progress,
             )
             port.subscribe(app.on_frame)
+            # a failure is the command line's to report (modbatt.cli_base.classify), on stderr
             outcome = act(app, action, out, progress, **action_options)
-        except (ApiBridgeError, StoreError):
-            raise  # their own exit status and advice (modbatt.cli_base.EXIT_CODES)
-        except ModbattError as exc:
-            out(f"error: {exc}")
-            return 1
         finally:
             endpoint.close()
     progress.result(f"{action}: {outcome} ({time.monotonic() - started:.1f} s)")
@@ -318,10 +317,13 @@ def act(
     if action == "recover":
         answer = app.recover(confirm=options["confirm_rebootstrap"])
         out(json.dumps(answer, indent=2))
-        again = answer.get("repaired_modules")
-        return f"recovered, {_level(answer)}" + (
-            f", {again} module(s) paired again" * (again is not None)
-        )
+        summary = f"recovered, {_level(answer)}"
+        if "repaired_modules" in answer:
+            summary += f", {answer['repaired_modules']} module(s) paired again"
+        if answer.get("offline_modules"):
+            offline = ", ".join(str(u) for u in answer["offline_modules"])
+            summary += f"; offline, to pair when back: {offline}"
+        return summary
     if not _has_keys(app):
         raise AppError(f"{action}: the app holds no keys yet (run bootstrap)")
     app.connect()

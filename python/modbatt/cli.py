@@ -28,7 +28,10 @@ from modbatt.cli_base import (
     EXIT_OK,
     EXIT_USAGE,
     PATH,
+    SERIAL,
+    URL,
     ModbattGroup,
+    check_log,
     config_option,
     default_db_path,
     default_state_dir,
@@ -89,11 +92,12 @@ def cli() -> None:
 def demo(
     ctx: click.Context, modules: int, duration: float, json_path: Path | None, interface: str
 ) -> int:
-    """The whole system in one process: API-Bridge, pack, modules and app.
+    """The whole system on one machine: API-Bridge, pack, modules and app.
 
-    The embedded API-Bridge, a pack controller, N battery modules and the app on two
-    virtual buses: discovery, bootstrap, pairing, encrypted operation with live telemetry,
-    a lost flash and its recovery, then a summary.
+    The embedded API-Bridge, a pack controller, N battery modules and the app, in one
+    process on two virtual buses (or each role in its own process): discovery, bootstrap,
+    pairing, encrypted operation with live telemetry, a lost flash and its recovery, then a
+    summary.
     """
     from modbatt.demo import run_demo
 
@@ -163,6 +167,11 @@ def module_run(
     from modbatt.roles import run_modules
     from modbatt.transport import parse_bus_spec
 
+    if unique_id + count - 1 >= 2**32:
+        raise click.BadParameter(
+            f"unique ids {unique_id}..{unique_id + count - 1} go past 2^32 - 1",
+            param_hint="'--unique-id' / '--count'",
+        )
     return run_modules(
         parse_bus_spec(can, fd=fd),
         unique_id,
@@ -187,7 +196,7 @@ def pack() -> None:
     metavar="BUS",
     help="The app bus; without it only the module side runs. " + BUS_HELP,
 )
-@click.option("--can2", type=BUS, required=True, metavar="BUS", help="The module bus.")
+@click.option("--can2", type=BUS, required=True, metavar="BUS", help="The module bus. " + BUS_HELP)
 @click.option(
     "--state-dir",
     type=PATH,
@@ -195,7 +204,11 @@ def pack() -> None:
     "e.g. ~/.local/share/modbatt/pack).",
 )
 @click.option(
-    "--serial", default="PACK-0001", show_default=True, help="The pack controller's serial number."
+    "--serial",
+    type=SERIAL,
+    default="PACK-0001",
+    show_default=True,
+    help="The pack controller's serial number.",
 )
 @click.option("--fd", is_flag=True, help="Open the buses as CAN FD.")
 @STOP_AFTER
@@ -235,7 +248,9 @@ cli.add_command(monitor)
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument(
+    "file", type=click.Path(path_type=Path, exists=True, dir_okay=False), callback=check_log
+)
 @click.option(
     "--keystore",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -258,9 +273,9 @@ def decode(file: Path, keystore: tuple[Path, ...]) -> int:
         for decoded in decode_log(file, list(keystore)):
             for line in decoded.lines():
                 click.echo(line)
-    except (ModbattError, OSError, ValueError) as exc:
-        click.echo(f"decode: {exc}", err=True)
-        return EXIT_USAGE
+    except (ModbattError, OSError, ValueError) as exc:  # a log that cannot be read through
+        click.echo(f"decode: {file}: {exc}", err=True)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -322,7 +337,7 @@ def verify(db: Path) -> int:
 
 
 @api_bridge.command()
-@click.option("--url", help=f"Base URL (default: ${ENV_URL} or {DEFAULT_URL}).")
+@click.option("--url", type=URL, help=f"Base URL (default: ${ENV_URL} or {DEFAULT_URL}).")
 @click.option("--token", help=f"Bearer token (default: ${ENV_TOKEN}).")
 @click.pass_context
 def health(ctx: click.Context, url: str | None, token: str | None) -> int:

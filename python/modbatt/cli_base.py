@@ -12,6 +12,7 @@ Each command is a :class:`ModbattCommand` (click), which gives it:
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,8 @@ import platformdirs
 from rich.console import Console
 from rich.logging import RichHandler
 
-from modbatt.config import ConfigError, load_config, model_for
+from modbatt.app import PackSilentError
+from modbatt.config import ConfigError, check_serial, check_url, load_config, model_for
 from modbatt.errors import ApiBridgeError, BusOpenError, InvalidArgumentError, ModbattError
 from modbatt.progress import ConsoleProgress
 from modbatt.stores import StoreError
@@ -88,7 +90,7 @@ def _verbosity_options() -> list[click.Parameter]:
             count=True,
             expose_value=False,
             callback=_count,
-            help="Errors only: no progress, no result line.",
+            help="Quieter: log errors only; no progress display, no result line.",
         ),
     ]
 
@@ -113,11 +115,13 @@ class ModbattCommand(click.Command):
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except Exception as exc:
-            code, hint = classify(exc)
+            code, hint = classify(exc, verbose=verbosity > 0)
             if verbosity > 0 and code == EXIT_INTERNAL:
-                raise
+                # the traceback is the user's to report; the exit status stays the bug's
+                click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
             click.echo(f"modbatt: {exc}", err=True)
-            click.echo(hint, err=True)
+            if hint:
+                click.echo(hint, err=True)
         ctx.exit(code or EXIT_OK)
 
 
@@ -154,8 +158,8 @@ def _set_up_logging(verbosity: int, console: Console) -> None:
     logging.getLogger("isotp").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
 
 
-def classify(exc: BaseException) -> tuple[int, str]:
-    """The exit status of a failure, and what to do about it."""
+def classify(exc: BaseException, *, verbose: bool = False) -> tuple[int, str]:
+    """The exit status of a failure, and what to do about it (`verbose`: -v was given)."""
     if isinstance(exc, BusOpenError):
         return EXIT_BUS, (
             "Check the bus name (INTERFACE:CHANNEL[@BITRATE]), that the adapter is plugged in "
@@ -171,32 +175,47 @@ def classify(exc: BaseException) -> tuple[int, str]:
             "The state directory's stores do not verify: restore them from a backup, or run "
             "key recovery (docs/OPERATIONS.md)."
         )
+    if isinstance(exc, PackSilentError):
+        return EXIT_FAILED, (
+            "Check that the pack controller is running and on this bus (--can), that the "
+            "bit rates match and that the bus is terminated; 'modbatt app ... discover' asks "
+            "it plainly."
+        )
     if isinstance(exc, ModbattError):
-        return EXIT_FAILED, "Run again with -v for what led to it."
+        return EXIT_FAILED, "" if verbose else "Run again with -v for what led to it."
     if isinstance(exc, OSError):  # a state directory or file that cannot be made or written
         return EXIT_STATE, "Check the path given (--state-dir, --log, ...) and its permissions."
-    return EXIT_INTERNAL, "This is a bug in modbatt: run again with -v for the traceback."
+    return EXIT_INTERNAL, (
+        "This is a bug in modbatt: please report it with the traceback above."
+        if verbose
+        else "This is a bug in modbatt: run again with -v for the traceback."
+    )
 
 
-class BusParam(click.ParamType[str]):
-    """A bus as INTERFACE:CHANNEL[@BITRATE], checked when the command line is read."""
+class Checked(click.ParamType[str]):
+    """Text checked when the command line is read, by the check --config files use too."""
 
-    name = "BUS"
+    def __init__(self, name: str, check: Callable[[str], object]) -> None:
+        self.name = name
+        self._check = check
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        """`value` itself, once python-can is known to have its interface."""
+        """`value` itself, once it passed the check; a usage error naming the option if not."""
         try:
-            parse_bus_spec(str(value))
+            self._check(str(value))
         except InvalidArgumentError as exc:
             self.fail(str(exc), param, ctx)
         return str(value)
 
 
-BUS = BusParam()
+BUS = Checked("BUS", parse_bus_spec)  # python-can has the interface; the channel and rate parse
+URL = Checked("URL", check_url)
+SERIAL = Checked("TEXT", check_serial)
 PATH = click.Path(path_type=Path)
 
 
-def _check_log(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+def check_log(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A click callback: `value` when its extension names a traffic log format."""
     if value is None:
         return None
     try:
@@ -210,7 +229,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def log_option(function: F) -> F:
     """``--log FILE``: the traffic log of a role."""
-    return click.option("--log", type=PATH, metavar="FILE", callback=_check_log, help=LOG_HELP)(
+    return click.option("--log", type=PATH, metavar="FILE", callback=check_log, help=LOG_HELP)(
         function
     )
 

@@ -2,8 +2,9 @@
 
 Keys are the options' names as on the command line, without the dashes in front
 (``state-dir``, ``can2``, ``unique-id``); an option given on the command line wins over the
-file. A file is checked whole at start-up: every unknown key, wrong type or impossible value
-is named, with the problem, before anything runs.
+file. A relative ``state-dir`` or ``log`` is relative to the file's directory. A file is
+checked whole at start-up: every unknown key, wrong type or impossible value is named, with
+the problem, before anything runs.
 
 ```toml
 # pack.toml: modbatt pack run --config pack.toml
@@ -18,6 +19,7 @@ log = "/var/log/modbatt/pack.blf"
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,29 +34,43 @@ class ConfigError(InvalidArgumentError):
     """A configuration file that cannot be used; the message names each key and problem."""
 
 
-def _bus(text: str) -> str:
-    try:
-        parse_bus_spec(text)
-    except InvalidArgumentError as exc:
-        raise ValueError(str(exc)) from None
-    return text
+SERIAL_MAX = 64  # characters of a pack controller's serial number
 
 
-def _log(path: Path) -> Path:
-    try:
-        return check_log_path(path)
-    except InvalidArgumentError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _url(text: str) -> str:
+def check_url(text: str) -> str:
+    """`text` when it is an http:// or https:// URL (an API-Bridge's base URL)."""
     if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+        raise InvalidArgumentError(f"{text!r} is not an http:// or https:// URL")
     return text
 
 
-Bus = Annotated[str, AfterValidator(_bus)]
-LogFile = Annotated[Path, AfterValidator(_log)]
+def check_serial(text: str) -> str:
+    """`text` when it can be a pack controller's serial number (1 to SERIAL_MAX characters)."""
+    if not 1 <= len(text) <= SERIAL_MAX:
+        raise InvalidArgumentError(f"a serial number has 1 to {SERIAL_MAX} characters")
+    return text
+
+
+T = TypeVar("T")
+
+
+def _checked(check: Callable[[T], object]) -> AfterValidator:
+    """One of modbatt's own checks (the command line uses the same) as a pydantic validator."""
+
+    def validate(value: T) -> T:
+        try:
+            check(value)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    return AfterValidator(validate)
+
+
+Bus = Annotated[str, _checked(parse_bus_spec)]
+LogFile = Annotated[Path, _checked(check_log_path)]
+Url = Annotated[str, _checked(check_url)]
+Serial = Annotated[str, _checked(check_serial)]
 
 
 class RoleConfig(BaseModel):
@@ -77,7 +93,7 @@ class PackConfig(RoleConfig):
     can1: Bus | None = None
     can2: Bus | None = None
     state_dir: Path | None = None
-    serial: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    serial: Serial | None = None
     fd: bool | None = None
     duration: Annotated[float, Field(gt=0)] | None = None
 
@@ -99,7 +115,7 @@ class AppConfig(RoleConfig):
 
     can: Bus | None = None
     state_dir: Path | None = None
-    api_bridge: Annotated[str, AfterValidator(_url)] | None = None
+    api_bridge: Url | None = None
     creator: Annotated[str, Field(min_length=1)] | None = None
     token: Annotated[str, Field(min_length=1)] | None = None
 
@@ -136,10 +152,11 @@ def load_config(path: Path, model: type[ConfigT]) -> ConfigT:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
-    # Paths are strings in TOML: turn them into Paths before the strict check.
+    # Paths are strings in TOML: turn them into Paths before the strict check. A relative
+    # one is relative to the file, wherever the command is started from (as in a unit file).
     for key in ("state-dir", "log"):
         if isinstance(data.get(key), str):
-            data[key] = Path(data[key])
+            data[key] = path.parent / Path(data[key]).expanduser()
     try:
         return model.model_validate(data)
     except ValidationError as exc:

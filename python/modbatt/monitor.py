@@ -10,6 +10,7 @@ it on a terminal (or prints one block per refresh when the output is not one).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -153,9 +154,24 @@ def run_monitor(
     out: Callable[[str], object] = print,
     redraw: bool | None = None,
 ) -> int:
-    """Show the view every `interval_s` until `duration_s` (None: until Ctrl-C)."""
+    """Show the view every `interval_s` until `duration_s` (None: until Ctrl-C).
+
+    Ctrl-C is how a monitor is left: it ends the view normally (status 0).
+    """
     redraw = sys.stdout.isatty() if redraw is None else redraw
     app.connect()
+    with contextlib.suppress(KeyboardInterrupt):
+        _watch(app, duration_s, interval_s, out, redraw)
+    return 0
+
+
+def _watch(
+    app: App,
+    duration_s: float | None,
+    interval_s: float,
+    out: Callable[[str], object],
+    redraw: bool,
+) -> None:
     end = None if duration_s is None else time.monotonic() + duration_s
     frames, at = app.telemetry_frames, time.monotonic()
     while end is None or time.monotonic() < end:
@@ -167,4 +183,3 @@ def run_monitor(
         frames, at = app.telemetry_frames, now
         lines = render(view_of(app, app.status(), fps))
         out((CLEAR if redraw else "") + "\n".join(lines) + ("" if redraw else "\n"))
-    return 0

@@ -15,6 +15,7 @@ answer (JSON) for scripts:
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,6 +101,8 @@ class ConsoleProgress(Progress):
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            # stdout is the command's answer: never draw it into the display on stderr
+            redirect_stdout=False,
         )
 
     @property
@@ -137,6 +140,20 @@ class ConsoleProgress(Progress):
         """A bar of `total` units saying `what`, until the block ends."""
         with self._step(what, total) as advance:
             yield advance
+
+    def answer(self, text: str) -> None:
+        """`text` on stdout, the command's answer; the display is lifted while it is written.
+
+        With stdout on the same terminal, a line written under a live display would be
+        drawn over; the display is taken down first and drawn again after.
+        """
+        with self._lock:
+            lift = self._steps > 0 and sys.stdout.isatty()
+            if lift:
+                self._display.stop()
+            print(text, flush=True)
+            if lift:
+                self._display.start()
 
     def result(self, line: str) -> None:
         """`line` on the console, unless -q."""
