@@ -257,7 +257,8 @@ def test_every_app_action_against_a_running_pack(tmp_path: Path, api_bridge: Bri
         assert json.loads(run("configure", "--max-state", "3").stdout)["type"] == "configured"
         commanded = run("command", "--module", module_id, "--state", "standby")
         assert json.loads(commanded.stdout) == {"module": int(module_id), "requested_state": 1}
-        assert json.loads(run("diagnose").stdout)["audit_log"] == "intact"
+        diagnosed = json.loads(run("diagnose").stdout)
+        assert diagnosed["audit_log"] == "intact" and diagnosed["api_bridge"]["problems"] == []
         image = tmp_path / "image.bin"
         image.write_bytes(os.urandom(3000))
         stored = run("firmware", "--image", str(image), "--version", "1.2.3")

@@ -530,3 +530,21 @@ def test_a_rebooted_module_is_linked_again_without_an_operator(lifecycle: Lifecy
     assert secure.module.module_id == module_id
     app.telemetry.clear()
     assert wait_for(lambda: "STATUS_1" in app.telemetry.get(module_id, {}), 3.0)
+
+
+def test_the_app_checks_its_registrations_on_the_api_bridge(lifecycle: Lifecycle) -> None:
+    """The workflow's "blockchain sync": diagnose reads what the API-Bridge holds, and names
+    an LCT revoked elsewhere before its keys are found not to work."""
+    bring_up(lifecycle)
+    app = lifecycle.app
+    seen = app.registrations()
+    assert seen["components"] == {"app": "registered", "pack": "registered"}
+    assert set(seen["lcts"]) == {"app-pack"} | {
+        f"module {m.module.config.unique_id}" for m in lifecycle.modules
+    }
+    assert set(seen["lcts"].values()) == {"active"} and seen["problems"] == []
+    keys = app.keystore.load()
+    assert keys is not None
+    unique_id, lct_id = next(iter(keys.module_lcts.items()))
+    lifecycle.bridge.update_lct_status(lct_id, "suspended", "taken out of service elsewhere")
+    assert app.registrations()["problems"] == [f"the module {unique_id} LCT is suspended"]

@@ -647,6 +647,39 @@ class App:
         self._linked("diagnostics")
         return self._ask({"type": "diagnostics"}, "diagnostics")
 
+    def registrations(self) -> dict[str, Any]:
+        """What the API-Bridge holds for the app's pack: the workflow's "blockchain sync".
+
+        Read only: the app's and the pack's components (their status) and the status of
+        every LCT the app uses (app-pack, and each paired module's). `problems` lists each
+        one that is not as it should be (a component not registered, an LCT suspended or
+        revoked elsewhere), for a technician to act on before keys stop working.
+        """
+        keys = self.keystore.load()
+        if keys is None or keys.lct_id is None:
+            raise AppError("registrations: bootstrap first (the app holds no keys for a pack)")
+        components = {"app": keys.app_component_id, "pack": keys.pack_component_id}
+        lcts = {"app-pack": keys.lct_id} | {
+            f"module {unique_id}": lct_id for unique_id, lct_id in keys.module_lcts.items()
+        }
+        with self._api_bridge("checking the registrations and LCTs"):
+            component_status = {
+                name: self.bridge.get_component(component_id).status
+                for name, component_id in components.items()
+                if component_id is not None
+            }
+            lct_status = {name: self.bridge.get_lct(lct_id).status for name, lct_id in lcts.items()}
+        problems = [
+            f"the {name} component is {status}"
+            for name, status in component_status.items()
+            if status != "registered"
+        ] + [
+            f"the {name} LCT is {status}"
+            for name, status in lct_status.items()
+            if status != "active"
+        ]
+        return {"components": component_status, "lcts": lct_status, "problems": problems}
+
     def update_firmware(self, image: bytes, version: str) -> dict[str, Any]:
         """Send a firmware image in sealed chunks; the pack stores it only if it verifies."""
         self._linked("firmware")

@@ -196,7 +196,7 @@ def command_state(ctx: click.Context, module_id: int, state: str) -> int:
 @app.command()
 @click.pass_context
 def diagnose(ctx: click.Context) -> int:
-    """Counters, links, flash and audit log health."""
+    """Counters, links, flash and audit log health; registrations and LCTs on the API-Bridge."""
     return _run(ctx, "diagnose")
 
 
@@ -348,8 +348,11 @@ def act(
         out(json.dumps({"module": options["module"], "requested_state": state}))
         return f"module {options['module']} asked for state {options['state']}"
     if action == "diagnose":
-        out(json.dumps(app.diagnostics(), indent=2))
-        return "diagnostics read"
+        # the pack's own view, and the API-Bridge's of the pack's registrations and LCTs
+        answer = {**app.diagnostics(), "api_bridge": app.registrations()}
+        out(json.dumps(answer, indent=2))
+        problems = answer["api_bridge"]["problems"]
+        return "diagnostics read" + (f"; API-Bridge: {'; '.join(problems)}" if problems else "")
     if action == "firmware":
         image: Path = options["image"]
         answer = app.update_firmware(image.read_bytes(), options["version"])
