@@ -76,6 +76,7 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"Usage: modbatt {' '.join(path)} ")
     assert "-v, --verbose" in result.stdout and "-q, --quiet" in result.stdout
+    assert "\\b" not in result.stdout  # click's no-rewrap marker is a real backspace
 
 
 @pytest.mark.parametrize(

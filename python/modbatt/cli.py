@@ -373,13 +373,13 @@ BENCHMARKS = {"frame-path": "frame_path", "gateway": "gateway"}
     help="Small sizes: checks that the benchmark runs; the figures mean little.",
 )
 def bench(benchmark: str | None, json_path: Path | None, quick: bool) -> int:
-    r"""Measure the frame path (figures, not a test); with no BENCHMARK named, run them all.
+    """Measure the frame path (figures, not a test); with no BENCHMARK named, run them all.
 
-    \b
-    frame-path  seal, open, batch seal and gateway step, against baselines measured in the
-                same run (AES-GCM, a pure-Python reference)
-    gateway     the whole bridge (python-can in, Rust gateway, python-can out) against
-                python-can's own can.bridge, on the same buses
+    frame-path: seal, open, batch seal and gateway step, against baselines measured in the
+    same run (AES-GCM, a pure-Python reference).
+
+    gateway: the whole bridge (python-can in, Rust gateway, python-can out) against
+    python-can's own can.bridge, on the same buses.
     """
     return _bench(
         (BENCHMARKS[benchmark],) if benchmark else tuple(BENCHMARKS.values()), json_path, quick
