@@ -4,9 +4,18 @@ gathered from a running pack by the app."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from modbatt.monitor import ModuleRow, MonitorView, render, run_monitor, view_of
+from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
+from modbatt.monitor import (
+    ModuleRow,
+    MonitorView,
+    RegistrationsCheck,
+    render,
+    run_monitor,
+    view_of,
+)
 from tests.api_bridge_server import BridgeProcess
 from tests.test_pairing import bring_up, running_lifecycle, wait_for
 
@@ -42,6 +51,8 @@ def test_a_known_snapshot_renders_as_expected() -> None:
         "alerts: module silent: module 2, value 0",
     ]
     assert all(len(line) <= 100 for line in render(SNAPSHOT))
+    checked = replace(SNAPSHOT, registrations="the module 501 LCT is revoked (checked 10:42:07)")
+    assert render(checked)[-1] == "API-Bridge: the module 501 LCT is revoked (checked 10:42:07)"
 
 
 def test_an_empty_pack_says_so() -> None:
@@ -69,3 +80,27 @@ def test_the_view_of_a_running_pack(tmp_path: Path, api_bridge: BridgeProcess) -
         shown.clear()
         run_monitor(life.app, 0.15, 0.1, shown.append, redraw=True)
         assert shown[-1].startswith("\x1b[H\x1b[2J")
+
+
+def test_the_monitor_checks_the_registrations_now_and_then(
+    tmp_path: Path, api_bridge: BridgeProcess
+) -> None:
+    with running_lifecycle(tmp_path, api_bridge) as life:
+        bring_up(life)
+        app = life.app
+        check = RegistrationsCheck(app)
+        assert check.check_once().startswith("registrations and LCTs in order (checked ")
+        keys = app.keystore.load()
+        assert keys is not None and keys.lct_id is not None
+        life.bridge.update_lct_status(keys.lct_id, "suspended", "incident")
+        assert check.check_once().startswith("the app-pack LCT is suspended (checked ")
+        # the running view carries the check's word, from its own thread
+        shown: list[str] = []
+        run_monitor(app, 1.0, 0.2, shown.append, redraw=False)
+        assert "API-Bridge: the app-pack LCT is suspended" in shown[-1]
+        # an API-Bridge that does not answer is said so, and the view goes on
+        app.bridge = ApiBridgeClient(
+            ApiBridgeConfig(base_url="http://127.0.0.1:9", retry=RetryPolicy(attempts=1))
+        )
+        assert check.check_once() == "not reachable (ApiBridgeUnavailableError)"
+        app.bridge.close()

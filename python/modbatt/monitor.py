@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modbatt.app import App
 from modbatt.catalogue import STATE_NAMES
+from modbatt.errors import ApiBridgeError, ModbattError
 
 ALERT_NAMES = {
     1: "module silent",
@@ -29,6 +31,7 @@ ALERT_NAMES = {
 }
 DROP_REASONS = ("no_route", "bad_tag", "replay", "downgrade", "malformed", "unpaired", "no_session")
 CLEAR = "\x1b[H\x1b[2J"  # home, clear: redraw in place
+REGISTRATIONS_EVERY_S = 60.0  # how often the monitor asks the API-Bridge
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,51 @@ class MonitorView:
     app_drops: dict[str, int] = field(default_factory=dict)
     gateway_drops: dict[str, int] = field(default_factory=dict)
     alerts: list[str] = field(default_factory=list)
+    registrations: str | None = None  # the API-Bridge check's last word (None: not checked)
+
+
+class RegistrationsCheck:
+    """The app's registrations on the API-Bridge, checked every `every_s` in a thread.
+
+    The workflow's "verify registration status periodically": a live view shows an LCT
+    suspended or revoked elsewhere without waiting for its keys to fail. The check runs
+    apart from the view, so an API-Bridge that is slow or down (the client retries for a
+    while) never holds the view up.
+    """
+
+    def __init__(self, app: App, every_s: float = REGISTRATIONS_EVERY_S) -> None:
+        self.app = app
+        self.every_s = every_s
+        self.said: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registrations", daemon=True)
+
+    def start(self) -> RegistrationsCheck:
+        """Check now, then every `every_s`, until `stop()`."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """No more checks (one under way ends on its own)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.said = self.check_once()
+            self._stop.wait(self.every_s)
+
+    def check_once(self) -> str:
+        """What one check finds, as the view's line says it."""
+        try:
+            problems = self.app.registrations()["problems"]
+        except ApiBridgeError as exc:
+            return f"not reachable ({exc.__class__.__name__})"
+        except ModbattError as exc:
+            return f"not checked ({exc})"
+        checked = time.strftime("%H:%M:%S")
+        return ("; ".join(problems) if problems else "registrations and LCTs in order") + (
+            f" (checked {checked})"
+        )
 
 
 def view_of(app: App, info: dict[str, Any], telemetry_fps: float) -> MonitorView:
@@ -144,6 +192,8 @@ def render(view: MonitorView) -> list[str]:
     drops += [f"app: {k} {v}" for k, v in view.app_drops.items()]
     lines.append("dropped: " + (", ".join(drops) if drops else "nothing"))
     lines.append("alerts: " + ("; ".join(view.alerts) if view.alerts else "none"))
+    if view.registrations is not None:
+        lines.append(f"API-Bridge: {view.registrations}")
     return lines
 
 
@@ -160,8 +210,12 @@ def run_monitor(
     """
     redraw = sys.stdout.isatty() if redraw is None else redraw
     app.connect()
-    with contextlib.suppress(KeyboardInterrupt):
-        _watch(app, duration_s, interval_s, out, redraw)
+    registrations = RegistrationsCheck(app).start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            _watch(app, duration_s, interval_s, out, redraw, registrations)
+    finally:
+        registrations.stop()
     return 0
 
 
@@ -171,6 +225,7 @@ def _watch(
     interval_s: float,
     out: Callable[[str], object],
     redraw: bool,
+    registrations: RegistrationsCheck,
 ) -> None:
     end = None if duration_s is None else time.monotonic() + duration_s
     frames, at = app.telemetry_frames, time.monotonic()
@@ -181,5 +236,6 @@ def _watch(
         now = time.monotonic()
         fps = (app.telemetry_frames - frames) / max(now - at, 1e-6)
         frames, at = app.telemetry_frames, now
-        lines = render(view_of(app, app.status(), fps))
+        view = replace(view_of(app, app.status(), fps), registrations=registrations.said)
+        lines = render(view)
         out((CLEAR if redraw else "") + "\n".join(lines) + ("" if redraw else "\n"))
