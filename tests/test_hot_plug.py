@@ -4,6 +4,8 @@ while the modules already paired keep working; on virtual buses with the real AP
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import can
 
@@ -24,20 +26,31 @@ from tests.test_pairing import (
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 
 
+@contextmanager
+def plugged(life: Lifecycle, unique_id: int) -> Iterator[SecureModule]:
+    """A module plugged into CAN 2 for the block, with its own node and pairing agent."""
+    port = CanPort(can.Bus(interface="virtual", channel=life.can2_channel), f"module-{unique_id}")
+    module = SecureModule(
+        BatteryModule(ModuleConfig(unique_id=unique_id, cells=8), now=time.monotonic()),
+        life.state_dir / f"module-{unique_id}",
+    )
+    loop = NodeLoop(port, [module]).start()
+    agent = PairingAgent(port, [module], loop).start()
+    try:
+        yield module
+    finally:
+        agent.stop()
+        loop.stop()
+        port.close()
+
+
 def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Lifecycle) -> None:
     bring_up(lifecycle)
     app = lifecycle.app
     paired_before = {m.module.module_id for m in lifecycle.modules}
 
     # Plug a third module into CAN 2, with its own node and pairing agent, as a new board is.
-    port = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "hot-plug")
-    newcomer = SecureModule(
-        BatteryModule(ModuleConfig(unique_id=0xC0FFEE, cells=8), now=time.monotonic()),
-        lifecycle.state_dir / "module-hot-plug",
-    )
-    loop = NodeLoop(port, [newcomer]).start()
-    agent = PairingAgent(port, [newcomer], loop).start()
-    try:
+    with plugged(lifecycle, 0xC0FFEE) as newcomer:
         assert wait_for(lambda: online_count(lifecycle) == 3, 5.0)
         listed = {m["unique_id"]: m for m in app.status()["modules"]}
         assert listed[0xC0FFEE]["paired"] is False  # registered, not yet trusted
@@ -58,30 +71,16 @@ def test_a_hot_plugged_module_is_paired_into_an_operational_pack(lifecycle: Life
         app.command_state(new_id, 3, 400.0)
         assert wait_for(lambda: newcomer.module.state == 3, 3.0)
         assert all(m.dropped["bad_tag"] == 0 for m in [*lifecycle.modules, newcomer])
-    finally:
-        agent.stop()
-        loop.stop()
-        port.close()
 
 
 def test_a_module_unplugged_at_key_recovery_has_its_lct_revoked(lifecycle: Lifecycle) -> None:
     """Recovery pairs the modules that are there; an absent one's LCT is revoked, not left."""
     bring_up(lifecycle)
     app = lifecycle.app
-    port = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "hot-plug")
-    visitor = SecureModule(
-        BatteryModule(ModuleConfig(unique_id=0xBEEF, cells=8), now=time.monotonic()),
-        lifecycle.state_dir / "module-visitor",
-    )
-    loop = NodeLoop(port, [visitor]).start()
-    agent = PairingAgent(port, [visitor], loop).start()
-    try:
+    with plugged(lifecycle, 0xBEEF):
         assert wait_for(lambda: online_count(lifecycle) == 3, 5.0)
         app.pair(0xBEEF)
-    finally:  # unplugged
-        agent.stop()
-        loop.stop()
-        port.close()
+    # unplugged
     keys = app.keystore.load()
     assert keys is not None
     visitor_lct = keys.module_lcts[str(0xBEEF)]
