@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -10,7 +11,14 @@ import can
 import pytest
 
 from modbatt import ENCRYPTION_FLAG, errors
-from modbatt.transport import BusSpec, CanPort, from_message, parse_bus_spec, to_message
+from modbatt.transport import (
+    BusSpec,
+    CanPort,
+    from_message,
+    open_bus,
+    parse_bus_spec,
+    to_message,
+)
 
 
 def test_round_trip_classic_and_fd() -> None:
@@ -164,3 +172,24 @@ def test_send_built_turns_a_received_message_into_the_sent_one() -> None:
     finally:
         port.close()
         peer.shutdown()
+
+
+def test_udp_multicast_does_not_hand_a_node_its_own_frames() -> None:
+    """As a CAN controller does not: a node that heard itself would step its own frames into
+    the gateway (as drops) and record them twice in a traffic log."""
+    pytest.importorskip("msgpack")
+    group = f"239.74.{random.randint(0, 255)}.{random.randint(1, 254)}"
+    spec = parse_bus_spec(f"udp_multicast:{group},port={random.randint(44000, 44900)}")
+    node, other = open_bus(spec), open_bus(spec)
+    try:
+        for data in (b"\x01", b"\x01", b"\x02"):  # the same frame twice: two echoes
+            node.send(to_message(0x1234567, data))
+        heard = [other.recv(2.0) for _ in range(3)]
+        assert [bytes(m.data) for m in heard if m is not None] == [b"\x01", b"\x01", b"\x02"]
+        assert node.recv(0.3) is None
+        other.send(to_message(0x1234567, b"\x01"))  # the same frame from another node is heard
+        got = node.recv(2.0)
+        assert got is not None and bytes(got.data) == b"\x01"
+    finally:
+        node.shutdown()
+        other.shutdown()

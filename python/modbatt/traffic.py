@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,14 +78,11 @@ class TrafficLog:
             self._writer.stop()
 
 
-ECHO_WINDOW_S = 0.25  # a received copy of a frame sent this recently is the interface's echo
-
-
 class RecordingBus(can.BusABC):
     """A bus that records, in a :class:`TrafficLog`, what `inner` receives and what it sends.
 
-    Some interfaces hand a node back its own frames (python-can's ``udp_multicast`` does, through
-    multicast loopback); such an echo is not traffic on the wire and is not recorded twice.
+    `inner` hands no frame back to its sender (:func:`modbatt.transport.open_bus` takes the
+    echoes of ``udp_multicast`` out), so each frame is recorded once, as on the wire.
     """
 
     def __init__(self, inner: can.BusABC, log: TrafficLog, channel: str, **kwargs: Any) -> None:
@@ -94,38 +90,18 @@ class RecordingBus(can.BusABC):
         self.log = log
         self.log_channel = channel
         self.channel_info = f"recorded({inner.channel_info})"
-        self._sent: deque[tuple[int, bytes, float]] = deque(maxlen=256)
-        self._sent_lock = threading.Lock()
         super().__init__(channel=channel, **kwargs)
 
     def send(self, msg: can.Message, timeout: float | None = None) -> None:
         """Send through the inner bus, then record the frame as sent."""
-        entry = (msg.arbitration_id, bytes(msg.data), time.monotonic())
-        with self._sent_lock:  # before the send: its echo may be received before it returns
-            self._sent.append(entry)
-        try:
-            self.inner.send(msg, timeout)
-        except BaseException:
-            with self._sent_lock:
-                if entry in self._sent:
-                    self._sent.remove(entry)
-            raise
+        self.inner.send(msg, timeout)
         self.log.record(msg, self.log_channel, received=False)
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
         msg = self.inner.recv(timeout)
-        if msg is not None and not self._is_echo(msg):
+        if msg is not None:
             self.log.record(msg, self.log_channel, received=True)
         return msg, True  # the inner bus has applied its filters
-
-    def _is_echo(self, msg: can.Message) -> bool:
-        key, now = (msg.arbitration_id, bytes(msg.data)), time.monotonic()
-        with self._sent_lock:
-            for index, (can_id, data, at) in enumerate(self._sent):
-                if (can_id, data) == key and now - at < ECHO_WINDOW_S:
-                    del self._sent[index]
-                    return True
-        return False
 
     def shutdown(self) -> None:
         """Shut the inner bus down too."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -129,9 +130,90 @@ def open_bus(spec: BusSpec) -> can.BusABC:
     try:
         if spec.interface is None:
             return can.Bus(context=spec.context, **kwargs)
-        return can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
+        bus = can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
     except (can.CanError, OSError, ImportError) as exc:
         raise BusOpenError(f"cannot open bus {str(spec)!r}: {exc}") from None
+    return WithoutEchoes(bus) if spec.interface in ECHOING_INTERFACES else bus
+
+
+# Interfaces that hand a node back the frames it sent: python-can's udp_multicast, through
+# the multicast loopback that processes on one host need in order to hear each other.
+ECHOING_INTERFACES = frozenset({"udp_multicast"})
+# A received copy of a frame this node sent this recently is the interface's echo. Echoes
+# come back at once, but a busy process (a flash write, the collector) may take its time to
+# read them: the window is generous, and costs nothing when frames carry direction in their
+# ids, as modbatt's do (no other node sends the same id).
+ECHO_WINDOW_S = 2.0
+ECHO_KEYS_MAX = 4096  # frames awaiting their echo before the expired ones are swept out
+
+
+class WithoutEchoes(can.BusABC):
+    """`inner` without the copies of its own frames its interface hands back.
+
+    A CAN controller does not give a node its own frames (unless asked to), and every part
+    of modbatt expects that: a pack that heard itself would step its own frames into the
+    gateway (as drops), and a traffic log would record them twice. A received frame is an
+    echo when the same id and data were sent within ECHO_WINDOW_S and not echoed yet.
+    """
+
+    def __init__(self, inner: can.BusABC, **kwargs: Any) -> None:
+        self.inner = inner
+        self.channel_info = inner.channel_info
+        # (id, data) -> when each copy not yet echoed was sent, oldest first
+        self._awaited: dict[tuple[int, bytes], deque[float]] = {}
+        self._lock = threading.Lock()
+        super().__init__(channel=inner.channel_info, **kwargs)
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        """Send through the inner bus, and expect its echo."""
+        key, now = (msg.arbitration_id, bytes(msg.data)), time.monotonic()
+        with self._lock:  # before the send: the echo may be received before it returns
+            self._awaited.setdefault(key, deque()).append(now)
+            if len(self._awaited) > ECHO_KEYS_MAX:
+                self._sweep(now)
+        try:
+            self.inner.send(msg, timeout)
+        except BaseException:
+            with self._lock:
+                self._take(key, now=None)
+            raise
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            msg = self.inner.recv(left)
+            if msg is None:
+                return None, True
+            with self._lock:
+                echo = self._take((msg.arbitration_id, bytes(msg.data)), time.monotonic())
+            if not echo:
+                return msg, True  # the inner bus has applied its filters
+            if deadline is not None and time.monotonic() >= deadline:
+                return None, True
+
+    def _take(self, key: tuple[int, bytes], now: float | None) -> bool:
+        """Whether a copy of `key` awaited its echo (now: not expired at `now`); it is taken."""
+        times = self._awaited.get(key)
+        if times is None:
+            return False
+        while now is not None and times and now - times[0] >= ECHO_WINDOW_S:
+            times.popleft()  # its echo never came
+        taken = bool(times)
+        if taken:
+            times.popleft()
+        if not times:
+            del self._awaited[key]
+        return taken
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, times in self._awaited.items() if now - times[-1] >= ECHO_WINDOW_S]:
+            del self._awaited[key]
+
+    def shutdown(self) -> None:
+        """Shut the inner bus down too."""
+        super().shutdown()
+        self.inner.shutdown()
 
 
 RECEIVE_WAKE_S = 0.1  # an idle port's thread wakes this often to see whether it is closed
