@@ -182,6 +182,8 @@ def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: L
     status = app.status()
     assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
     assert all(m["paired"] for m in status["modules"])
+    # a module's first sealed frames, as its link comes up, are not taken for plain ones
+    assert lifecycle.pack.controller.gateway.stats()["malformed"] == 0
     # telemetry from both modules reaches the app, decrypted, through two reseals
     ids = {m.module.module_id for m in modules}
     app.telemetry.clear()
@@ -548,3 +550,32 @@ def test_the_app_checks_its_registrations_on_the_api_bridge(lifecycle: Lifecycle
     unique_id, lct_id = next(iter(keys.module_lcts.items()))
     lifecycle.bridge.update_lct_status(lct_id, "suspended", "taken out of service elsewhere")
     assert app.registrations()["problems"] == [f"the module {unique_id} LCT is suspended"]
+
+
+def test_a_pairing_the_pack_cannot_store_leaves_nothing_bridged_and_can_be_retried(
+    lifecycle: Lifecycle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's link goes into the gateway before the pack's flash write (so its first
+    frames are not lost); a write that fails takes it out again."""
+    app = lifecycle.app
+    app.bootstrap()
+    assert wait_for(lambda: online_count(lifecycle) == 2, 5.0)
+    controller = lifecycle.pack.controller
+    store = controller.flash_store
+    saves = store.save
+
+    def failing_save(record: object) -> None:
+        raise OSError("flash write failed (simulated)")
+
+    monkeypatch.setattr(store, "save", failing_save)
+    target = lifecycle.modules[0].module
+    with pytest.raises(AppError):
+        app.pair(target.config.unique_id)
+    module_id = target.module_id
+    assert module_id is not None
+    assert not controller.gateway.has_session(module_id)
+    assert module_id not in controller.paired_links
+    assert controller.flash is not None and not controller.flash.modules
+    monkeypatch.setattr(store, "save", saves)
+    assert app.pair(target.config.unique_id)["module_id"] == module_id
+    assert controller.gateway.has_session(module_id)

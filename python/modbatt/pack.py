@@ -487,10 +487,19 @@ class PackRuntime:
     def link_module(self, module_id: int, session: Session) -> None:
         """Put a module's established session into the gateway and route its traffic sealed.
 
-        The last step of a pairing and of a re-link after a restart.
+        The last step of a pairing and of a re-link after a restart. The module's sealed
+        route is in the table before its session is in the gateway, so a frame that comes
+        in between is counted for what it is (`no_session`), never stepped through the
+        plain route (where it counted as `malformed`).
         """
-        self.controller.gateway.install_session(module_id, session)
         self.controller.paired_links.add(module_id)
+        self._rules()
+        self.controller.gateway.install_session(module_id, session)
+
+    def unlink_module(self, module_id: int) -> None:
+        """Undo `link_module`: the module's session and sealed route are gone."""
+        self.controller.gateway.remove_session(module_id)
+        self.controller.paired_links.discard(module_id)
         self._rules()
 
     def _rules(self) -> None:
@@ -593,6 +602,10 @@ class PackRuntime:
             endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
             try:
                 link, session, shared = self._pair_over(endpoint, flash, message, unique_id)
+                # The module seals from now on: its frames are opened at once, not after the
+                # channel's close and the flash write (until then they were dropped, as
+                # `no_session`). Undone below if the pairing cannot be stored.
+                self.link_module(module_id, session)
             finally:
                 endpoint.close()
         paired = PairedModule(
@@ -607,9 +620,12 @@ class PackRuntime:
         record = flash.model_copy(
             update={"modules": {**flash.modules, paired.module_component_id: paired}}
         )
-        controller.flash_store.save(record)
+        try:
+            controller.flash_store.save(record)
+        except BaseException:
+            self.unlink_module(module_id)  # nothing bridged for a pairing the pack lost
+            raise
         controller.flash = record
-        self.link_module(module_id, session)
         controller._audit(
             "module.paired",
             module_id=module_id,
