@@ -76,22 +76,16 @@ def _count(ctx: click.Context, param: click.Parameter, value: int) -> None:
     ctx.meta[_VERBOSITY] = ctx.meta.get(_VERBOSITY, 0) + sign * value
 
 
+VERBOSITY_OPTIONS = (
+    ("-v", "--verbose", "Say more: -v what the roles do, -vv everything; tracebacks on errors."),
+    ("-q", "--quiet", "Quieter: log errors only; no progress display, no result line."),
+)
+
+
 def _verbosity_options() -> list[click.Parameter]:
     return [
-        click.Option(
-            ["-v", "--verbose"],
-            count=True,
-            expose_value=False,
-            callback=_count,
-            help="Say more: -v what the roles do, -vv everything; tracebacks on errors.",
-        ),
-        click.Option(
-            ["-q", "--quiet"],
-            count=True,
-            expose_value=False,
-            callback=_count,
-            help="Quieter: log errors only; no progress display, no result line.",
-        ),
+        click.Option([short, long], count=True, expose_value=False, callback=_count, help=text)
+        for short, long, text in VERBOSITY_OPTIONS
     ]
 
 
@@ -158,33 +152,48 @@ def _set_up_logging(verbosity: int, console: Console) -> None:
     logging.getLogger("isotp").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
 
 
+# What each class of failure exits with, and what to do about it; the first match counts.
+ADVICE: tuple[tuple[type[BaseException], int, str], ...] = (
+    (
+        BusOpenError,
+        EXIT_BUS,
+        "Check the bus name (INTERFACE:CHANNEL[@BITRATE]), that the adapter is plugged in "
+        "and its driver installed; 'ip link' lists SocketCAN interfaces.",
+    ),
+    (
+        ApiBridgeError,
+        EXIT_API_BRIDGE,
+        "Check --api-bridge (or MODBATT_API_BRIDGE_URL) and --token; "
+        "'modbatt api-bridge health' tells whether the API-Bridge is up.",
+    ),
+    (
+        StoreError,
+        EXIT_STATE,
+        "The state directory's stores do not verify: restore them from a backup, or run "
+        "key recovery (docs/OPERATIONS.md).",
+    ),
+    (
+        PackSilentError,
+        EXIT_FAILED,
+        "Check that the pack controller is running and on this bus (--can), that the bit "
+        "rates match and that the bus is terminated; 'modbatt app ... discover' asks it "
+        "plainly.",
+    ),
+    (ModbattError, EXIT_FAILED, "Run again with -v for what led to it."),
+    (  # a state directory or file that cannot be made or written
+        OSError,
+        EXIT_STATE,
+        "Check the path given (--state-dir, --log, ...) and its permissions.",
+    ),
+)
+
+
 def classify(exc: BaseException, *, verbose: bool = False) -> tuple[int, str]:
     """The exit status of a failure, and what to do about it (`verbose`: -v was given)."""
-    if isinstance(exc, BusOpenError):
-        return EXIT_BUS, (
-            "Check the bus name (INTERFACE:CHANNEL[@BITRATE]), that the adapter is plugged in "
-            "and its driver installed; 'ip link' lists SocketCAN interfaces."
-        )
-    if isinstance(exc, ApiBridgeError):
-        return EXIT_API_BRIDGE, (
-            "Check --api-bridge (or MODBATT_API_BRIDGE_URL) and --token; "
-            "'modbatt api-bridge health' tells whether the API-Bridge is up."
-        )
-    if isinstance(exc, StoreError):
-        return EXIT_STATE, (
-            "The state directory's stores do not verify: restore them from a backup, or run "
-            "key recovery (docs/OPERATIONS.md)."
-        )
-    if isinstance(exc, PackSilentError):
-        return EXIT_FAILED, (
-            "Check that the pack controller is running and on this bus (--can), that the "
-            "bit rates match and that the bus is terminated; 'modbatt app ... discover' asks "
-            "it plainly."
-        )
-    if isinstance(exc, ModbattError):
-        return EXIT_FAILED, "" if verbose else "Run again with -v for what led to it."
-    if isinstance(exc, OSError):  # a state directory or file that cannot be made or written
-        return EXIT_STATE, "Check the path given (--state-dir, --log, ...) and its permissions."
+    for kind, code, advice in ADVICE:
+        if isinstance(exc, kind):
+            # advice to run again with -v says nothing to someone who did
+            return code, "" if verbose and "-v" in advice else advice
     return EXIT_INTERNAL, (
         "This is a bug in modbatt: please report it with the traceback above."
         if verbose
