@@ -260,6 +260,12 @@ def test_every_app_action_against_a_running_pack(tmp_path: Path, api_bridge: Bri
         assert json.loads(commanded.stdout) == {"module": int(module_id), "requested_state": 1}
         diagnosed = json.loads(run("diagnose").stdout)
         assert diagnosed["audit_log"] == "intact" and diagnosed["api_bridge"]["problems"] == []
+        offline = modbatt(  # in the field without the API-Bridge: the pack's view all the same
+            "app", "--can", f"virtual:{_can1(life)}", "--state-dir", str(tmp_path / "app-cli"),
+            "--api-bridge", "http://127.0.0.1:9", "diagnose",
+        )  # fmt: skip
+        assert offline.exit_code == 0 and json.loads(offline.stdout)["audit_log"] == "intact"
+        assert "API-Bridge: not reachable" in offline.stderr
         image = tmp_path / "image.bin"
         image.write_bytes(os.urandom(3000))
         stored = run("firmware", "--image", str(image), "--version", "1.2.3")

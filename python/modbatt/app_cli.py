@@ -31,6 +31,7 @@ from modbatt.cli_base import (
     progress_of,
 )
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.errors import ApiBridgeError
 from modbatt.monitor import run_monitor
 from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.stores import AuditLog
@@ -348,10 +349,15 @@ def act(
         out(json.dumps({"module": options["module"], "requested_state": state}))
         return f"module {options['module']} asked for state {options['state']}"
     if action == "diagnose":
-        # the pack's own view, and the API-Bridge's of the pack's registrations and LCTs
-        answer = {**app.diagnostics(), "api_bridge": app.registrations()}
-        out(json.dumps(answer, indent=2))
-        problems = answer["api_bridge"]["problems"]
+        # the pack's own view, and the API-Bridge's of the pack's registrations and LCTs; in
+        # the field the API-Bridge may be out of reach, and the pack's view is still wanted
+        answer = app.diagnostics()
+        try:
+            registrations = app.registrations()
+        except ApiBridgeError as exc:
+            registrations = {"problems": [f"not reachable ({exc})"]}
+        out(json.dumps({**answer, "api_bridge": registrations}, indent=2))
+        problems = registrations["problems"]
         return "diagnostics read" + (f"; API-Bridge: {'; '.join(problems)}" if problems else "")
     if action == "firmware":
         image: Path = options["image"]
