@@ -183,6 +183,7 @@ class Bridge:
 
     def __init__(self) -> None:
         self.secrets: list[bytes] = []
+        self.lcts: dict[str, tuple[str, str]] = {}  # lct id -> its two components
 
     def register_component(self, component_data: str, context: str = "") -> Any:
         digest = hashlib.sha256(component_data.encode()).hexdigest()[:12]
@@ -193,10 +194,14 @@ class Bridge:
         self.secrets += halves
         names = ("device_key_half_a", "lct_key_half_a", "device_key_half_b", "lct_key_half_b")
         keys = SimpleNamespace(**{n: SecretBytes(h) for n, h in zip(names, halves, strict=True)})
-        return SimpleNamespace(record=SimpleNamespace(lct_id=f"lct_{uuid.uuid4().hex}"), keys=keys)
+        lct_id = f"lct_{uuid.uuid4().hex}"
+        self.lcts[lct_id] = (component_a, component_b)
+        record = SimpleNamespace(lct_id=lct_id, component_a=component_a, component_b=component_b)
+        return SimpleNamespace(record=record, keys=keys)
 
     def replace_lct(self, lct_id: str, context: str = "") -> Any:
-        return self.create_lct("", "", context)
+        """A new LCT between the same two components (the old one revoked)."""
+        return self.create_lct(*self.lcts[lct_id], context)
 
     def update_lct_status(self, lct_id: str, status: str, context: str = "") -> Any:
         return SimpleNamespace(lct_id=lct_id, status=status)
