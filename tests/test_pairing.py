@@ -228,6 +228,9 @@ def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> No
         app.recover(confirm=False)
     result = app.recover(confirm=True)
     assert result["repaired_modules"] == 2
+    # until they were paired again, the modules' sealed frames had no session to open them
+    dropped = lifecycle.pack.controller.gateway.stats()
+    assert dropped["malformed"] == 0 and dropped["no_session"] > 0
     status = app.status()
     assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
     assert lifecycle.bridge.get_lct(old_lct).status == "revoked"

@@ -18,7 +18,7 @@
 use crate::error::{DropReason, Error, Result};
 use crate::frame::{self, Frame, MAX_DATA_LEN, PAIR_MAX_PAYLOAD, SINGLE_MAX_PAYLOAD};
 use crate::freshness::StreamMap;
-use crate::ids::{self, Format, SECURE_BITS};
+use crate::ids::{self, Format, ENCRYPTION_FLAG, SECURE_BITS};
 use crate::routing::{LinkId, RoutingTable, Rule};
 use crate::session::{Sealed, Session};
 use zeroize::Zeroize;
@@ -250,10 +250,18 @@ impl Gateway {
                 None => return Ok(self.forward_ahead(&rule, can_id, data)),
             },
             None => {
+                if can_id & ENCRYPTION_FLAG != 0 {
+                    // Sealed by a link this route has no session for: a module the pack holds
+                    // no keys for yet (its flash was lost, or it was paired elsewhere).
+                    return Err(Error::rejected(
+                        DropReason::NoSession,
+                        format!("sealed frame 0x{can_id:08X} on a route without a link"),
+                    ));
+                }
                 if can_id & SECURE_BITS != 0 {
                     return Err(Error::rejected(
                         DropReason::Malformed,
-                        format!("secured frame 0x{can_id:08X} on a plain route"),
+                        format!("plain frame 0x{can_id:08X} with format bits set"),
                     ));
                 }
                 Frame::new(can_id, data)?

@@ -181,8 +181,11 @@ fn plain_routes_rewrite_ids_and_clear_e() {
     assert_eq!(forward.bus, CAN1);
     assert_eq!(forward.frames.frames()[0].id, 0x502 << 18 | 0x07);
     assert_eq!(forward.frames.frames()[0].payload(), &[1, 2]);
-    // a secured frame on a plain route is malformed; so is a long payload for classic CAN
+    // a sealed frame on a plain route has no session to open it; a plain frame with format
+    // bits, or a long payload for classic CAN, is malformed
     assert!(gateway.step(CAN2, STATUS_1 | 0x2_0000, &[0; 8]).is_err());
+    assert_eq!(drops(&gateway, DropReason::NoSession), 1);
+    assert!(gateway.step(CAN2, STATUS_1 | 0x1_0000, &[0; 8]).is_err());
     assert!(gateway.step(CAN2, STATUS_1, &[0; 12]).is_err());
     assert_eq!(drops(&gateway, DropReason::Malformed), 2);
 }
