@@ -173,50 +173,61 @@ def module_flash(directory: Path) -> TypedStore[ModuleFlash]:
 # --- the link keys, rebuilt from what each store holds (PROTOCOL.md §2.1) --------------------
 
 
+def _link_key(own_half: str, own_id: str, peer_half: str, peer_id: str, dh_secret: str) -> LinkKey:
+    """A link key from what a store keeps, in hex.
+
+    This end's device half and component id, the peer's, and the X25519 secret of their key
+    agreement.
+    """
+    return LinkKey(
+        bytes.fromhex(own_half), own_id, bytes.fromhex(peer_half), peer_id, bytes.fromhex(dh_secret)
+    )
+
+
 def app_link_key(keys: AppKeys) -> LinkKey | None:
     """The app link's key from the app's keystore; None before the app has its keys."""
     if not (keys.app_device_key_half and keys.pack_device_key_half and keys.link_dh_secret):
         return None
     assert keys.app_component_id and keys.pack_component_id  # stored with the halves
-    return LinkKey(
-        bytes.fromhex(keys.app_device_key_half),
+    return _link_key(
+        keys.app_device_key_half,
         keys.app_component_id,
-        bytes.fromhex(keys.pack_device_key_half),
+        keys.pack_device_key_half,
         keys.pack_component_id,
-        bytes.fromhex(keys.link_dh_secret),
+        keys.link_dh_secret,
     )
 
 
 def pack_app_link_key(flash: PackFlash) -> LinkKey:
     """The app link's key from the pack's flash."""
-    return LinkKey(
-        bytes.fromhex(flash.pack_device_key_half),
+    return _link_key(
+        flash.pack_device_key_half,
         flash.pack_component_id,
-        bytes.fromhex(flash.app_device_key_half),
+        flash.app_device_key_half,
         flash.app_component_id,
-        bytes.fromhex(flash.app_link_dh_secret),
+        flash.app_link_dh_secret,
     )
 
 
 def paired_module_link_key(flash: PackFlash, paired: PairedModule) -> LinkKey:
     """A paired module's link key from the pack's flash."""
-    return LinkKey(
-        bytes.fromhex(paired.pack_device_key_half),
+    return _link_key(
+        paired.pack_device_key_half,
         flash.pack_component_id,
-        bytes.fromhex(paired.module_device_key_half),
+        paired.module_device_key_half,
         paired.module_component_id,
-        bytes.fromhex(paired.dh_secret),
+        paired.dh_secret,
     )
 
 
 def module_link_key(record: ModuleFlash) -> LinkKey:
     """The module's link key from its own flash."""
-    return LinkKey(
-        bytes.fromhex(record.module_device_key_half),
+    return _link_key(
+        record.module_device_key_half,
         record.module_component_id,
-        bytes.fromhex(record.pack_device_key_half),
+        record.pack_device_key_half,
         record.pack_component_id,
-        bytes.fromhex(record.dh_secret),
+        record.dh_secret,
     )
 
 
