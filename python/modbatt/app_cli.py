@@ -307,8 +307,10 @@ def act(
     The answer goes to `out` as JSON (stdout, for scripts); the summary becomes the
     command's result line on stderr.
     """
-    if action in ("discover", "status") and not _has_keys(app):
-        answer = app.discover()
+    if action in ("discover", "status"):
+        if _has_keys(app):
+            app.connect()  # then the answer comes sealed
+        answer = app.status()
         out(json.dumps(answer, indent=2))
         return _level(answer)
     if action == "bootstrap":
@@ -328,10 +330,6 @@ def act(
     if not _has_keys(app):
         raise AppError(f"{action}: the app holds no keys yet (run bootstrap)")
     app.connect()
-    if action in ("discover", "status"):
-        answer = app.status()
-        out(json.dumps(answer, indent=2))
-        return _level(answer)
     if action == "pair":
         return _pair(app, options["unique_id"], out, progress)
     if action == "configure":
