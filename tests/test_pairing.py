@@ -31,6 +31,7 @@ from modbatt.pack import (
     PackRuntime,
     PackState,
 )
+from modbatt.pack_modules import START_SETTLE_S
 from modbatt.pairing import PairingAgent, SecureModule, module_channel_ids
 from modbatt.stores import AuditLog
 from modbatt.traffic import TrafficLog
@@ -189,7 +190,11 @@ def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: L
     app.telemetry.clear()
     assert wait_for(lambda: ids <= {n for n, t in app.telemetry.items() if "STATUS_1" in t}, 3.0)
     assert app.telemetry_frames > 0 and not app.dropped
-    # it keeps flowing: no module's session wears out on the other modules' sealed frames
+    # it keeps flowing: no module's session wears out on the other modules' sealed frames,
+    # and with every module paired nothing plain is sent to them (before the second was
+    # paired, the pack's plain polls for it were counted by the first: `plain_broadcast`)
+    for module in modules:
+        module.dropped.clear()
     before = app.telemetry_frames
     time.sleep(2.0)
     assert app.telemetry_frames > before + 10
@@ -414,8 +419,10 @@ def test_an_app_command_reaches_its_module_through_the_gateway(lifecycle: Lifecy
         app.pair(module.module.config.unique_id)
     target, other = modules
     app.command_state(target.module.module_id or 0, 3, 400.0)
-    assert wait_for(lambda: target.module.state == 3, 2.0)  # Precharge, then On
-    assert other.module.state == 1  # addressed to one module only
+    # the module remembers the request and goes On once the pack's MAX_STATE allows it (it
+    # starts Off, for START_SETTLE_S), at its next sealed status poll
+    assert wait_for(lambda: target.module.state == 3, 2.0 + START_SETTLE_S)
+    assert other.module.state == 0  # addressed to one module only: the other stays Off
     # the app sees it in the bridged telemetry, and the module's audit log has its keys' story
     assert wait_for(
         lambda: (

@@ -43,6 +43,7 @@ from modbatt.bootstrap import (
 from modbatt.catalogue import MAX_MODULES, catalogue
 from modbatt.control import REQUEST_ID, ControlEndpoint, new_request_id, request
 from modbatt.errors import FrameRejectedError, ModbattError, SessionError
+from modbatt.firmware import PACK_CONTROLLER_TIMEOUT_S
 from modbatt.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, app_link_key, host_id
 from modbatt.progress import NO_PROGRESS, Progress
@@ -53,12 +54,20 @@ log = logging.getLogger("modbatt.app")
 REPLY_TIMEOUT_S = 2.0  # per attempt; a request is sent up to REPLY_ATTEMPTS times
 REPLY_ATTEMPTS = 3
 BOOTSTRAP_ATTEMPTS, BOOTSTRAP_RETRY_S = 3, 1.0  # whole exchanges, when one is cut short
-MODULES_BACK_S = 5.0  # at key recovery: how long a known module has to register again
+# At key recovery: how long a known module has to register again. A paired module takes
+# commands only sealed by the pack that lost its keys, so it comes back when its own
+# pack-controller timeout (11.1 s, the firmware's) runs out and it announces (within 0.6 s),
+# or sooner when the pack's start-up deregistration reached it (a module not yet linked).
+MODULES_BACK_S = PACK_CONTROLLER_TIMEOUT_S + 3.0
 LINK_SILENCE_S = 3.5  # three missed status frames (one a second) and a half: the link is gone
 
 
 class AppError(ModbattError):
     """A step of the app's workflow failed; the message names the step and the reason."""
+
+
+class PlainCommandError(AppError):
+    """A command to an unpaired module would reach every unpaired module: not confirmed."""
 
 
 class KeystoreLostError(AppError, StoreCorruptError):
@@ -217,7 +226,18 @@ def parse_pack_status(plain: bytes) -> dict[str, int]:
     }
 
 
-ALERT_CODES = range(1, 6)  # module silent, back, flash problem, replays, torn down (§8a)
+# The pack's alert codes on CAN 1 (PROTOCOL.md §8a), as an operator reads them.
+ALERT_NAMES = {
+    1: "module silent",
+    2: "module back",
+    3: "flash problem",
+    4: "replays",
+    5: "torn down",
+    6: "foreign command on CAN 2",
+    7: "module incompatible",
+    8: "module latched",
+}
+ALERT_CODES = frozenset(ALERT_NAMES)
 
 
 def parse_alert(plain: bytes) -> dict[str, int]:
@@ -626,17 +646,41 @@ class App:
         )
         return answer
 
-    def command_state(self, module_id: int, state: int, hv_bus_voltage: float = 0.0) -> None:
+    def command_state(
+        self,
+        module_id: int,
+        state: int,
+        hv_bus_voltage: float = 0.0,
+        *,
+        every_plain_module: bool = False,
+    ) -> None:
         """Ask a module for a state (Off 0 ... On 3) (Workflow B.3).
 
+        A module that is not paired takes the command plain, and the module firmware ignores
+        the module id in it: every other unpaired module on CAN 2 takes it too. Then the
+        command is refused (`PlainCommandError`, naming them) unless `every_plain_module`
+        says the operator wants exactly that.
+
         A STATE_CHANGE sealed with the app link, which the pack's gateway reseals for the
-        module's own link.
+        module's own link. It has two bytes, module id and state, as the module firmware takes
+        it (it ignores any other length); `hv_bus_voltage` is kept for callers of earlier
+        versions and not sent.
         """
+        del hv_bus_voltage  # the firmware's STATE_CHANGE has no room for it (DLC 2)
         session = self._linked("command")
+        modules = {int(m["module_id"]): m for m in self.status()["modules"]}
+        target = modules.get(module_id)
+        if target is not None and not target["paired"]:
+            also = sorted(i for i, m in modules.items() if i != module_id and not m["paired"])
+            if also and not every_plain_module:
+                raise PlainCommandError(
+                    f"module {module_id} is not paired: a plain command reaches every unpaired "
+                    f"module (the module firmware ignores the id in it), here also modules "
+                    f"{', '.join(map(str, also))}. Pair them, or confirm that all of them "
+                    "should change state (--every-plain-module)."
+                )
         can_id, payload = catalogue().encode(
-            "STATE_CHANGE",
-            module_id,
-            {"ModuleId": module_id, "RequestedState": state, "HvBusVoltage": hv_bus_voltage},
+            "STATE_CHANGE", module_id, {"ModuleId": module_id, "RequestedState": state}
         )
         for frame_id, data in frames_of(session.seal(can_id, payload)):
             self.endpoint.channel.port.send(frame_id, data)

@@ -188,10 +188,18 @@ def configure(ctx: click.Context, max_state: int | None, bridge_unpaired: str | 
     required=True,
     help="The state to ask for.",
 )
+@click.option(
+    "--every-plain-module",
+    is_flag=True,
+    help="Confirm that a command to an unpaired module goes to every unpaired module: the "
+    "module firmware ignores the id in a plain command (paired modules take theirs sealed).",
+)
 @click.pass_context
-def command_state(ctx: click.Context, module_id: int, state: str) -> int:
+def command_state(ctx: click.Context, module_id: int, state: str, every_plain_module: bool) -> int:
     """Ask a module for a state (Workflow B.3)."""
-    return _run(ctx, "command", module=module_id, state=state)
+    return _run(
+        ctx, "command", module=module_id, state=state, every_plain_module=every_plain_module
+    )
 
 
 @app.command()
@@ -343,7 +351,9 @@ def act(
         return "configured"
     if action == "command":
         state = STATES[options["state"]]
-        app.command_state(options["module"], state)
+        app.command_state(
+            options["module"], state, every_plain_module=options["every_plain_module"]
+        )
         out(json.dumps({"module": options["module"], "requested_state": state}))
         return f"module {options['module']} asked for state {options['state']}"
     if action == "diagnose":

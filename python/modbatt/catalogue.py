@@ -1,7 +1,8 @@
 """The module bus message catalogue: the DBC file shipped with modbatt, through cantools.
 
-Every module bus message of REFERENCE §2 is described in ``data/modbatt_module_bus.dbc`` (its
-frame ids carry node 0); this module puts the node into the 29-bit id and takes it out again,
+Every module bus message, as the module firmware sends and reads it (REFERENCE §2a), is
+described in ``data/modbatt_module_bus.dbc`` (its frame ids carry node 0); this module puts
+the node into the 29-bit id and takes it out again,
 and leaves every bit position and scaling to cantools. ``modbatt dbc`` prints the file's path
 so it can be opened in other CAN tools.
 """
@@ -18,6 +19,7 @@ import cantools
 from cantools.database.can import Database, Message
 
 from modbatt import compose_id, split_id
+from modbatt.firmware import INIT, OFF, ON, PRECHARGE, STANDBY
 
 # Base ids (REFERENCE §2): module -> pack
 ANNOUNCEMENT = "ANNOUNCEMENT"
@@ -27,6 +29,7 @@ STATUS_2 = "STATUS_2"
 STATUS_3 = "STATUS_3"
 DETAIL = "DETAIL"
 TIME_REQUEST = "TIME_REQUEST"
+CELL_COMM_STATUS1 = "CELL_COMM_STATUS1"
 # pack -> module
 REGISTRATION = "REGISTRATION"
 HW_REQUEST = "HW_REQUEST"
@@ -44,9 +47,20 @@ BROADCAST = 0x00
 UNREGISTERED = 0xFF
 MAX_MODULES = 31
 
+# modbatt's secure layer: a pack -> paired module command travels sealed on its base XOR
+# 0x050 (0x510-0x51F -> 0x540-0x54F), bases the module firmware's dispatch does not know, so
+# no legacy module on the bus reads a sealed command as a plain one (docs/PROTOCOL.md §8c).
+SECURED_COMMAND_XOR = 0x050 << 18
+SECURED_COMMAND_BASES = range(0x540, 0x550)
+
+
+def secured_command_id(command_id: int) -> int:
+    """The logical id of a command (base 0x510-0x51F) sealed for a paired module, and back."""
+    return command_id ^ SECURED_COMMAND_XOR
+
+
 # Module states (STATUS_1.State, STATE_CHANGE.RequestedState, MAX_STATE.MaxState)
-OFF, STANDBY, PRECHARGE, ON = 0, 1, 2, 3
-STATE_NAMES = {OFF: "Off", STANDBY: "Standby", PRECHARGE: "Precharge", ON: "On"}
+STATE_NAMES = {OFF: "Off", STANDBY: "Standby", PRECHARGE: "Precharge", ON: "On", INIT: "Init"}
 
 
 def dbc_path() -> Path:
@@ -80,7 +94,10 @@ class Catalogue:
         """(29-bit id, payload) of message `name` for `node`; values are physical, range-checked."""
         message = self.message(name)
         data = message.encode(values or {}, scaling=True, strict=True) if message.signals else b""
-        return compose_id(split_id(message.frame_id)[0], node), bytes(data)
+        # a message without signals (TIME_REQUEST) still has its length: zero bytes
+        return compose_id(split_id(message.frame_id)[0], node), bytes(data).ljust(
+            message.length, b"\0"
+        )
 
     def decode(self, can_id: int, data: bytes) -> Decoded | None:
         """The message in a received frame, or None when its base id is not a module message."""

@@ -38,6 +38,7 @@ from modbatt.cli_base import (
     log_option,
     progress_of,
 )
+from modbatt.firmware import MAX_CELLS
 
 __all__ = ["EXIT_CODES", "cli", "default_db_path", "default_state_dir", "main"]
 
@@ -131,7 +132,20 @@ def module() -> None:
     help="The first module's unique id.",
 )
 @click.option(
-    "--cells", type=click.IntRange(1, 255), default=14, show_default=True, help="Cells per module."
+    "--cells",
+    type=click.IntRange(1, MAX_CELLS),
+    default=14,
+    show_default=True,
+    help="Cells per module (the firmware's limit is 94).",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["secured", "legacy"]),
+    default="secured",
+    show_default=True,
+    help="secured: the firmware's behaviour plus modbatt's pairing and sealed frames once "
+    "paired (what a secure pack expects). legacy: the module firmware as shipped today, "
+    "plain only (for a pack that must also serve unmodified modules).",
 )
 @click.option(
     "--count",
@@ -153,6 +167,7 @@ def module_run(
     can: str,
     unique_id: int,
     cells: int,
+    kind: str,
     count: int,
     fd: bool,
     state_dir: Path | None,
@@ -161,8 +176,11 @@ def module_run(
 ) -> int:
     """Simulate one or more battery modules on a bus.
 
-    Behaves as the Modbatt module firmware on the module bus: announces, takes the id the
-    pack assigns, pairs, reports status and cell details (sealed once paired).
+    Behaves as the Modbatt module firmware (build 8278) on the module bus: announces on node
+    0, takes the id the pack assigns, answers the pack's requests (status, cell details,
+    hardware), obeys its commands, and deregisters after 11.1 s without one. A secured
+    module (the default) also pairs with the pack and, once paired, seals what it sends and
+    takes commands only sealed by the pack; a legacy module stays plain.
     """
     from modbatt.roles import run_modules
     from modbatt.transport import parse_bus_spec
@@ -180,6 +198,7 @@ def module_run(
         duration,
         state_dir=state_dir,
         log_path=log,
+        legacy=kind == "legacy",
     )
 
 

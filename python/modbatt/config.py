@@ -21,11 +21,12 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from modbatt.errors import InvalidArgumentError
+from modbatt.firmware import MAX_CELLS
 from modbatt.traffic import check_log_path
 from modbatt.transport import parse_bus_spec
 
@@ -103,8 +104,9 @@ class ModuleConfig(RoleConfig):
 
     can: Bus | None = None
     unique_id: Annotated[int, Field(ge=0, lt=2**32)] | None = None
-    cells: Annotated[int, Field(ge=1, le=255)] | None = None
+    cells: Annotated[int, Field(ge=1, le=MAX_CELLS)] | None = None
     count: Annotated[int, Field(ge=1, le=255)] | None = None
+    kind: Literal["secured", "legacy"] | None = None
     fd: bool | None = None
     state_dir: Path | None = None
     duration: Annotated[float, Field(gt=0)] | None = None

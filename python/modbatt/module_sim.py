@@ -1,80 +1,106 @@
-"""The battery module simulator: what a Modbatt module's firmware does on the module bus.
+"""The battery module simulator: a Modbatt module as its firmware behaves on the module bus.
 
-A :class:`BatteryModule` announces itself as unregistered (node 0xFF) once a second with its
-unique id, manufacturer and part ids; takes the id the pack assigns in a REGISTRATION frame
-that echoes its unique id; then reports on that id: STATUS_1-3 every 0.5 s and one DETAIL
-frame (cell by cell) every 0.1 s, and answers hardware, status and detail requests. It obeys
-state changes (Off, Standby, Precharge, On; Precharge completes to On after 0.3 s), the
-max-state heartbeat (with no heartbeat for 1.0 s it drops to Standby), deregistration,
-announce requests, all-deregister and all-isolate. A REGISTRATION with module id 0 is the
-pack's refusal (it is full): the module waits 10 s before it announces again.
+:class:`BatteryModule` follows the module firmware (ModuleCPU build 8278, the rules in
+:mod:`modbatt.firmware` and docs/MODULE_BUS.md), not the published DBC:
 
-The electrical model is simple but coherent: the current follows a slow charge/discharge cycle
-while On (positive = charging) and is 0 otherwise; each cell's SOC integrates the current over
-its capacity; cell voltage is an open-circuit curve of SOC plus the IR drop; temperature
-relaxes towards ambient plus I²R heating. Capacities, resistances, SOH and offsets vary per
-module and per cell (seeded by the unique id), and every value stays inside the DBC ranges.
+- **Start-up**: Off; one ANNOUNCEMENT on node 0x00 about 0.6 s after power-up. Unregistered,
+  it announces again only after ANNOUNCE_REQUEST (after ``(unique id & 0xFF) // 10`` ticks of
+  100 ms, at least one) or when its 11.1 s pack-controller timeout runs out.
+- **Registration**: a REGISTRATION with DLC 8, manufacturer 0x02, part 0x03 and its unique id
+  gives it the id in byte 0; it then sends TIME_REQUEST, STATUS_1-3, CELL_COMM_STATUS1 and
+  HARDWARE, one frame per 100 ms tick.
+- **Request-driven**: no periodic status. STATUS_REQUEST (DLC 1) gets STATUS_1-3 and
+  CELL_COMM_STATUS1, DETAIL_REQUEST (DLC 3, a cell below its cell count) one DETAIL,
+  HW_REQUEST one HARDWARE; each state transition and each (re)start of the cell string sends
+  the status burst too.
+- **What it ignores**: the node byte of a command's id, bit 17 (E) and the module id inside
+  payloads; so a command for one module reaches every module, and a frame with E set on a
+  command base is read as that plain command where the DLC rule lets it through (counted in
+  ``sealed_frames_acted_on``).
+- **Commands**: MAX_STATE caps the state (and lowers the requested one); STATE_CHANGE (DLC 2
+  only) sets the requested state; ALL_ISOLATE sets it Off; DEREGISTER and ALL_DEREGISTER
+  unregister it and set it Off. Every recognised command resets the 11.1 s timeout; when it
+  runs out the module deregisters, goes Off and announces.
+- **Values**: SOC and SOH are sent as 0 (the firmware does not compute them); module and total
+  voltages in 15 mV steps; DETAIL's cell count is the number of cells that reported. The cell
+  string takes ``CELL_STRING_START_S`` to report after power-up and after every transition:
+  before that the voltages are 0 and the temperatures 0 °C.
+- **The boot race**: a MAX_STATE received before the first state tick latches the state
+  variable to it with the relays open (reported as that state, no current flows).
+
+The electrical model behind the values is simple but coherent: the current follows a slow
+charge/discharge cycle while On with the contactors closed (positive = charging); each cell's
+SOC integrates it over its capacity; cell voltage is an open-circuit curve of SOC plus the IR
+drop; temperature relaxes towards ambient plus I²R heating. Capacities, resistances and
+offsets vary per module and per cell, seeded by the unique id.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from modbatt import is_encrypted
 from modbatt.catalogue import (
-    ALL_DEREGISTER,
-    ALL_ISOLATE,
-    ANNOUNCE_REQUEST,
     ANNOUNCEMENT,
-    DEREGISTER,
+    CELL_COMM_STATUS1,
     DETAIL,
-    DETAIL_REQUEST,
     HARDWARE,
-    HW_REQUEST,
-    MAX_STATE,
-    OFF,
-    ON,
-    PRECHARGE,
-    REGISTRATION,
-    SET_TIME,
-    STANDBY,
-    STATE_CHANGE,
     STATUS_1,
     STATUS_2,
     STATUS_3,
-    STATUS_REQUEST,
     TIME_REQUEST,
-    UNREGISTERED,
     Catalogue,
     catalogue,
+)
+from modbatt.firmware import (
+    DEFAULT_MAX_CHARGE_A,
+    DEFAULT_MAX_DISCHARGE_A,
+    FIRMWARE_BUILD,
+    HARDWARE_COMPATIBILITY,
+    INIT,
+    MANUFACTURER_ID,
+    OFF,
+    ON,
+    PACK_CONTROLLER_TIMEOUT_S,
+    PART_ID,
+    TICK_S,
+    TICKS_PER_FRAME,
+    accepts,
+    announce_delay_s,
+    end_of_charge_voltage,
 )
 
 Frames = list[tuple[int, bytes]]
 
-ANNOUNCE_INTERVAL_S = 1.0
-REFUSED_BACKOFF_S = 10.0
-STATUS_INTERVAL_S = 0.5
-DETAIL_INTERVAL_S = 0.1
-HEARTBEAT_TIMEOUT_S = 1.0
-PRECHARGE_S = 0.3
+CELL_STRING_START_S = 1.0  # from power-up or a transition until the cells report
 AMBIENT_C = 25.0
 CYCLE_PERIOD_S = 600.0
 THERMAL_TAU_S = 60.0
 
+# Command bases, as the firmware's dispatch names them
+REGISTRATION_BASE, HW_REQUEST_BASE, STATUS_REQUEST_BASE = 0x510, 0x511, 0x512
+STATE_CHANGE_BASE, DETAIL_REQUEST_BASE, SET_TIME_BASE = 0x514, 0x515, 0x516
+MAX_STATE_BASE, DEREGISTER_BASE = 0x517, 0x518
+ANNOUNCE_REQUEST_BASE, ALL_DEREGISTER_BASE, ALL_ISOLATE_BASE = 0x51D, 0x51E, 0x51F
+STATUS_BURST = (STATUS_1, STATUS_2, STATUS_3, CELL_COMM_STATUS1)
+
 
 @dataclass(frozen=True)
 class ModuleConfig:
-    """What a module is: its identity and size."""
+    """What a module is: its identity and size, as its EEPROM holds them."""
 
     unique_id: int
     cells: int = 14
-    mfg_id: int = 0x4D
-    part_id: int = 0x01
-    fw_version: int = 0x0102
-    hw_version: int = 0x0003
+    mfg_id: int = MANUFACTURER_ID
+    part_id: int = PART_ID
+    fw_version: int = FIRMWARE_BUILD
+    hw_version: int = HARDWARE_COMPATIBILITY
     capacity_ah: float = 50.0
+    max_charge_a: float = DEFAULT_MAX_CHARGE_A
+    max_discharge_a: float = DEFAULT_MAX_DISCHARGE_A
 
 
 @dataclass
@@ -86,7 +112,6 @@ class Cell:
     resistance_ohm: float
     temp_offset_c: float
     temp_c: float
-    soh: float
 
 
 def open_circuit_voltage(soc: float) -> float:
@@ -97,22 +122,20 @@ def open_circuit_voltage(soc: float) -> float:
 
 @dataclass
 class BatteryModule:
-    """One simulated module; drive it with `on_frame` and `tick`."""
+    """One simulated module with the firmware's behaviour; drive it with `on_frame` and `tick`."""
 
     config: ModuleConfig
     now: float = 0.0
     db: Catalogue = field(default_factory=catalogue)
     module_id: int | None = None
-    controller_id: int | None = None
-    state: int = STANDBY
-    requested: int = STANDBY
-    max_state: int = STANDBY
-    refused: bool = False
-    unix_time_offset: float | None = None
+    state: int = INIT
+    requested: int = OFF
+    max_state: int = OFF
+    unix_time: int | None = None
+    sealed_frames_acted_on: int = 0  # commands taken from frames with E set (a legacy hazard)
 
     def __post_init__(self) -> None:
         rng = random.Random(self.config.unique_id)  # noqa: S311 (a model, not a secret)
-        self.soh = rng.uniform(92.0, 100.0)
         start_soc = rng.uniform(55.0, 85.0)
         capacity = self.config.capacity_ah * rng.uniform(0.95, 1.05)
         self.cells = [
@@ -122,7 +145,6 @@ class BatteryModule:
                 resistance_ohm=rng.uniform(0.0015, 0.0025),
                 temp_offset_c=rng.uniform(-1.0, 1.0),
                 temp_c=AMBIENT_C,
-                soh=min(100.0, self.soh + rng.uniform(-1.0, 1.0)),
             )
             for _ in range(self.config.cells)
         ]
@@ -131,15 +153,17 @@ class BatteryModule:
         self.amplitude_a = rng.uniform(15.0, 30.0)
         self.phase = rng.uniform(0, 2 * math.pi)
         self.current_a = 0.0
+        self.contactors_closed = False  # relay and FET: closed only by a registered module
+        self.booted_at = self.now
         self.last_update = self.now
-        # Spread the first announcements so that modules started together do not collide.
-        self.next_announce = self.now + rng.uniform(0.0, 0.2)
-        self.next_status = self.now
-        self.next_detail = self.now
-        self.detail_cell = 0
-        self.heartbeat_at = self.now
-        self.precharge_until: float | None = None
-        self.time_requested = False
+        self.ticks = 0  # 100 ms ticks since power-up
+        self.last_command_at = self.now
+        self.announce_flag = True  # set at power-up: the first WRITE frame sends it
+        self.announce_at: float | None = None  # ANNOUNCE_REQUEST's delay, when pending
+        self.string_up_at = self.now + CELL_STRING_START_S
+        self.string_reported = False
+        self.outbox: deque[str] = deque()  # what is due, one frame per tick
+        self.detail_cell: int | None = None
 
     # --- the bus -----------------------------------------------------------------------
 
@@ -148,127 +172,163 @@ class BatteryModule:
         """Whether the pack has assigned this module an id."""
         return self.module_id is not None
 
-    def _for_me(self, values: dict[str, float]) -> bool:
-        """A command with a ModuleId is for this module when it names it, or 0 (all)."""
-        return self.registered and int(values.get("ModuleId", 0)) in (0, self.module_id)
-
     def on_frame(self, can_id: int, data: bytes, now: float) -> Frames:
-        """Handle one frame from the pack."""
-        if is_encrypted(can_id):
-            return []  # secured frames are the secure layer's (a later issue)
-        decoded = self.db.decode(can_id, data)
-        if decoded is None:
+        """Handle one frame, as the firmware's receive callback does.
+
+        It never answers at once: whatever it sends goes out on its next ticks.
+        """
+        base = can_id >> 18  # the firmware compares the 11-bit base only
+        if base not in _HANDLERS:
             return []
-        name, values = decoded.name, decoded.values
-        if name == REGISTRATION:
-            if decoded.node == UNREGISTERED and int(values["UniqueId"]) == self.config.unique_id:
-                self._registered(int(values["ModuleId"]), int(values["ControllerId"]), now)
+        self.last_command_at = now  # any recognised command, before any check
+        if not accepts(base, len(data), self.registered):
             return []
-        if name == MAX_STATE:
-            self.heartbeat_at = now
-            self.max_state = int(values["MaxState"])
-            self._apply_state(now)
-            return []
-        if name == ANNOUNCE_REQUEST:
-            self.refused = False
-            return [self._announcement()]
-        if name == ALL_DEREGISTER:
-            self._unregister(now)
-            return []
-        if name == ALL_ISOLATE:
-            self.requested = OFF
-            self._apply_state(now)
-            return []
-        if name == SET_TIME:
-            self.unix_time_offset = float(values["UnixTime"]) - now
-            return []
-        if not self._for_me(values):
-            return []
-        if name == STATE_CHANGE:
-            self.requested = int(values["RequestedState"])
-            self._apply_state(now)
-        elif name == DEREGISTER:
-            self._unregister(now)
-        elif name == HW_REQUEST:
-            return [self._hardware()]
-        elif name == STATUS_REQUEST:
-            self._update(now)
-            return self._status()
-        elif name == DETAIL_REQUEST:
-            cell = int(values["CellId"])
-            if cell < len(self.cells):
-                return [self._detail(cell)]
+        acted = _HANDLERS[base](self, data, now)
+        if acted and is_encrypted(can_id):
+            self.sealed_frames_acted_on += 1
         return []
 
     def tick(self, now: float) -> Frames:
-        """Advance the model to `now` and send what is due."""
-        self._update(now)
+        """Run the firmware's 100 ms ticks up to `now`; returns what they sent."""
         out: Frames = []
-        if not self.registered:
-            if now >= self.next_announce:
-                out.append(self._announcement())
-                wait = REFUSED_BACKOFF_S if self.refused else ANNOUNCE_INTERVAL_S
-                self.next_announce = now + wait
-            return out
-        if now - self.heartbeat_at > HEARTBEAT_TIMEOUT_S and self.state > STANDBY:
-            self.requested = min(self.requested, STANDBY)
-            self.max_state = STANDBY
-            self._apply_state(now)
-        if self.precharge_until is not None and now >= self.precharge_until:
-            self.precharge_until = None
-            self._apply_state(now)
-        if not self.time_requested:
-            self.time_requested = True
-            out.append(self._encode(TIME_REQUEST, {}))
-        if now >= self.next_status:
-            out.extend(self._status())
-            self.next_status = now + STATUS_INTERVAL_S
-        if now >= self.next_detail:
-            out.append(self._detail(self.detail_cell))
-            self.detail_cell = (self.detail_cell + 1) % len(self.cells)
-            self.next_detail = now + DETAIL_INTERVAL_S
+        while self.booted_at + (self.ticks + 1) * TICK_S <= now + 1e-9:
+            self.ticks += 1
+            frame = self._on_tick(self.booted_at + self.ticks * TICK_S)
+            if frame is not None:
+                out.append(frame)
         return out
+
+    def _on_tick(self, now: float) -> tuple[int, bytes] | None:
+        self._update(now)
+        if now - self.last_command_at >= PACK_CONTROLLER_TIMEOUT_S:
+            self.last_command_at = now  # it fires again 11.1 s later if nothing comes
+            self._unregister()
+            self.announce_flag = True
+        if self.announce_at is not None and now >= self.announce_at - 1e-9:
+            self.announce_at = None
+            self.announce_flag = True
+        writing = (self.ticks // TICKS_PER_FRAME) % 2 == 0
+        if writing:
+            self._handle_state(now)
+        if not self.string_reported and now >= self.string_up_at:
+            self.string_reported = True  # the cell string (re)started: status, counts
+            self._queue_status()
+        if writing and self.ticks % (2 * TICKS_PER_FRAME) == 0 and self.announce_flag:
+            self.announce_flag = False  # the start of a WRITE frame
+            return self._announcement()
+        if self.module_id is None:
+            self.outbox.clear()  # an unregistered module sends nothing but announcements
+            return None
+        if self.outbox:
+            return self._message(self.outbox.popleft())
+        return None
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _registration(self, data: bytes, now: float) -> bool:
+        if data[2] != self.config.mfg_id or data[3] != self.config.part_id:
+            return False
+        if int.from_bytes(data[4:8], "little") != self.config.unique_id:
+            return False
+        self.module_id = data[0]  # no range check in the firmware: 0 would be taken
+        self.announce_at = None  # a flag already set still goes out (as the firmware does)
+        self.outbox.clear()
+        self.outbox.extend([TIME_REQUEST, *STATUS_BURST, HARDWARE])
+        return True
+
+    def _status_request(self, _data: bytes, _now: float) -> bool:
+        if any(name in self.outbox for name in STATUS_BURST):
+            return False  # a burst in progress: ignored
+        self._queue_status()
+        return True
+
+    def _detail_request(self, data: bytes, _now: float) -> bool:
+        cell = data[1]
+        if cell >= len(self.cells) or DETAIL in self.outbox:
+            return False
+        self.detail_cell = cell
+        self.outbox.append(DETAIL)
+        return True
+
+    def _hw_request(self, _data: bytes, _now: float) -> bool:
+        self.outbox.append(HARDWARE)
+        return True
+
+    def _state_change(self, data: bytes, _now: float) -> bool:
+        return self._set_requested(data[1] & 0x0F)
+
+    def _max_state(self, data: bytes, _now: float) -> bool:
+        if not data:
+            return False
+        value = data[0] & 0x0F
+        if value >= 4:
+            return False
+        self.max_state = value
+        if self.state > value:  # INIT (5) counts as above: the boot race
+            self.requested = value
+        return True
+
+    def _set_time(self, data: bytes, _now: float) -> bool:
+        self.unix_time = int.from_bytes(data[:8].ljust(8, b"\0"), "little")
+        return True
+
+    def _announce_request(self, _data: bytes, now: float) -> bool:
+        if self.registered or self.announce_at is not None:
+            return False
+        self.announce_at = now + announce_delay_s(self.config.unique_id)
+        return True
+
+    def _deregister(self, _data: bytes, _now: float) -> bool:
+        self._unregister()
+        return True
+
+    def _all_isolate(self, _data: bytes, _now: float) -> bool:
+        return self._set_requested(OFF)
 
     # --- state ---------------------------------------------------------------------------
 
-    def _registered(self, module_id: int, controller_id: int, now: float) -> None:
-        if module_id == 0:
-            self.refused = True  # the pack is full
-            self.next_announce = now + REFUSED_BACKOFF_S
-            return
-        self.module_id = module_id
-        self.controller_id = controller_id
-        self.refused = False
-        self.heartbeat_at = now
-        self.next_status = now
-        self.next_detail = now
+    def _set_requested(self, state: int) -> bool:
+        if state >= 4:
+            return False
+        self.requested = state
+        return True
 
-    def _unregister(self, now: float) -> None:
+    def _unregister(self) -> None:
         self.module_id = None
-        self.requested = STANDBY
-        self.max_state = STANDBY
-        self._apply_state(now)
-        self.next_announce = now
+        self.requested = OFF
 
-    def _apply_state(self, now: float) -> None:
-        """Move towards the requested state, never above the pack's max state."""
-        target = min(self.requested, self.max_state)
-        if target == ON and self.state < PRECHARGE:
-            self.state = PRECHARGE
-            self.precharge_until = now + PRECHARGE_S
-        elif target == ON and self.state == PRECHARGE:
-            if self.precharge_until is None:
-                self.state = ON
-        else:
-            self.state = target
-            self.precharge_until = None
+    def _handle_state(self, now: float) -> None:
+        """The firmware's state handler: towards the requested state, never above the max."""
+        target = self.requested
+        if target > self.max_state or self.state > self.max_state:
+            target = self.max_state
+        if target == self.state:
+            return
+        self.state = target
+        # relays and FET close only for a registered module; the state variable moves anyway
+        self.contactors_closed = self.registered and target != OFF
+        self.string_up_at = now + CELL_STRING_START_S  # every transition pauses the string
+        self.string_reported = False
+        if self.registered:
+            self._queue_status()
+
+    def _queue_status(self) -> None:
+        for name in STATUS_BURST:
+            if name not in self.outbox:
+                self.outbox.append(name)
+
+    @property
+    def string_up(self) -> bool:
+        """Whether the cell string is reporting."""
+        return self.last_update >= self.string_up_at
 
     def _update(self, now: float) -> None:
         dt = max(0.0, now - self.last_update)
         self.last_update = now
-        if self.state == ON:
+        if self.state == ON and self.contactors_closed:
             wave = math.sin(2 * math.pi * now / CYCLE_PERIOD_S + self.phase)
             current = self.amplitude_a * wave
+            current = min(max(current, self.config.max_discharge_a), self.config.max_charge_a)
             socs = [c.soc for c in self.cells]
             if (current < 0 and min(socs) <= 1.0) or (current > 0 and max(socs) >= 99.0):
                 current = 0.0  # the module's own protection: no discharge empty, no overcharge
@@ -288,8 +348,16 @@ class BatteryModule:
     # --- messages ------------------------------------------------------------------------
 
     def _encode(self, name: str, values: dict[str, float]) -> tuple[int, bytes]:
-        node = UNREGISTERED if self.module_id is None else self.module_id
-        return self.db.encode(name, node, values)
+        return self.db.encode(name, self.module_id or 0, values)
+
+    def _message(self, name: str) -> tuple[int, bytes]:
+        if name == TIME_REQUEST:
+            return self._encode(TIME_REQUEST, {})
+        if name == HARDWARE:
+            return self._hardware()
+        if name == DETAIL:
+            return self._detail(self.detail_cell or 0)
+        return self._status()[STATUS_BURST.index(name)]
 
     def _announcement(self) -> tuple[int, bytes]:
         return self._encode(
@@ -306,29 +374,30 @@ class BatteryModule:
         return self._encode(
             HARDWARE,
             {
-                "MaxChargeCurrent": 50.0,
-                "MaxDischargeCurrent": 100.0,
-                "MaxChargeEndVoltage": round(4.2 * len(self.cells), 2),
+                "MaxChargeCurrent": _amps(self.config.max_charge_a),
+                "MaxDischargeCurrent": _amps(self.config.max_discharge_a),
+                "MaxChargeEndVoltage": _volts_15mv(end_of_charge_voltage(len(self.cells))),
                 "HwVersion": self.config.hw_version,
             },
         )
 
     def _status(self) -> Frames:
-        volts = [self.cell_voltage(c) for c in self.cells]
-        temps = [c.temp_c for c in self.cells]
-        soc = sum(c.soc for c in self.cells) / len(self.cells)
+        up = self.string_up
+        volts = [self.cell_voltage(c) for c in self.cells] if up else [0.0]
+        temps = [c.temp_c for c in self.cells] if up else [0.0]
         total = sum(volts)
+        count = len(self.cells) if up else 0
         return [
             self._encode(
                 STATUS_1,
                 {
                     "State": self.state,
                     "Status": 0,
-                    "SOC": _half_percent(soc),
-                    "SOH": _half_percent(self.soh),
+                    "SOC": 0,  # never computed by the firmware
+                    "SOH": 0,
                     "CellCount": len(self.cells),
-                    "Current": _clamp(round(self.current_a / 0.02) * 0.02, -655.36, 655.34),
-                    "ModuleVoltage": _clamp(round(total / 0.015) * 0.015, 0.0, 983.025),
+                    "Current": _amps(self.current_a),
+                    "ModuleVoltage": _volts_15mv(total),
                 },
             ),
             self._encode(
@@ -337,7 +406,7 @@ class BatteryModule:
                     "MinCellVoltage": _mv(min(volts)),
                     "MaxCellVoltage": _mv(max(volts)),
                     "AvgCellVoltage": _mv(total / len(volts)),
-                    "TotalVoltage": _clamp(round(total, 2), 0.0, 655.35),
+                    "TotalVoltage": _volts_15mv(total),
                 },
             ),
             self._encode(
@@ -348,29 +417,60 @@ class BatteryModule:
                     "AvgCellTemp": _centi_c(sum(temps) / len(temps)),
                 },
             ),
+            self._encode(
+                CELL_COMM_STATUS1,
+                {
+                    "FewestCells": count,
+                    "MostCells": count,
+                    "I2cErrors": 0,
+                    "FramingErrors": 0,
+                    "FirstI2cErrorCell": 0xFF,
+                },
+            ),
         ]
 
     def _detail(self, index: int) -> tuple[int, bytes]:
+        up = self.string_up
         cell = self.cells[index]
+        volts = self.cell_voltage(cell) if up else 0.0
         return self._encode(
             DETAIL,
             {
                 "CellId": index,
-                "CellCount": len(self.cells),
-                "CellTemp": _centi_c(cell.temp_c),
-                "CellVoltage": _mv(self.cell_voltage(cell)),
-                "CellSOC": _half_percent(cell.soc),
-                "CellSOH": _half_percent(cell.soh),
+                "CellCount": len(self.cells) if up else 0,
+                "CellTemp": _centi_c(cell.temp_c) if up else -55.35,
+                "CellVoltage": _mv(volts),
+                "CellSOC": 100 if volts >= 4.1 else 0,  # the firmware's (mV / 4100) * 100
+                "CellSOH": 0,
             },
         )
+
+
+_HANDLERS = {
+    REGISTRATION_BASE: BatteryModule._registration,
+    HW_REQUEST_BASE: BatteryModule._hw_request,
+    STATUS_REQUEST_BASE: BatteryModule._status_request,
+    STATE_CHANGE_BASE: BatteryModule._state_change,
+    DETAIL_REQUEST_BASE: BatteryModule._detail_request,
+    SET_TIME_BASE: BatteryModule._set_time,
+    MAX_STATE_BASE: BatteryModule._max_state,
+    DEREGISTER_BASE: BatteryModule._deregister,
+    ANNOUNCE_REQUEST_BASE: BatteryModule._announce_request,
+    ALL_DEREGISTER_BASE: BatteryModule._deregister,
+    ALL_ISOLATE_BASE: BatteryModule._all_isolate,
+}
 
 
 def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def _half_percent(value: float) -> float:
-    return _clamp(round(value * 2) / 2, 0.0, 100.0)
+def _amps(value: float) -> float:
+    return _clamp(round(value / 0.02) * 0.02, -655.36, 655.34)
+
+
+def _volts_15mv(value: float) -> float:
+    return _clamp(int(value / 0.015) * 0.015, 0.0, 983.025)  # the firmware truncates
 
 
 def _mv(volts: float) -> float:

@@ -18,17 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modbatt.app import App
+from modbatt.app import ALERT_NAMES, App
 from modbatt.catalogue import STATE_NAMES
 from modbatt.errors import ApiBridgeError, ModbattError
 
-ALERT_NAMES = {
-    1: "module silent",
-    2: "module back",
-    3: "flash problem",
-    4: "replays",
-    5: "torn down",
-}
 DROP_REASONS = ("no_route", "bad_tag", "replay", "downgrade", "malformed", "unpaired", "no_session")
 CLEAR = "\x1b[H\x1b[2J"  # home, clear: redraw in place
 REGISTRATIONS_EVERY_S = 60.0  # how often the monitor asks the API-Bridge

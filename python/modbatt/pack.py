@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from modbatt.bootstrap import (
     seal,
     unseal,
 )
+from modbatt.catalogue import SECURED_COMMAND_BASES, SECURED_COMMAND_XOR
 from modbatt.control import (
     APP_TO_PACK,
     MALFORMED_FIELD_ERRORS,
@@ -55,6 +57,7 @@ from modbatt.control import (
     request,
 )
 from modbatt.errors import ModbattError
+from modbatt.firmware import ON
 from modbatt.handshake import HandshakeError, Initiator, Responder
 from modbatt.isotp_link import TransferError
 from modbatt.keystores import (
@@ -333,6 +336,7 @@ STATUS_ID = 0x470 << 18  # pack status on CAN 1: state, level, modules, flags
 ALERT_ID = 0x471 << 18  # alerts on CAN 1: code, module id, value
 ALERT_MODULE_SILENT, ALERT_MODULE_RETURNED, ALERT_FLASH_PROBLEM = 1, 2, 3
 ALERT_REPLAYS, ALERT_SESSION_TORN_DOWN = 4, 5  # security events on a link (PROTOCOL.md §8a)
+ALERT_FOREIGN_COMMAND, ALERT_MODULE_INCOMPATIBLE, ALERT_MODULE_LATCHED = 6, 7, 8
 
 
 def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = True) -> None:
@@ -348,28 +352,53 @@ def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = T
         gateway.add_rule(
             CAN2, TELEMETRY_BASE | module_id, node, CAN1, inbound=module_id, outbound=APP_LINK
         )
-        gateway.add_rule(
-            CAN1, COMMAND_BASE | module_id, node, CAN2, inbound=APP_LINK, outbound=module_id
+        gateway.add_rule(  # sealed for the module on its secured command base (§8c)
+            CAN1,
+            COMMAND_BASE | module_id,
+            node,
+            CAN2,
+            inbound=APP_LINK,
+            outbound=module_id,
+            id_xor=SECURED_COMMAND_XOR,
         )
     if bridge_unpaired:  # the security policy may forbid plain module traffic altogether
         gateway.add_rule(CAN2, TELEMETRY_BASE, MODULE_BASE_MASK, CAN1, outbound=APP_LINK)
         gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
 
 
-class _TappedTelemetry:
-    """A node of the pack's module loop: feeds the module table what the gateway opened."""
+class _ModuleBus:
+    """The pack's module side as a node of its CAN 2 loop.
+
+    The module table is fed with what the gateway opened (its tap), and its commands to
+    linked modules are sealed.
+
+    The manager addresses a module it reaches through a session on the secured command
+    bases (0x540-0x54F); those frames are sealed here with the module's link. One whose
+    session has just gone is not sent: the module would drop it plain.
+    """
 
     def __init__(self, gateway: Gateway, manager: ModuleManager) -> None:
         self.gateway, self.manager = gateway, manager
 
     def on_frame(self, can_id: int, data: bytes, now: float) -> list[tuple[int, bytes]]:
-        return []  # frames on the bus are the manager's own
+        return self._sealed(self.manager.on_frame(can_id, data, now))
 
     def tick(self, now: float) -> list[tuple[int, bytes]]:
         replies = []
         for logical_id, plain in self.gateway.take_tapped():
             replies += self.manager.on_frame(logical_id, plain, now)
-        return replies
+        return self._sealed(replies + self.manager.tick(now))
+
+    def _sealed(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        out = []
+        for can_id, data in frames:
+            if (can_id >> 18) not in SECURED_COMMAND_BASES:
+                out.append((can_id, data))
+                continue
+            link = can_id & NODE_MASK
+            if self.gateway.has_session(link):
+                out += self.gateway.seal_frame(link, can_id, data)
+        return out
 
 
 MODULE_TICK_S = 0.05  # the module table's tick (heartbeat every 200 ms, silence after 2 s)
@@ -384,14 +413,14 @@ class PackRuntime:
         self.manager = ModuleManager()
         # The module table reads the plain frames (registration, announcements); sealed
         # traffic reaches it through the gateway's tap, so its thread is not woken for it.
-        # Its periodic work is a 200 ms heartbeat and a 2 s silence timeout: a 50 ms tick is
+        # Its periodic work is a 200 ms heartbeat, polls and a 4 s silence timeout: a 50 ms tick is
         # ample, and every wake-up takes the interpreter from the bridge for a moment.
         # What the gateway opens on its way through (sealed telemetry) reaches the table at
         # the loop's tick, from the gateway's tap: nothing of the table on the bridge's path.
         controller.gateway.set_tap(TELEMETRY_BASE, MODULE_BASE_MASK)
         self.module_loop = NodeLoop(
             can2,
-            [_TappedTelemetry(controller.gateway, self.manager), self.manager],
+            [_ModuleBus(controller.gateway, self.manager)],
             tick_s=MODULE_TICK_S,
             ids=(ENCRYPTION_FLAG, 0),  # plain frames only
         )
@@ -407,11 +436,14 @@ class PackRuntime:
             firmware_chunk=self.firmware.chunk,
             firmware_end=self.firmware.end,
         )
-        if controller.flash is not None:
-            self.manager.max_state = int(controller.flash.configuration.get("max_state", 3))
+        # The operator's cap (On until configured otherwise), sent once the start-up round is
+        # over: the MAX_STATE on the bus starts Off (`ModuleManager.heartbeat_state`).
+        configuration = {} if controller.flash is None else controller.flash.configuration
+        self.manager.max_state = int(configuration.get("max_state", ON))
         self._step = controller.gateway.step  # looked up once: called for every frame
         self._ports = {CAN1: can1, CAN2: can2}
         self._restore_module_links()
+        self._expect_paired_modules()
         self._rules()
         self._listeners = [
             (can1, can1.subscribe_messages(functools.partial(self._bridge, CAN1))),
@@ -495,11 +527,60 @@ class PackRuntime:
         self.controller.paired_links.add(module_id)
         self._rules()
         self.controller.gateway.install_session(module_id, session)
+        with self.module_loop.lock:
+            self.manager.set_sealed(module_id, True)  # polled sealed from now on
+            entry = self.manager.table.get(module_id)
+        if entry is not None:
+            self._remember_module_id(entry.unique_id, module_id)
+
+    # --- module ids across a restart --------------------------------------------------------
+
+    @property
+    def _module_ids_path(self) -> Path:
+        return self.controller.state_dir / "module_ids.json"
+
+    def _remember_module_id(self, unique_id: int, module_id: int) -> None:
+        """Keep a linked module's id, so that a restarted pack can link it again at once."""
+        known = self._module_ids()
+        if known.get(unique_id) == module_id:
+            return
+        known[unique_id] = module_id
+        data = json.dumps({str(u): m for u, m in sorted(known.items())}).encode()
+        try:
+            atomic_write(self._module_ids_path, data)
+        except OSError as exc:  # only a restart's shortcut: the module times out and returns
+            log.warning("module ids not kept: %s", exc)
+
+    def _module_ids(self) -> dict[int, int]:
+        """Unique id -> module id of the modules linked before (no secret: ids only)."""
+        try:
+            raw = json.loads(self._module_ids_path.read_text())
+            return {int(u): int(m) for u, m in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning("module ids unreadable (%s): modules return after their timeout", exc)
+            return {}
+
+    def _expect_paired_modules(self) -> None:
+        """After a restart, the paired modules are where they were (see `ModuleManager.expect`)."""
+        flash = self.controller.flash
+        if flash is None:
+            return
+        known = self._module_ids()
+        now = time.monotonic()
+        with self.module_loop.lock:
+            for paired in flash.modules.values():
+                module_id = known.get(paired.unique_id)
+                if module_id is not None:
+                    self.manager.expect(paired.unique_id, module_id, now)
 
     def unlink_module(self, module_id: int) -> None:
         """Undo `link_module`: the module's session and sealed route are gone."""
         self.controller.gateway.remove_session(module_id)
         self.controller.paired_links.discard(module_id)
+        with self.module_loop.lock:
+            self.manager.set_sealed(module_id, False)
         self._rules()
 
     def _rules(self) -> None:
@@ -525,6 +606,9 @@ class PackRuntime:
             CAN1: [(node_any | NODE_MASK, APP_TO_PACK)],
             CAN2: [
                 (MODULE_BASE_MASK, TELEMETRY_BASE),  # every module message (0x500-0x50F)
+                # pack commands, plain and secured: only another sender's reach us (alerts)
+                (MODULE_BASE_MASK, COMMAND_BASE),
+                (MODULE_BASE_MASK, SECURED_COMMAND_BASES.start << 18),
                 (node_any, module_channel_ids(0)[1]),  # pairing channels, module -> pack
             ],
         }
@@ -561,7 +645,7 @@ class PackRuntime:
         self.controller.flash_store.save(record)
         self.controller.flash = record
         with self.module_loop.lock:
-            self.manager.max_state = int(record.configuration.get("max_state", 3))
+            self.manager.configure_max_state(int(record.configuration.get("max_state", ON)))
         self._rules()
         self.controller._audit("pack.configured", **changes)
         return {"type": "configured", **record.configuration}
@@ -741,6 +825,17 @@ class PackRuntime:
                 self.send_alert(ALERT_MODULE_SILENT, event.module_id)
             elif event.kind == "returned":
                 self.send_alert(ALERT_MODULE_RETURNED, event.module_id)
+            elif event.kind == "foreign_command":
+                total = sum(self.manager.foreign_commands.values())
+                log.warning("CAN 2: %s", event.detail)
+                self.controller._audit("bus.foreign_command", detail=event.detail)
+                self.send_alert(ALERT_FOREIGN_COMMAND, event.module_id, min(total, 0xFFFF))
+            elif event.kind == "incompatible":
+                log.warning("%s", event)
+                self.send_alert(ALERT_MODULE_INCOMPATIBLE, event.module_id)
+            elif event.kind == "latched":
+                log.warning("%s", event)
+                self.send_alert(ALERT_MODULE_LATCHED, event.module_id)
             elif event.kind == "rebooted" and event.module_id in self.controller.paired_links:
                 # it kept its keys in flash but lost its session: drop ours so that
                 # relink_once runs the handshake again (a forged announcement costs one

@@ -15,11 +15,17 @@ pack                                             module (registered, id m)
                                             <-   upgraded (sealed under the new session)
 ```
 
-Once paired, a module seals everything it sends except its ANNOUNCEMENT, opens what the pack
-seals for it, and drops plain commands addressed to it (counted as downgrades); the pack's
-broadcasts (MAX_STATE, SET_TIME, ANNOUNCE_REQUEST, ALL_DEREGISTER, ALL_ISOLATE) and
-REGISTRATION stay plain: every module must understand them, and a paired module has no key
-in common with the others.
+Once paired, a module with a session seals everything it sends (its ANNOUNCEMENT is sent only
+while unregistered, when it has none), and takes commands only sealed by the pack on its own
+id, on the **secured command bases** 0x540-0x54F (a command's base XOR 0x050): the module
+firmware dispatches on 0x510-0x51F and ignores the node byte and bit 17, so a sealed frame on
+a command base would be read as a plain command by every legacy module on the bus. The pack's
+broadcasts reach a paired module the same way, one sealed copy per module (MAX_STATE,
+SET_TIME, DEREGISTER for ALL_DEREGISTER, ALL_ISOLATE). Plain commands are dropped and counted
+while it has a session: `downgrade` when addressed to it (its id, or a REGISTRATION with its
+unique id), `plain_broadcast` otherwise (the firmware would have taken it all the same).
+Without a session (before pairing, or after its own reboot or timeout) it behaves exactly as
+the firmware does, except that it never acts on a frame with E set.
 """
 
 from __future__ import annotations
@@ -34,13 +40,19 @@ from typing import Any
 
 from modbatt import Session, compose_id, frames_of, is_encrypted, logical_id
 from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal, unseal
-from modbatt.catalogue import ANNOUNCEMENT, catalogue
+from modbatt.catalogue import (
+    ANNOUNCEMENT,
+    SECURED_COMMAND_BASES,
+    catalogue,
+    secured_command_id,
+)
 from modbatt.control import MALFORMED_FIELD_ERRORS, AnswerCache, ControlEndpoint, error_answer
 from modbatt.errors import FrameRejectedError, SessionError
+from modbatt.firmware import accepts
 from modbatt.handshake import HandshakeError, Responder
 from modbatt.isotp_link import TransferError
 from modbatt.keystores import ModuleFlash, module_flash, module_link_key
-from modbatt.module_sim import BatteryModule
+from modbatt.module_sim import ANNOUNCE_REQUEST_BASE, REGISTRATION_BASE, BatteryModule
 from modbatt.nodes import Frames, NodeLoop
 from modbatt.stores import AuditLog, StoreCorruptError
 from modbatt.transport import CanPort
@@ -49,9 +61,6 @@ log = logging.getLogger("modbatt.pairing")
 
 PACK_TO_MODULE = 0x530
 MODULE_TO_PACK = 0x531
-PLAIN_TO_PAIRED = frozenset(
-    {"MAX_STATE", "SET_TIME", "ANNOUNCE_REQUEST", "ALL_DEREGISTER", "ALL_ISOLATE", "REGISTRATION"}
-)
 
 
 def module_channel_ids(module_id: int) -> tuple[int, int]:
@@ -101,12 +110,13 @@ class SecureModule:
             )
 
     def on_frame(self, can_id: int, data: bytes, now: float) -> Frames:
-        """Open sealed frames for this module; refuse plain commands once paired."""
+        """Open the pack's sealed commands for this module; refuse plain ones while linked."""
+        base, node = can_id >> 18, can_id & 0xFF
         if is_encrypted(can_id):
             # Other modules' sealed telemetry and other links' frames share the bus: only
-            # pack -> module messages on our own id are ours to open.
-            base, node = can_id >> 18, can_id & 0xFF
-            if self.session is None or node != self.module.module_id or not 0x510 <= base < 0x520:
+            # the pack's commands on our own id are ours to open.
+            mine = node == self.module.module_id and base in SECURED_COMMAND_BASES
+            if self.session is None or not mine:
                 return []
             try:
                 plain = self.session.open(can_id, data)
@@ -118,21 +128,31 @@ class SecureModule:
                 return []
             if plain is None:
                 return []
-            return self._seal(self.module.on_frame(logical_id(can_id), plain, now))
+            command = secured_command_id(logical_id(can_id))
+            return self._seal(self.module.on_frame(command, plain, now))
         if self.session is not None:
-            decoded = catalogue().decode(can_id, data)
-            if decoded is not None and decoded.name not in PLAIN_TO_PAIRED:
-                if decoded.node == self.module.module_id:
-                    self.dropped["downgrade"] += 1
-                return []
-        return self._seal(self.module.on_frame(can_id, data, now))
+            # counted when the firmware would have acted on it (a registered module ignores
+            # ANNOUNCE_REQUEST, so the pack's periodic one for newcomers is no drop)
+            if accepts(base, len(data), registered=True) and base != ANNOUNCE_REQUEST_BASE:
+                unique_id = self.module.config.unique_id.to_bytes(4, "little")
+                mine = node == self.module.module_id or (
+                    base == REGISTRATION_BASE and data[4:8] == unique_id
+                )
+                self.dropped["downgrade" if mine else "plain_broadcast"] += 1
+            return []
+        return self.module.on_frame(can_id, data, now)
 
     def tick(self, now: float) -> Frames:
-        """The module's periodic frames, sealed once paired."""
+        """The module's periodic frames, sealed while linked."""
         return self._seal(self.module.tick(now))
 
     def _seal(self, frames: Frames) -> Frames:
-        if self.session is None or self.module.module_id is None:
+        if self.session is not None and self.module.module_id is None:
+            # deregistered (by the pack, or its 11.1 s timeout): the session ends with the
+            # registration, and the pack links the module again once it is registered
+            self.session = None
+            self.record("session.ended", reason="deregistered")
+        if self.session is None:
             return frames
         out: Frames = []
         for can_id, data in frames:

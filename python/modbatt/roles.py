@@ -63,45 +63,54 @@ def run_modules(
     out: Printer = print,
     state_dir: Path | None = None,
     log_path: Path | None = None,
+    legacy: bool = False,
 ) -> int:
-    """Simulate `count` modules on one bus, with pairing (flash under `state_dir`)."""
+    """Simulate `count` modules on one bus.
+
+    Secured ones pair with the pack (their flash under `state_dir`); legacy ones stay plain,
+    as the firmware ships.
+    """
     with (
         _until_stopped(duration_s) as stop,
         traffic_log(log_path) as log,
         CanPort.open(spec, log=log, log_channel="can2") as port,
     ):
+        batteries = modules_for(first_unique_id, count, cells, time.monotonic())
         modules = [
             SecureModule(
                 m, None if state_dir is None else state_dir / f"module-{m.config.unique_id}"
             )
-            for m in modules_for(first_unique_id, count, cells, time.monotonic())
+            for m in ([] if legacy else batteries)
         ]
         known: dict[int, tuple[int | None, bool]] = {
-            m.module.config.unique_id: (None, False) for m in modules
+            m.config.unique_id: (None, False) for m in batteries
         }
+        linked = {s.module.config.unique_id: s for s in modules}
 
         def report() -> None:
-            for secure in modules:
-                module = secure.module
-                now = (module.module_id, secure.session is not None)
+            for module in batteries:
+                secure = linked.get(module.config.unique_id)
+                now = (module.module_id, secure is not None and secure.session is not None)
                 if now != known[module.config.unique_id]:
                     known[module.config.unique_id] = now
                     where = (
                         f"registered as module {module.module_id}"
                         if module.registered
-                        else "unregistered, announcing on node 0xFF"
+                        else "unregistered (announces on node 0x00 when asked)"
                     )
                     paired = ", paired: frames sealed" if now[1] else ""
                     out(f"unique id {module.config.unique_id}: {where}{paired}")
 
+        kind = "legacy (plain)" if legacy else "secured"
         out(
-            f"{count} module(s), unique ids {first_unique_id}..{first_unique_id + count - 1}, "
-            f"{cells} cells, on {port.name}"
+            f"{count} {kind} module(s), unique ids {first_unique_id}.."
+            f"{first_unique_id + count - 1}, {cells} cells, on {port.name}"
         )
-        loop = NodeLoop(port, modules, after_step=report).start()
-        agent = PairingAgent(port, modules, loop).start()
+        loop = NodeLoop(port, modules or batteries, after_step=report).start()
+        agent = None if legacy else PairingAgent(port, modules, loop).start()
         stop.wait()
-        agent.stop()
+        if agent is not None:
+            agent.stop()
         loop.stop()
     return 0
 
