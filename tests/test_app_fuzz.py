@@ -467,7 +467,7 @@ def assert_status(status: dict[str, int]) -> None:
 
 
 def assert_alert(alert: dict[str, int]) -> None:
-    assert alert["code"] in range(1, 6) and 0 <= alert["module_id"] <= 31
+    assert alert["code"] in range(1, 9) and 0 <= alert["module_id"] <= 31
     assert 0 <= alert["value"] <= 0xFFFF
 
 

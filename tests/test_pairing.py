@@ -53,12 +53,21 @@ def online_count(life: Lifecycle) -> int:
     return len([m for m in life.app.status()["modules"] if m["online"]])
 
 
+def settled(life: Lifecycle) -> None:
+    """Wait for the pack's start-up round to end: its MAX_STATE starts Off (pack_modules)."""
+    assert wait_for(
+        lambda: life.pack.manager.heartbeat_state(time.monotonic()) != 0, START_SETTLE_S + 1
+    )
+
+
 def bring_up(life: Lifecycle) -> None:
-    """Bootstrap, wait for both modules, pair them: an Operational pack at security level 3."""
+    """Bootstrap, wait for both modules, pair them: an Operational pack at security level 3,
+    its start-up round over."""
     life.app.bootstrap()
     assert wait_for(lambda: online_count(life) == 2, 5.0)
     for module in life.modules:
         life.app.pair(module.module.config.unique_id)
+    settled(life)
     assert life.app.status()["state"] == PackState.OPERATIONAL
 
 
