@@ -27,6 +27,7 @@ class System:
     recorded: can.BufferedReader
     bridge: ApiBridgeClient
     audit: AuditLog
+    channel: str  # CAN 1's virtual channel, for another node on it
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def system(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[System]:
         bridge,
         audit,
     )
-    yield System(app, pack, runtime, recorded, bridge, audit)
+    yield System(app, pack, runtime, recorded, bridge, audit, channel)
     runtime.stop()
     app.endpoint.close()
     runtime.endpoint.close()
@@ -115,6 +116,37 @@ def test_both_sides_reconnect_after_a_restart(system: System, tmp_path: Path) ->
     system.runtime.endpoint.session = None
     assert reborn.state == PackState.BOOTSTRAP_COMPLETE and reborn.security_level == 0
     assert system.app.connect()["security_level"] == 1
+
+
+def test_a_restarted_pack_takes_no_plain_request_but_discovery_and_the_handshake(
+    system: System, tmp_path: Path
+) -> None:
+    """Between a pack's restart and the app's handshake its endpoint has no session: a
+    stranger's plain request (a pairing with its own keys, a configuration) is refused, and
+    discovery still answers (PROTOCOL.md §8a)."""
+    system.app.bootstrap()
+    system.runtime.controller = PackController(system.pack.serial, tmp_path / "pack", system.audit)
+    system.runtime.endpoint.session = None
+    stranger_port = CanPort(can.Bus(interface="virtual", channel=system.channel), "stranger")
+    stranger = ControlEndpoint.open(stranger_port, APP_TO_PACK, PACK_TO_APP)
+    try:
+        for message in (
+            {"type": "configure", "max_state": 3, "rid": "01"},
+            {"type": "pair_module", "unique_id": 7, "rid": "02"},
+            {"type": "diagnostics", "rid": "03"},
+        ):
+            stranger.send(message)
+            answer = stranger.recv(3.0)
+            assert answer is not None and answer["type"] == "error", answer
+            assert "only sealed" in answer["reason"]
+        stranger.send({"type": "discover", "rid": "04"})
+        answer = stranger.recv(3.0)
+        assert answer is not None and answer["type"] == "device_info"
+    finally:
+        stranger.close()
+        stranger_port.close()
+    assert system.audit.path.read_text().count('"control.refused"') >= 3
+    assert system.app.connect()["security_level"] == 1  # the app's handshake still works
 
 
 def test_a_second_bootstrap_is_refused(system: System) -> None:

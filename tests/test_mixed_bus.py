@@ -159,3 +159,31 @@ def test_a_command_to_one_of_several_legacy_modules_needs_the_operators_confirma
         lifecycle.app.command_state(target, ON, every_plain_module=True)
         assert wait_for(lambda: [m.state for m in legacy] == [ON, ON], 3.0)
         assert all(m.module.state == OFF for m in lifecycle.modules)  # the secured: untouched
+
+
+def test_the_operators_isolate_switches_every_module_off_paired_or_legacy(
+    lifecycle: Lifecycle,
+) -> None:
+    """`modbatt app ... isolate`: one plain ALL_ISOLATE for the legacy modules, a sealed copy
+    per paired module (which drops the plain one), sent at once by the pack."""
+    with legacy_modules(lifecycle, 0x1E6AC1) as [legacy]:
+        lifecycle.app.bootstrap()
+        assert wait_for(lambda: online_count(lifecycle) == 3, 6.0)
+        for module in lifecycle.modules:
+            lifecycle.app.pair(module.module.config.unique_id)
+        all_on(lifecycle)
+        lifecycle.app.command_state(legacy.module_id or 0, ON, every_plain_module=True)
+        assert wait_for(lambda: legacy.state == ON, 3.0)
+        answer = lifecycle.app.isolate_all()
+        paired_ids = sorted(m.module.module_id or 0 for m in lifecycle.modules)
+        assert answer["plain"] is True and answer["sealed"] == paired_ids
+        # every module Off within a few of its 100 ms ticks (state handling runs 3 in 6)
+        assert wait_for(
+            lambda: legacy.state == OFF and all(m.module.state == OFF for m in lifecycle.modules),
+            1.5,
+        )
+        assert legacy.sealed_frames_acted_on == 0
+        assert all(m.dropped["plain_broadcast"] >= 1 for m in lifecycle.modules)
+        assert all(m.dropped["bad_tag"] == 0 for m in lifecycle.modules)
+        # the pack's own ALL_ISOLATE is not a foreign command
+        assert lifecycle.pack.manager.foreign_commands["ALL_ISOLATE"] == 0

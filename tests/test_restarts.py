@@ -29,16 +29,16 @@ class Crash:
         controller = life.pack.controller
         handle = controller.handle
 
-        def dying(message: dict[str, Any]) -> dict[str, Any] | None:
+        def dying(message: dict[str, Any], *, sealed: bool = True) -> dict[str, Any] | None:
             if self.dead:
                 return None  # a dead pack answers nothing
             if message.get("type") == kind and not self.fired.is_set():
                 if after_handling:
-                    handle(message)  # stored; the answer never leaves
+                    handle(message, sealed=sealed)  # stored; the answer never leaves
                 self.dead = True
                 self.fired.set()
                 return None
-            return handle(message)
+            return handle(message, sealed=sealed)
 
         controller.handle = dying  # type: ignore[method-assign]
         threading.Thread(target=self._reboot, daemon=True).start()

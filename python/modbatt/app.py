@@ -152,6 +152,13 @@ class PairResult(Answer):
     link: FingerprintHex
 
 
+class Isolated(Answer):
+    """ALL_ISOLATE sent: plain, and sealed to these linked modules."""
+
+    plain: bool
+    sealed: list[Annotated[int, Field(ge=1, le=MAX_MODULES)]]
+
+
 class FirmwareReady(Answer):
     """The chunk size the pack takes (at most 1 KiB, PROTOCOL.md §8a)."""
 
@@ -172,6 +179,7 @@ ANSWERS: dict[str, type[Answer]] = {
     "upgraded": Upgraded,
     "pair_result": PairResult,
     "configured": Answer,
+    "isolated": Isolated,
     "diagnostics": Answer,
     "firmware_ready": FirmwareReady,
     "firmware_chunk_ok": FirmwareChunkOk,
@@ -280,6 +288,7 @@ class App:
         self._session: Session | None = None
         self.telemetry: dict[int, dict[str, dict[str, Any]]] = {}
         self.telemetry_frames = 0
+        self.telemetry_frames_by_module: Counter[int] = Counter()  # by the module id it names
         self.dropped: Counter[str] = Counter()
         self.pack_status: dict[str, int] = {}
         self.alerts: list[dict[str, int]] = []
@@ -646,6 +655,17 @@ class App:
         )
         return answer
 
+    def isolate_all(self) -> dict[str, Any]:
+        """Every module Off at once (ALL_ISOLATE), the emergency stop.
+
+        The pack sends it at once: plain for the modules it reaches plain, and a sealed copy
+        to each paired module (which takes no plain one).
+        """
+        self._linked("isolate")
+        answer = self._ask({"type": "isolate"}, "isolated")
+        self._audit("pack.isolated", sealed_copies=len(answer["sealed"]))
+        return answer
+
     def command_state(
         self,
         module_id: int,
@@ -776,6 +796,7 @@ class App:
         if decoded is not None:
             self.telemetry.setdefault(decoded.node, {})[decoded.name] = decoded.values
             self.telemetry_frames += 1
+            self.telemetry_frames_by_module[decoded.node] += 1
 
     def recover(self, *, confirm: bool) -> dict[str, Any]:
         """Workflow C: bring back a pack that lost its keys.

@@ -204,6 +204,16 @@ def command_state(ctx: click.Context, module_id: int, state: str, every_plain_mo
 
 @app.command()
 @click.pass_context
+def isolate(ctx: click.Context) -> int:
+    """Every module Off at once (ALL_ISOLATE): the emergency stop.
+
+    The pack sends it plain, for modules it reaches plain, and sealed to each paired module.
+    """
+    return _run(ctx, "isolate")
+
+
+@app.command()
+@click.pass_context
 def diagnose(ctx: click.Context) -> int:
     """Counters, links, flash and audit log health; registrations and LCTs on the API-Bridge."""
     return _run(ctx, "diagnose")
@@ -356,6 +366,10 @@ def act(
         )
         out(json.dumps({"module": options["module"], "requested_state": state}))
         return f"module {options['module']} asked for state {options['state']}"
+    if action == "isolate":
+        answer = app.isolate_all()
+        out(json.dumps(answer))
+        return f"ALL_ISOLATE sent: plain, and sealed to {len(answer['sealed'])} paired module(s)"
     if action == "diagnose":
         # the pack's own view, and the API-Bridge's of the pack's registrations and LCTs; in
         # the field the API-Bridge may be out of reach, and the pack's view is still wanted

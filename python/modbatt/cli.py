@@ -71,7 +71,18 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
-    "--modules", type=click.IntRange(1, 31), default=4, show_default=True, help="Battery modules."
+    "--modules",
+    type=click.IntRange(1, 31),
+    default=4,
+    show_default=True,
+    help="Secured battery modules (paired with the pack).",
+)
+@click.option(
+    "--legacy-modules",
+    type=click.IntRange(0, 30),
+    default=0,
+    show_default=True,
+    help="Legacy modules (the module firmware as shipped, plain) on the same CAN 2.",
 )
 @click.option(
     "--duration",
@@ -91,21 +102,40 @@ def cli() -> None:
 )
 @click.pass_context
 def demo(
-    ctx: click.Context, modules: int, duration: float, json_path: Path | None, interface: str
+    ctx: click.Context,
+    modules: int,
+    legacy_modules: int,
+    duration: float,
+    json_path: Path | None,
+    interface: str,
 ) -> int:
     """The whole system on one machine: API-Bridge, pack, modules and app.
 
     The embedded API-Bridge, a pack controller, N battery modules and the app, in one
     process on two virtual buses (or each role in its own process): discovery, bootstrap,
     pairing, encrypted operation with live telemetry, a lost flash and its recovery, then a
-    summary.
+    summary. Legacy modules, if any, share CAN 2 and stay plain; the demo fails if one of
+    them acts on a sealed frame.
     """
     from modbatt.demo import run_demo
 
+    if modules + legacy_modules > 31:
+        raise click.BadParameter(
+            f"{modules} + {legacy_modules} modules: a pack has at most 31",
+            param_hint="'--modules' / '--legacy-modules'",
+        )
     summary = run_demo(
-        modules, duration, json_path, out=print, interface=interface, progress=progress_of(ctx)
+        modules,
+        duration,
+        json_path,
+        out=print,
+        interface=interface,
+        progress=progress_of(ctx),
+        legacy_modules=legacy_modules,
     )
-    return EXIT_OK if summary.recovery_ok and summary.security_level == 3 else EXIT_FAILED
+    safe = all(m["sealed_frames_acted_on"] == 0 for m in summary.modules)
+    ok = summary.recovery_ok and summary.security_level == 3 and safe
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 @cli.command()
@@ -161,6 +191,13 @@ def module() -> None:
     help="Keep each module's flash store (pairing keys) here; without it, pairings are "
     "forgotten on exit.",
 )
+@click.option(
+    "--report",
+    type=PATH,
+    metavar="FILE",
+    help="On exit, write each module's unique id, kind, module id, pairing, state and "
+    "sealed_frames_acted_on (commands taken from frames with E set) here as JSON.",
+)
 @STOP_AFTER
 @log_option
 def module_run(
@@ -171,6 +208,7 @@ def module_run(
     count: int,
     fd: bool,
     state_dir: Path | None,
+    report: Path | None,
     duration: float | None,
     log: Path | None,
 ) -> int:
@@ -199,6 +237,7 @@ def module_run(
         state_dir=state_dir,
         log_path=log,
         legacy=kind == "legacy",
+        report_path=report,
     )
 
 

@@ -2,9 +2,9 @@
 
 Keys are the options' names as on the command line, without the dashes in front
 (``state-dir``, ``can2``, ``unique-id``); an option given on the command line wins over the
-file. A relative ``state-dir`` or ``log`` is relative to the file's directory. A file is
-checked whole at start-up: every unknown key, wrong type or impossible value is named, with
-the problem, before anything runs.
+file. A relative ``state-dir``, ``log`` or ``report`` is relative to the file's directory. A
+file is checked whole at start-up: every unknown key, wrong type or impossible value is
+named, with the problem, before anything runs.
 
 ```toml
 # pack.toml: modbatt pack run --config pack.toml
@@ -109,6 +109,7 @@ class ModuleConfig(RoleConfig):
     kind: Literal["secured", "legacy"] | None = None
     fd: bool | None = None
     state_dir: Path | None = None
+    report: Path | None = None
     duration: Annotated[float, Field(gt=0)] | None = None
 
 
@@ -156,7 +157,7 @@ def load_config(path: Path, model: type[ConfigT]) -> ConfigT:
         raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
     # Paths are strings in TOML: turn them into Paths before the strict check. A relative
     # one is relative to the file, wherever the command is started from (as in a unit file).
-    for key in ("state-dir", "log"):
+    for key in ("state-dir", "log", "report"):
         if isinstance(data.get(key), str):
             data[key] = path.parent / Path(data[key]).expanduser()
     try:

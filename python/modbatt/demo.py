@@ -35,12 +35,15 @@ from modbatt import DROP_REASONS, is_encrypted
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.api_bridge.server import build
 from modbatt.app import App
+from modbatt.catalogue import STATE_NAMES
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.firmware import ON
 from modbatt.module_sim import modules_for
 from modbatt.monitor import render, view_of
-from modbatt.nodes import NodeLoop
+from modbatt.nodes import Node, NodeLoop
 from modbatt.pack import PackController, PackRuntime, PackState
-from modbatt.pairing import PairingAgent, SecureModule
+from modbatt.pack_modules import START_SETTLE_S
+from modbatt.pairing import PairingAgent, SecureModule, simulator_report
 from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.stores import AuditLog
 from modbatt.transport import BusSpec, CanPort, open_bus, parse_bus_spec
@@ -105,20 +108,23 @@ class Summary:
     telemetry_frames_received: int
     frames_dropped: dict[str, int]
     recovery_ok: bool
-    modules: int
+    secured_modules: int
+    legacy_modules: int
     duration_s: float
     interface: str
     can1_frames: int
     can1_encrypted: int
     can2_frames: int
     can2_encrypted: int
+    # per module: unique_id, kind, paired, state, telemetry_frames, sealed_frames_acted_on
+    modules: list[dict[str, Any]]
 
 
 class InProcess:
     """Pack controller and modules as objects in this process, on `virtual` buses."""
 
-    def __init__(self, base: Path, run: str, count: int) -> None:
-        self.base, self.count = base, count
+    def __init__(self, base: Path, run: str, count: int, legacy: int) -> None:
+        self.base, self.count, self.legacy = base, count, legacy
         self.serial = f"PACK-{run[:6].upper()}"
         self.specs = {
             bus: BusSpec("virtual", f"modbatt-demo-{run}-{bus}") for bus in ("can1", "can2")
@@ -133,7 +139,10 @@ class InProcess:
             SecureModule(m, base / "modules" / f"module-{m.config.unique_id}")
             for m in modules_for(FIRST_UNIQUE_ID, count, 14, time.monotonic())
         ]
-        self.module_loop = NodeLoop(self.ports["modules"], self.simulated)
+        # the module firmware as shipped, on the same CAN 2: plain, and never paired
+        self.legacy_nodes = modules_for(FIRST_UNIQUE_ID + count, legacy, 14, time.monotonic())
+        nodes: list[Node] = [*self.simulated, *self.legacy_nodes]
+        self.module_loop = NodeLoop(self.ports["modules"], nodes)
         self.agent = PairingAgent(self.ports["modules"], self.simulated, self.module_loop)
 
     def start(self, _url: str) -> None:
@@ -161,6 +170,11 @@ class InProcess:
         for port in self.ports.values():
             port.close()
 
+    def reports(self) -> list[dict[str, Any]]:
+        """What each simulated module says of itself, once they have stopped."""
+        secured = [simulator_report(node) for node in self.simulated]
+        return secured + [simulator_report(node) for node in self.legacy_nodes]
+
 
 class Processes:
     """API-Bridge, pack controller and modules each in their own process.
@@ -168,8 +182,8 @@ class Processes:
     Over `udp_multicast`: two groups on two ports, since they share one host.
     """
 
-    def __init__(self, base: Path, run: str, count: int) -> None:
-        self.base, self.count = base, count
+    def __init__(self, base: Path, run: str, count: int, legacy: int) -> None:
+        self.base, self.count, self.legacy = base, count, legacy
         self.serial = f"PACK-{run[:6].upper()}"
         group, port = f"239.74.{random.randint(0, 255)}", random.randint(43200, 43800)  # noqa: S311
         self.specs = {
@@ -188,19 +202,34 @@ class Processes:
     def start(self, _url: str) -> None:
         """Start the pack controller and the modules, as `modbatt ... run` commands."""
         self.start_pack()
-        self._spawn(
-            "modules",
-            "module",
-            "run",
-            "--can",
-            str(self.specs["can2"]).split(" ")[0],
-            "--unique-id",
-            str(FIRST_UNIQUE_ID),
-            "--count",
-            str(self.count),
-            "--state-dir",
-            str(self.base / "modules"),
+        kinds = (
+            ("secured", FIRST_UNIQUE_ID, self.count),
+            ("legacy", self.first_legacy, self.legacy),
         )
+        for kind, first, count in kinds:
+            if count:
+                self._spawn(
+                    f"modules-{kind}",
+                    "module",
+                    "run",
+                    "--kind",
+                    kind,
+                    "--can",
+                    str(self.specs["can2"]).split(" ")[0],
+                    "--unique-id",
+                    str(first),
+                    "--count",
+                    str(count),
+                    "--state-dir",
+                    str(self.base / "modules"),
+                    "--report",
+                    str(self.base / f"modules-{kind}.json"),
+                )
+
+    @property
+    def first_legacy(self) -> int:
+        """The first legacy module's unique id: after the secured ones."""
+        return FIRST_UNIQUE_ID + self.count
 
     def start_pack(self) -> None:
         """(Re)start `modbatt pack run` on its state directory."""
@@ -233,6 +262,15 @@ class Processes:
         for process in self.processes.values():
             process.wait(timeout=10)
 
+    def reports(self) -> list[dict[str, Any]]:
+        """What each simulated module said of itself as its process stopped."""
+        reports: list[dict[str, Any]] = []
+        for kind in ("secured", "legacy"):
+            path = self.base / f"modules-{kind}.json"
+            if path.exists():
+                reports += json.loads(path.read_text())
+        return reports
+
 
 def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
@@ -250,25 +288,28 @@ def run_demo(
     out: Printer = print,
     interface: str = "virtual",
     progress: Progress = NO_PROGRESS,
+    legacy_modules: int = 0,
 ) -> Summary:
     """Run the whole lifecycle; returns (and with `json_path` writes) the summary.
 
-    `progress` shows what the app's long steps wait for (the command line's spinners).
+    `modules` secured modules pair with the pack; `legacy_modules` more run the module
+    firmware as shipped on the same CAN 2 and stay plain. `progress` shows what the app's
+    long steps wait for (the command line's spinners).
     """
     if not 1 <= modules <= 31:
         raise ValueError("--modules must be between 1 and 31")
+    if not 0 <= legacy_modules <= 31 - modules:
+        raise ValueError("--modules and --legacy-modules: at most 31 modules in all")
     if interface not in ("virtual", "udp_multicast"):
         raise ValueError("--interface is virtual or udp_multicast")
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="modbatt-demo-") as tmp:
         base = Path(tmp)
         topology: InProcess | Processes = (InProcess if interface == "virtual" else Processes)(
-            base, run, modules
+            base, run, modules, legacy_modules
         )
         with _api_bridge(base, interface) as url:
-            return _lifecycle(
-                base, url, topology, interface, modules, duration_s, json_path, out, progress
-            )
+            return _lifecycle(base, url, topology, interface, duration_s, json_path, out, progress)
 
 
 @contextmanager
@@ -320,16 +361,16 @@ def _lifecycle(
     url: str,
     topology: InProcess | Processes,
     interface: str,
-    count: int,
     duration_s: float,
     json_path: Path | None,
     out: Printer,
     progress: Progress,
 ) -> Summary:
     specs = topology.specs
+    legacy = f" and {topology.legacy} legacy module(s)" if topology.legacy else ""
     out(
         f"modbatt demo ({interface}): API-Bridge at {url}; CAN 1 = {specs['can1']}, "
-        f"CAN 2 = {specs['can2']}; {count} module(s)"
+        f"CAN 2 = {specs['can2']}; {topology.count} secured module(s){legacy}"
     )
     counters = {bus: BusCounter() for bus in ("can1", "can2")}
     watchers = [open_bus(specs[bus]) for bus in counters]
@@ -348,15 +389,7 @@ def _lifecycle(
     )
     app_port.subscribe(app.on_frame)
     try:
-        summary = _phases(app, topology, count, duration_s, out)
-        result = Summary(
-            **summary,
-            interface=interface,
-            can1_frames=counters["can1"].frames,
-            can1_encrypted=counters["can1"].encrypted,
-            can2_frames=counters["can2"].frames,
-            can2_encrypted=counters["can2"].encrypted,
-        )
+        summary, table, frames = _phases(app, topology, duration_s, out)
     finally:
         app.endpoint.close()
         bridge.close()
@@ -366,20 +399,42 @@ def _lifecycle(
             notifier.stop()
         for watcher in watchers:
             watcher.shutdown()
+    result = Summary(
+        **summary,
+        interface=interface,
+        can1_frames=counters["can1"].frames,
+        can1_encrypted=counters["can1"].encrypted,
+        can2_frames=counters["can2"].frames,
+        can2_encrypted=counters["can2"].encrypted,
+        modules=_module_rows(topology, table, frames),
+    )
     out(
         f"\nsummary: state {result.pack_state}, security level {result.security_level}, "
         f"{result.modules_paired} module(s) paired, {result.telemetry_frames_received} "
         f"telemetry frames decrypted by the app, dropped {result.frames_dropped or 'nothing'}, "
         f"recovery {'ok' if result.recovery_ok else 'FAILED'}"
     )
+    if topology.legacy:
+        acted = sum(m["sealed_frames_acted_on"] for m in result.modules)
+        out(
+            f"         {topology.legacy} legacy module(s) beside them: "
+            f"{acted} command(s) taken from sealed frames (0: no sealed frame reads as theirs)"
+        )
     if json_path is not None:
         json_path.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 
 def _phases(
-    app: App, topology: InProcess | Processes, count: int, duration_s: float, out: Printer
-) -> dict[str, Any]:
+    app: App, topology: InProcess | Processes, duration_s: float, out: Printer
+) -> tuple[dict[str, Any], list[dict[str, Any]], Counter[int]]:
+    """The lifecycle's steps.
+
+    Returns the summary's figures, the pack's module table at the end and the telemetry
+    frames the app received from each module (by unique id).
+    """
+    count, legacy = topology.count, topology.legacy
+    secured_ids = range(FIRST_UNIQUE_ID, FIRST_UNIQUE_ID + count)
     _wait(lambda: _answers(app), 10.0)
     info = app.discover()
     out(
@@ -397,29 +452,49 @@ def _phases(
         f"   pack state {upgraded['state']} Bootstrap Complete, security level "
         f"{upgraded['security_level']} (CAN 1 encrypted)"
     )
+    total = count + legacy
     _wait(
-        lambda: len([m for m in app.status()["modules"] if m["online"]]) == count, 5.0 + 0.1 * count
+        lambda: len([m for m in app.status()["modules"] if m["online"]]) == total, 5.0 + 0.1 * total
     )
     registered = [m for m in app.status()["modules"] if m["online"]]
     out(
         f"3. module bus: {len(registered)} module(s) registered: "
         + ", ".join(f"{m['module_id']}←{m['unique_id']}" for m in registered)
     )
-    for module in registered:
+    secured = [m for m in registered if int(m["unique_id"]) in secured_ids]
+    plain = [m for m in registered if int(m["unique_id"]) not in secured_ids]
+    for module in secured:
         result = app.pair(int(module["unique_id"]))
         out(
             f"   paired module {result['module_id']} (link {result['link']}): "
             f"state {result['state']}, security level {result['security_level']}"
         )
-    for module in registered:
-        app.command_state(int(module["module_id"]), 3, 400.0)
-    status = app.status()
+    for module in secured:
+        app.command_state(int(module["module_id"]), ON)
     out("   the app switches every module On (STATE_CHANGE, resealed by the pack per module)")
+    if plain:
+        # One plain STATE_CHANGE reaches every legacy module (the firmware ignores the id in
+        # it): the app refuses unless told so, as `command --every-plain-module` does.
+        app.command_state(int(plain[0]["module_id"]), ON, every_plain_module=True)
+        out(
+            f"   {len(plain)} legacy module(s) ({', '.join(str(m['module_id']) for m in plain)}) "
+            "stay plain: one plain STATE_CHANGE, confirmed for every plain module, switches "
+            "them On; they never act on the sealed frames beside them"
+        )
+    # The pack holds MAX_STATE Off for its first seconds on CAN 2 (a module booting into a
+    # MAX_STATE On would latch On with its relays open); the firmware remembers the command
+    # and goes On when the cap lifts.
+    if _wait(lambda: _all_on(app), START_SETTLE_S + 3.0):
+        out("   every module reports On (once the pack's start-up MAX_STATE Off had lifted)")
+    else:
+        out("   not every module reports On yet: see the table below")
+    status = app.status()
     out(
         f"4. operational: state {status['state']} {status['state_name']}, security level "
         f"{status['security_level']}; telemetry for {duration_s:g} s, decrypted by the app:"
     )
     app.telemetry_frames = 0
+    app.telemetry_frames_by_module.clear()
     end = time.monotonic() + duration_s
     frames, at = 0, time.monotonic()
     while time.monotonic() < end:
@@ -431,6 +506,9 @@ def _phases(
         for line in render(view_of(app, app.status(), fps)):
             out(f"   {line}" if line else "")
     telemetry = app.telemetry_frames
+    # A restarted pack may give the modules other ids: count each module's frames by its
+    # unique id, under the ids of the time.
+    by_module = _frames_by_unique_id(app, app.status()["modules"])
     out("5. the pack's flash is lost (erased) and the pack restarts")
     topology.stop_pack()
     for slot in (topology.base / "pack").glob("pack-flash.slot*"):
@@ -457,16 +535,59 @@ def _phases(
     dropped = {k: v for k, v in status["gateway"].items() if k in reasons and v}
     for reason, n in app.dropped.items():
         dropped[f"app_{reason}"] = n
-    return {
+    summary = {
         "pack_state": PackState(status["state"]).name.replace("_", " ").title(),
         "security_level": int(status["security_level"]),
         "modules_paired": sum(1 for m in status["modules"] if m["paired"]),
         "telemetry_frames_received": app.telemetry_frames,
         "frames_dropped": dropped,
         "recovery_ok": recovery_ok,
-        "modules": count,
+        "secured_modules": count,
+        "legacy_modules": legacy,
         "duration_s": duration_s,
     }
+    by_module.update(_frames_by_unique_id(app, status["modules"]))
+    return summary, status["modules"], by_module
+
+
+def _frames_by_unique_id(app: App, table: list[dict[str, Any]]) -> Counter[int]:
+    """The app's telemetry frames per module since the last call, by unique id."""
+    ids = {int(m["module_id"]): int(m["unique_id"]) for m in table}
+    counted = Counter({ids[i]: n for i, n in app.telemetry_frames_by_module.items() if i in ids})
+    app.telemetry_frames_by_module.clear()
+    return counted
+
+
+def _module_rows(
+    topology: InProcess | Processes, table: list[dict[str, Any]], frames: Counter[int]
+) -> list[dict[str, Any]]:
+    """The summary's `modules`, by unique id.
+
+    The pack's table as the app sees it (module id, pairing, state) beside each simulated
+    module's own report (kind, sealed_frames_acted_on), and the app's telemetry count.
+    """
+    by_unique_id = {int(m["unique_id"]): m for m in table}
+    rows = []
+    for report in topology.reports():
+        row = by_unique_id.get(report["unique_id"], {})
+        module_id = row.get("module_id")
+        rows.append(
+            {
+                "unique_id": report["unique_id"],
+                "kind": report["kind"],
+                "module_id": module_id,
+                "paired": bool(row.get("paired", False)),
+                "state": row.get("state", report["state"]),
+                "telemetry_frames": frames[report["unique_id"]],
+                "sealed_frames_acted_on": report["sealed_frames_acted_on"],
+            }
+        )
+    return rows
+
+
+def _all_on(app: App) -> bool:
+    modules = [m for m in app.status()["modules"] if m["online"]]
+    return bool(modules) and all(m["state"] == STATE_NAMES[ON] for m in modules)
 
 
 def _answers(app: App) -> bool:

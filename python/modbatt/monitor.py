@@ -113,6 +113,9 @@ def view_of(app: App, info: dict[str, Any], telemetry_fps: float) -> MonitorView
         seen = app.telemetry.get(module_id, {})
         s1, s2, s3 = (seen.get(name, {}) for name in ("STATUS_1", "STATUS_2", "STATUS_3"))
         state = s1.get("State")
+        # A status sent just after a state change carries no cell readings (the firmware pauses
+        # the cell string on every transition and clears them): all zero means "not read yet".
+        read = bool(s2.get("MinCellVoltage") or s2.get("MaxCellVoltage"))
         rows.append(
             ModuleRow(
                 module_id=module_id,
@@ -122,13 +125,14 @@ def view_of(app: App, info: dict[str, Any], telemetry_fps: float) -> MonitorView
                 state=STATE_NAMES.get(state, str(module.get("state", "?")))
                 if state is not None
                 else str(module.get("state", "?")),
-                soc=s1.get("SOC"),
+                # the module firmware (build 8278) does not estimate SOC: it always sends 0
+                soc=s1.get("SOC") or None,
                 voltage=s1.get("ModuleVoltage"),
                 current=s1.get("Current"),
-                cell_min_v=s2.get("MinCellVoltage"),
-                cell_max_v=s2.get("MaxCellVoltage"),
-                temp_min=s3.get("MinCellTemp"),
-                temp_max=s3.get("MaxCellTemp"),
+                cell_min_v=s2.get("MinCellVoltage") if read else None,
+                cell_max_v=s2.get("MaxCellVoltage") if read else None,
+                temp_min=s3.get("MinCellTemp") if read else None,
+                temp_max=s3.get("MaxCellTemp") if read else None,
             )
         )
     gateway = info.get("gateway", {})

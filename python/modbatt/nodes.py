@@ -89,6 +89,10 @@ class NodeLoop:
             log.exception("node %r failed", call)
             return []
 
+    def send(self, frames: Frames) -> None:
+        """Send frames made outside the loop (an operator's command), from any thread."""
+        self._send(frames)
+
     def _send(self, frames: Frames) -> None:
         for can_id, data in frames:
             try:

@@ -34,7 +34,7 @@ from typing import Any
 
 import can
 
-from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session
+from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session, is_encrypted
 from modbatt.bootstrap import (
     ACK_LABEL,
     DELIVERY_LABEL,
@@ -185,9 +185,20 @@ class PackController:
 
     # --- control messages ----------------------------------------------------------------
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        """React to one control message from the app; returns the answer, if any."""
+    def handle(self, message: dict[str, Any], *, sealed: bool = True) -> dict[str, Any] | None:
+        """React to one control message from the app; returns the answer, if any.
+
+        `sealed` says whether it came sealed with the app link. A pack that holds keys takes
+        plain only what discovery and the handshake need (PLAIN_ALWAYS): after a restart, until
+        the app's handshake, its endpoint has no session and would otherwise take any plain
+        request (a pairing with a stranger's keys, a new configuration) from anyone on CAN 1.
+        """
         kind = message["type"]
+        if not sealed and self.flash is not None and kind not in PLAIN_ALWAYS:
+            self._audit("control.refused", message=kind, reason="plain")
+            return error_answer(
+                kind, "a pack with keys takes this only sealed: run the session handshake first"
+            )
         try:
             if kind == "discover":
                 return self.device_info()
@@ -288,7 +299,7 @@ class PackControllerRuntime:
 
     def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            return self.controller.handle(message)
+            return self.controller.handle(message, sealed=self.endpoint.last_sealed)
         except Exception:  # a bug must not leave the pack deaf to the app
             log.exception("control message %r failed", message.get("type"))
             return error_answer(message["type"], "internal")
@@ -381,15 +392,16 @@ class _ModuleBus:
         self.gateway, self.manager = gateway, manager
 
     def on_frame(self, can_id: int, data: bytes, now: float) -> list[tuple[int, bytes]]:
-        return self._sealed(self.manager.on_frame(can_id, data, now))
+        return self.sealed(self.manager.on_frame(can_id, data, now))
 
     def tick(self, now: float) -> list[tuple[int, bytes]]:
         replies = []
         for logical_id, plain in self.gateway.take_tapped():
             replies += self.manager.on_frame(logical_id, plain, now)
-        return self._sealed(replies + self.manager.tick(now))
+        return self.sealed(replies + self.manager.tick(now))
 
-    def _sealed(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def sealed(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """The manager's frames as they go on CAN 2: those on secured bases sealed."""
         out = []
         for can_id, data in frames:
             if (can_id >> 18) not in SECURED_COMMAND_BASES:
@@ -418,9 +430,10 @@ class PackRuntime:
         # What the gateway opens on its way through (sealed telemetry) reaches the table at
         # the loop's tick, from the gateway's tap: nothing of the table on the bridge's path.
         controller.gateway.set_tap(TELEMETRY_BASE, MODULE_BASE_MASK)
+        self.module_bus = _ModuleBus(controller.gateway, self.manager)
         self.module_loop = NodeLoop(
             can2,
-            [_ModuleBus(controller.gateway, self.manager)],
+            [self.module_bus],
             tick_s=MODULE_TICK_S,
             ids=(ENCRYPTION_FLAG, 0),  # plain frames only
         )
@@ -431,6 +444,7 @@ class PackRuntime:
         controller.modules_view = self.modules_view
         controller.extra_handlers.update(
             configure=self.configure,
+            isolate=self.isolate,
             diagnostics=self.diagnostics,
             firmware_begin=self.firmware.begin,
             firmware_chunk=self.firmware.chunk,
@@ -649,6 +663,22 @@ class PackRuntime:
         self._rules()
         self.controller._audit("pack.configured", **changes)
         return {"type": "configured", **record.configuration}
+
+    def isolate(self, _message: dict[str, Any]) -> dict[str, Any]:
+        """Every module Off at once (ALL_ISOLATE), from the app (sealed): the emergency stop.
+
+        Sent here, on the control thread, not at the module loop's next tick: one plain frame
+        for the modules reached plain and a sealed copy per linked module (MODULE_BUS.md).
+        """
+        if self.controller.flash is None:
+            raise KeyAgreementError("not bootstrapped")
+        with self.module_loop.lock:
+            frames = self.module_bus.sealed(self.manager.isolate_all())
+        self.module_loop.send(frames)
+        linked = sorted(can_id & NODE_MASK for can_id, _ in frames if is_encrypted(can_id))
+        self.controller._audit("pack.isolated", sealed_copies=len(set(linked)))
+        log.warning("ALL_ISOLATE sent: plain, and sealed to modules %s", linked or "none")
+        return {"type": "isolated", "plain": True, "sealed": sorted(set(linked))}
 
     def diagnostics(self, _message: dict[str, Any]) -> dict[str, Any]:
         """What a technician needs to see: counters, links, flash and audit log health."""

@@ -51,6 +51,7 @@ from typing import Any
 from modbatt import is_encrypted
 from modbatt.catalogue import (
     ALL_DEREGISTER,
+    ALL_ISOLATE,
     ANNOUNCE_REQUEST,
     ANNOUNCEMENT,
     BROADCAST,
@@ -316,6 +317,19 @@ class ModuleManager:
             STATE_CHANGE, module_id, {"ModuleId": module_id, "RequestedState": state}
         )
         return [(self.command_id(can_id), data)]
+
+    def isolate_all(self) -> Frames:
+        """Every module Off at once (ALL_ISOLATE): one plain frame and a sealed copy per link.
+
+        The plain frame reaches every module reached plain, and any module the table does not
+        hold; a module reached through a session drops it and takes its own sealed copy (on
+        the secured base, its node), one single frame each, sent after the plain one.
+        """
+        can_id, data = self.db.encode(ALL_ISOLATE, BROADCAST, {"ControllerId": self.controller_id})
+        out: Frames = [(can_id, data)]
+        for module_id in sorted(self.sealed):
+            out.append((can_id ^ SECURED_COMMAND_XOR | module_id, data))
+        return out
 
     # --- the bus -------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from modbatt.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_key
 from modbatt.catalogue import (
     ANNOUNCEMENT,
     SECURED_COMMAND_BASES,
+    STATE_NAMES,
     catalogue,
     secured_command_id,
 )
@@ -310,3 +311,21 @@ class PairingAgent:
         except (HandshakeError, *MALFORMED_FIELD_ERRORS) as exc:
             return error_answer(kind, str(exc))
         return error_answer(kind, "unexpected message")
+
+
+def simulator_report(node: BatteryModule | SecureModule) -> dict[str, Any]:
+    """What a simulated module says of itself: `module run --report` and the demo's JSON.
+
+    `sealed_frames_acted_on` counts commands a module took from frames with E set; a legacy
+    module reads them as plain when their base is one it knows, so on a safe bus it stays 0.
+    """
+    secured = isinstance(node, SecureModule)
+    module = node.module if isinstance(node, SecureModule) else node
+    return {
+        "unique_id": module.config.unique_id,
+        "kind": "secured" if secured else "legacy",
+        "module_id": module.module_id,
+        "paired": isinstance(node, SecureModule) and node.session is not None,
+        "state": STATE_NAMES.get(module.state, str(module.state)),
+        "sealed_frames_acted_on": module.sealed_frames_acted_on,
+    }

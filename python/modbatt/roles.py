@@ -7,6 +7,7 @@ with a :class:`~modbatt.nodes.NodeLoop` and prints what changes, until Ctrl-C or
 from __future__ import annotations
 
 import gc
+import json
 import signal
 import threading
 import time
@@ -19,8 +20,8 @@ from modbatt.module_sim import modules_for
 from modbatt.nodes import NodeLoop
 from modbatt.pack import PackController, PackRuntime
 from modbatt.pack_modules import ModuleManager, format_table
-from modbatt.pairing import PairingAgent, SecureModule
-from modbatt.stores import AuditLog
+from modbatt.pairing import PairingAgent, SecureModule, simulator_report
+from modbatt.stores import AuditLog, atomic_write
 from modbatt.traffic import traffic_log
 from modbatt.transport import BusSpec, CanPort
 
@@ -64,11 +65,13 @@ def run_modules(
     state_dir: Path | None = None,
     log_path: Path | None = None,
     legacy: bool = False,
+    report_path: Path | None = None,
 ) -> int:
     """Simulate `count` modules on one bus.
 
     Secured ones pair with the pack (their flash under `state_dir`); legacy ones stay plain,
-    as the firmware ships.
+    as the firmware ships. With `report_path`, each module's report (`simulator_report`) is
+    written there as JSON when the modules stop.
     """
     with (
         _until_stopped(duration_s) as stop,
@@ -112,6 +115,9 @@ def run_modules(
         if agent is not None:
             agent.stop()
         loop.stop()
+        if report_path is not None:
+            reports = [simulator_report(node) for node in modules or batteries]
+            atomic_write(report_path, (json.dumps(reports, indent=2) + "\n").encode(), 0o644)
     return 0
 
 
