@@ -561,6 +561,33 @@ def test_a_plain_handshake_init_from_the_bus_does_not_cut_a_module_off(
         attacker.close()
 
 
+def test_a_linked_module_takes_no_new_keys_from_the_bus(lifecycle: Lifecycle) -> None:
+    """The pairing channel is plain and its X25519 exchange unauthenticated: a stranger on
+    CAN 2 who runs it with a linked module is refused, and the module keeps its keys."""
+    app, module, module_id = _pair_first_module(lifecycle)
+    assert module.flash is not None
+    stored, session_before = module.flash.load(), module.session
+    to_module, to_pack = module_channel_ids(module_id)
+    attacker = CanPort(can.Bus(interface="virtual", channel=lifecycle.can2_channel), "attacker")
+    endpoint = ControlEndpoint.open(attacker, to_module, to_pack, timeout_s=1.0)
+    try:
+        hello = {"type": "pair_hello", "pack_id": "COMP-mallory", "public_key": "11" * 32}
+        endpoint.send({**hello, "rid": "0a"}, plain=True)
+        answer = endpoint.recv(2.0)
+        assert answer is not None and answer["type"] == "error", answer
+        assert "linked" in answer["reason"]
+        endpoint.send({"type": "pair_delivery", "sealed": "00" * 64, "rid": "0b"}, plain=True)
+        answer = endpoint.recv(2.0)
+        assert answer is not None and answer["type"] == "error", answer
+    finally:
+        endpoint.close()
+        attacker.close()
+    assert module.flash.load() == stored and module.session is session_before
+    assert module.audit is not None and '"pairing.refused"' in module.audit.path.read_text()
+    app.telemetry.clear()
+    assert wait_for(lambda: "STATUS_1" in app.telemetry.get(module_id, {}), 3.0)
+
+
 def test_a_rebooted_module_is_linked_again_without_an_operator(lifecycle: Lifecycle) -> None:
     """A paired module that reboots has its keys in flash but no session, while the pack still
     holds the old one: the pack notices the fresh announcement and runs the handshake again."""
@@ -609,13 +636,17 @@ def test_a_pairing_the_pack_cannot_store_leaves_nothing_bridged_and_can_be_retri
 
     monkeypatch.setattr(store, "save", failing_save)
     target = lifecycle.modules[0].module
-    with pytest.raises(AppError):
-        app.pair(target.config.unique_id)
     module_id = target.module_id
     assert module_id is not None
+    with pytest.raises(AppError):
+        app.pair(target.config.unique_id)
     assert not controller.gateway.has_session(module_id)
     assert module_id not in controller.paired_links
     assert controller.flash is not None and not controller.flash.modules
+    # the pack released the module too (a sealed DEREGISTER): it ended its session, and
+    # registers again at the pack's next ANNOUNCE_REQUEST (every 5 s), on its old id
+    assert lifecycle.modules[0].session is None
+    assert wait_for(lambda: target.module_id == module_id, 8.0)
     monkeypatch.setattr(store, "save", saves)
     assert app.pair(target.config.unique_id)["module_id"] == module_id
     assert controller.gateway.has_session(module_id)

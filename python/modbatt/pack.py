@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -350,6 +351,19 @@ ALERT_REPLAYS, ALERT_SESSION_TORN_DOWN = 4, 5  # security events on a link (PROT
 ALERT_FOREIGN_COMMAND, ALERT_MODULE_INCOMPATIBLE, ALERT_MODULE_LATCHED = 6, 7, 8
 
 
+def _same_pairing(stored: PairedModule, message: dict[str, Any], unique_id: int) -> bool:
+    """Whether a `pair_module` request carries exactly the pairing the pack already holds."""
+    halves = ("pack_device_key_half", "pack_lct_key_half", "module_device_key_half")
+    return (
+        stored.unique_id == unique_id
+        and stored.lct_id == message.get("lct_id")
+        and all(
+            hmac.compare_digest(getattr(stored, name).encode(), str(message.get(name, "")).encode())
+            for name in halves
+        )
+    )
+
+
 def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = True) -> None:
     """The pack's routing table: paired modules' links first, then plain module traffic.
 
@@ -589,6 +603,18 @@ class PackRuntime:
                 if module_id is not None:
                     self.manager.expect(paired.unique_id, module_id, now)
 
+    def release_module(self, module_id: int) -> None:
+        """Undo `link_module` on both ends.
+
+        A sealed DEREGISTER first, while the session still seals it, so that the module ends
+        its session too (a linked module refuses to be paired again) and registers again at
+        the next ANNOUNCE_REQUEST.
+        """
+        with self.module_loop.lock:
+            frames = self.module_bus.sealed(self.manager.deregister(module_id))
+        self.module_loop.send(frames)
+        self.unlink_module(module_id)
+
     def unlink_module(self, module_id: int) -> None:
         """Undo `link_module`: the module's session and sealed route are gone."""
         self.controller.gateway.remove_session(module_id)
@@ -711,6 +737,20 @@ class PackRuntime:
         if entry is None:
             raise KeyAgreementError(f"module {unique_id} is not registered")
         module_id = entry.module_id
+        stored = flash.modules.get(str(message.get("module_component_id")))
+        if stored is not None and _same_pairing(stored, message, unique_id):
+            # A retry of a pairing this pack stored before a restart lost its answer: the
+            # module holds these keys and refuses new ones while linked; the link comes back
+            # by itself (`relink_once`). Answer as the first time, pair nothing again.
+            controller._audit("module.pairing_repeated", module_id=module_id, unique_id=unique_id)
+            return {
+                "type": "pair_result",
+                "module_id": module_id,
+                "unique_id": unique_id,
+                "link": paired_module_link_key(flash, stored).fingerprint,
+                "state": int(controller.state),
+                "security_level": controller.security_level,
+            }
         to_module, to_pack = module_channel_ids(module_id)
         with self._pairing_lock:
             endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
@@ -737,7 +777,7 @@ class PackRuntime:
         try:
             controller.flash_store.save(record)
         except BaseException:
-            self.unlink_module(module_id)  # nothing bridged for a pairing the pack lost
+            self.release_module(module_id)  # nothing bridged for a pairing the pack lost
             raise
         controller.flash = record
         controller._audit(

@@ -318,6 +318,17 @@ class ModuleManager:
         )
         return [(self.command_id(can_id), data)]
 
+    def deregister(self, module_id: int) -> Frames:
+        """Ask one module to deregister (DEREGISTER).
+
+        Sealed for a module in `sealed`, which ends its session with it; plain, every module
+        reached plain takes it.
+        """
+        can_id, data = self.db.encode(
+            "DEREGISTER", module_id, {"ModuleId": module_id, "ControllerId": self.controller_id}
+        )
+        return [(self.command_id(can_id), data)]
+
     def isolate_all(self) -> Frames:
         """Every module Off at once (ALL_ISOLATE): one plain frame and a sealed copy per link.
 

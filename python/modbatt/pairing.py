@@ -251,6 +251,15 @@ class PairingAgent:
         unique = secure.module.config.unique_id
         state = self._state.setdefault(unique, {})
         kind = message["type"]
+        if kind in ("pair_hello", "pair_delivery") and secure.session is not None:
+            # The pairing channel is plain and its key agreement unauthenticated: a linked
+            # module taking new keys from anyone on CAN 2 would be one a stranger could take
+            # over. Its pack reaches it sealed; a pack that lost its keys falls silent to it,
+            # and after 11.1 s the module times out, ends its session and can be paired again.
+            secure.record("pairing.refused", reason="linked")
+            return error_answer(
+                kind, "paired and linked: pairing again waits until its link is down"
+            )
         try:
             if kind == "pair_hello":
                 ephemeral = Ephemeral()
