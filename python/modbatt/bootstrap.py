@@ -99,9 +99,15 @@ def delivery_keys(
     return DeliveryKeys(okm[:32], okm[32:])
 
 
-def seal(key: bytes, label: bytes, payload: Mapping[str, Any]) -> bytes:
-    """Nonce ‖ AES-256-GCM(payload as JSON), the label as associated data."""
-    nonce = os.urandom(GCM_NONCE_LEN)
+def seal(key: bytes, label: bytes, payload: Mapping[str, Any], nonce: bytes | None = None) -> bytes:
+    """Nonce ‖ AES-256-GCM(payload as canonical JSON), the label as associated data.
+
+    The nonce is random; `nonce` fixes it for known-answer vectors only (each key seals one
+    message, so a fixed nonce is never reused under a key in use).
+    """
+    nonce = os.urandom(GCM_NONCE_LEN) if nonce is None else nonce
+    if len(nonce) != GCM_NONCE_LEN:
+        raise KeyAgreementError(f"a GCM nonce is {GCM_NONCE_LEN} bytes, got {len(nonce)}")
     body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return nonce + AESGCM(key).encrypt(nonce, body, label)
 

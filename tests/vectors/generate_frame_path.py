@@ -28,11 +28,11 @@ APP_ID = "COMP-alice-1753769400"
 CASES = [
     # (name, link, sender, receiver, can_id, payload, fd, freshness)
     (
-        "max_state heartbeat, pack -> all modules, single frame",
+        "max_state copy to module 5 on its secured base (0x517 XOR 0x050), single frame",
         "pack_module",
         PACK_ID,
         MODULE_ID,
-        0x517 << 18 | 0x00,
+        0x547 << 18 | 0x05,
         bytes([0x03]),
         False,
         0,
@@ -48,14 +48,24 @@ CASES = [
         300,
     ),
     (
-        "state change to module 5, classic pair (4 bytes)",
+        "state change to module 5 on its secured base (0x514 XOR 0x050), single frame (2 bytes)",
         "pack_module",
         PACK_ID,
         MODULE_ID,
-        0x514 << 18 | 0x05,
-        bytes.fromhex("0503a00f"),
+        0x544 << 18 | 0x05,
+        bytes.fromhex("0503"),
         False,
         1,
+    ),
+    (
+        "cell detail of module 5, cell 3, classic pair (8 bytes)",
+        "pack_module",
+        MODULE_ID,
+        PACK_ID,
+        0x505 << 18 | 0x05,
+        bytes.fromhex("030e631f0a0f0000"),
+        False,
+        12,
     ),
     (
         "app bus CAN FD, 20 bytes, pack -> app",
