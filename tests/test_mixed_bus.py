@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import can
 import pytest
@@ -22,18 +24,57 @@ from modbatt.catalogue import catalogue
 from modbatt.firmware import OFF, ON
 from modbatt.module_sim import BatteryModule, ModuleConfig
 from modbatt.nodes import NodeLoop
-from modbatt.pack import ALERT_FOREIGN_COMMAND
+from modbatt.pack import (
+    ALERT_FOREIGN_COMMAND,
+    ALERT_MODULE_LATCHED,
+    PackController,
+    PackRuntime,
+)
 from modbatt.pack_modules import START_SETTLE_S
 from modbatt.transport import CanPort
-from tests.test_pairing import Lifecycle, bring_up, lifecycle, online_count, wait_for
+from tests.api_bridge_server import BridgeProcess
+from tests.test_hot_plug import plugged
+from tests.test_pairing import (
+    Lifecycle,
+    bring_up,
+    lifecycle,
+    online_count,
+    running_lifecycle,
+    settled,
+    wait_for,
+)
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 
 db = catalogue()
 
 
+@dataclass
+class LegacyModules:
+    """Legacy modules on one node loop, as a board's worth of them on CAN 2."""
+
+    modules: list[BatteryModule]
+    loop: NodeLoop
+
+    def __iter__(self) -> Iterator[BatteryModule]:
+        return iter(self.modules)
+
+    def __getitem__(self, index: int) -> BatteryModule:
+        return self.modules[index]
+
+    def reboot(self, index: int) -> BatteryModule:
+        """Power-cycle one module: the same identity, the firmware's state from scratch."""
+        old = self.modules[index]
+        fresh = BatteryModule(old.config, now=time.monotonic())
+        with self.loop.lock:
+            at = next(i for i, node in enumerate(self.loop.nodes) if node is old)
+            self.loop.nodes[at] = fresh
+        self.modules[index] = fresh
+        return fresh
+
+
 @contextmanager
-def legacy_modules(life: Lifecycle, *unique_ids: int) -> Iterator[list[BatteryModule]]:
+def legacy_modules(life: Lifecycle, *unique_ids: int) -> Iterator[LegacyModules]:
     """Legacy modules (the firmware as shipped, plain only) on CAN 2 for the block."""
     port = CanPort(can.Bus(interface="virtual", channel=life.can2_channel), "legacy")
     modules = [
@@ -41,7 +82,7 @@ def legacy_modules(life: Lifecycle, *unique_ids: int) -> Iterator[list[BatteryMo
     ]
     loop = NodeLoop(port, modules).start()
     try:
-        yield modules
+        yield LegacyModules(modules, loop)
     finally:
         loop.stop()
         port.close()
@@ -187,3 +228,118 @@ def test_the_operators_isolate_switches_every_module_off_paired_or_legacy(
         assert all(m.dropped["bad_tag"] == 0 for m in lifecycle.modules)
         # the pack's own ALL_ISOLATE is not a foreign command
         assert lifecycle.pack.manager.foreign_commands["ALL_ISOLATE"] == 0
+
+
+def assert_booted_off_or_reported_latched(life: Lifecycle, module: BatteryModule) -> None:
+    """A module that boots while the pack broadcasts MAX_STATE On may take it before its
+    first state tick and report On with its relays open (the firmware's boot race,
+    MODULE_BUS.md): then the pack must have said so (alert 8). Either way no relay closed."""
+    assert not module.contactors_closed
+    if module.state == OFF:
+        return
+    assert wait_for(
+        lambda: any(
+            a["code"] == ALERT_MODULE_LATCHED and a["module_id"] == module.module_id
+            for a in life.app.alerts
+        ),
+        3.0,
+    ), life.app.alerts
+
+
+KINDS = {"legacy": (0, 2), "secured": (2, 0), "mixed": (2, 2)}  # (secured, legacy) modules
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_whole_lifecycle_with_the_firmwares_timing(
+    kind: str, tmp_path: Path, api_bridge: BridgeProcess
+) -> None:
+    """Legacy modules only, secured modules only, and both on one CAN 2: bootstrap,
+    registration (node 0x00 announcements, their delays), pairing, every module On, telemetry,
+    a module of each kind power-cycled, a module of each kind hot-plugged, then a pack restart
+    (ALL_DEREGISTER and ANNOUNCE_REQUEST for the plain ones, kept ids and a new handshake for
+    the paired ones); no legacy module ever acts on a sealed frame."""
+    secured_count, legacy_count = KINDS[kind]
+    uids = range(0x1E6AC1, 0x1E6AC1 + legacy_count)
+    with (
+        running_lifecycle(tmp_path, api_bridge, secured=secured_count) as life,
+        legacy_modules(life, *uids) as legacy,
+    ):
+        app, paired = life.app, life.modules
+
+        def everyone() -> list[BatteryModule]:
+            return [m.module for m in paired] + list(legacy)
+
+        def all_heard(modules: list[BatteryModule]) -> bool:
+            heard = {n for n, t in app.telemetry.items() if "STATUS_1" in t}
+            return all(m.module_id in heard for m in modules)
+
+        app.bootstrap()
+        assert wait_for(lambda: online_count(life) == secured_count + legacy_count, 6.0)
+        for module in paired:
+            app.pair(module.module.config.unique_id)
+        settled(life)
+        for module in paired:
+            app.command_state(module.module.module_id or 0, ON)
+        if legacy_count:
+            app.command_state(legacy[0].module_id or 0, ON, every_plain_module=True)
+        assert wait_for(lambda: all(m.state == ON for m in everyone()), 5.0)
+        app.telemetry.clear()
+        assert wait_for(lambda: all_heard(everyone()), 4.0)
+
+        # A module of each kind is power-cycled: registered again on its id (and the paired
+        # one linked again by the pack), Off as the firmware boots.
+        if paired:
+            first = paired[0]
+            before = first.module.module_id
+            first.session = None
+            first.module = BatteryModule(first.module.config, now=time.monotonic())
+            assert wait_for(lambda: first.session is not None, 10.0)
+            assert first.module.module_id == before
+            assert_booted_off_or_reported_latched(life, first.module)
+        if legacy_count:
+            before = legacy[0].module_id
+            rebooted = legacy.reboot(0)
+            assert wait_for(lambda: rebooted.module_id == before, 8.0)
+            assert_booted_off_or_reported_latched(life, rebooted)
+        app.telemetry.clear()
+        assert wait_for(lambda: all_heard(everyone()), 4.0)
+
+        # A module of each kind is plugged in while the pack runs.
+        with (
+            plugged(life, 0xC0FFEE) as newcomer,
+            legacy_modules(life, 0x1E6AD0) as [plain_newcomer],
+        ):
+            assert wait_for(lambda: newcomer.module.registered, 8.0)
+            assert wait_for(lambda: plain_newcomer.registered, 8.0)
+            app.pair(0xC0FFEE)
+            assert newcomer.session is not None
+            app.telemetry.clear()
+            assert wait_for(lambda: all_heard([newcomer.module, plain_newcomer]), 4.0)
+            # asked again once its cell string is up, not left with its first, empty status
+            plain_id = plain_newcomer.module_id or 0
+
+            def cells_read() -> bool:
+                status_2 = app.telemetry.get(plain_id, {}).get("STATUS_2", {})
+                return bool(status_2.get("MinCellVoltage", 0) > 2.5)
+
+            assert wait_for(cells_read, 4.0)
+
+        # The pack restarts on its flash: every module comes back, without an operator.
+        life.pack.stop()
+        old = life.pack.controller
+        reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
+        life.pack = PackRuntime(reborn, life.ports["pack1"], life.ports["pack2"]).start()
+        app.connect()
+        assert wait_for(lambda: online_count(life) == secured_count + legacy_count, 8.0), (
+            app.status()["modules"]
+        )
+        assert wait_for(lambda: all(m.session is not None for m in paired), 10.0)
+        assert wait_for(lambda: all(m.registered for m in everyone()), 2.0)
+        status = app.status()
+        assert status["security_level"] == (3 if paired else 1)
+        online = [m for m in status["modules"] if m["online"]]
+        assert all(m["paired"] == (m["unique_id"] not in uids) for m in online), online
+        app.telemetry.clear()
+        assert wait_for(lambda: all_heard(everyone()), 4.0)
+        assert all(m.sealed_frames_acted_on == 0 for m in legacy)
+        assert all(m.dropped["bad_tag"] == 0 for m in paired)

@@ -100,10 +100,12 @@ def running_lifecycle(
     api_bridge: BridgeProcess,
     faults: FaultPlan | None = None,
     log: TrafficLog | None = None,
+    secured: int = 2,
 ) -> Iterator[Lifecycle]:
-    """A pack, two modules and an app on fresh virtual buses; with `faults`, every node sends
-    through a `FaultyBus` (each with its own seed derived from the plan's); with `log`, the
-    pack's two buses are recorded there, as `modbatt pack run --log` does."""
+    """A pack, `secured` modules (two unless told) and an app on fresh virtual buses; with
+    `faults`, every node sends through a `FaultyBus` (each with its own seed derived from the
+    plan's); with `log`, the pack's two buses are recorded there, as `modbatt pack run --log`
+    does."""
     run = uuid.uuid4().hex[:8]
     faulty: list[FaultyBus] = []
 
@@ -140,7 +142,7 @@ def running_lifecycle(
     pack = PackRuntime(controller, ports["pack1"], ports["pack2"]).start()
     modules = [
         SecureModule(m, tmp_path / f"module-{m.config.unique_id}")
-        for m in modules_for(int(run[:4], 16) * 100, 2, 8, time.monotonic())
+        for m in modules_for(int(run[:4], 16) * 100, secured, 8, time.monotonic())
     ]
     module_loop = NodeLoop(ports["modules"], modules).start()
     agent = PairingAgent(ports["modules"], modules, module_loop).start()
