@@ -241,6 +241,19 @@ def test_time_requests_are_answered_with_set_time_in_8_bytes() -> None:
     assert all(m.unix_time is not None for m in modules)
 
 
+def test_a_newly_linked_module_is_sent_the_time_sealed() -> None:
+    """Its one TIME_REQUEST may have been sealed before the pack held its session (and
+    dropped): the pack sends the time with the module's first sealed poll, once."""
+    bus, pack, modules = pack_with(1)
+    bus.run(2.0)
+    module_id = modules[0].module_id or 0
+    pack.set_sealed(module_id, True)
+    out = pack.tick(bus.now + 1.0)
+    secured_set_time = compose_id(0x546, module_id)
+    assert [d for i, d in out if i == secured_set_time]  # sealed by the pack's gateway
+    assert not [d for i, d in pack.tick(bus.now + 2.0) if i == secured_set_time]
+
+
 def test_an_incompatible_module_is_reported_and_commanded_off() -> None:
     bus, pack, _ = pack_with(1)
     bus.run(START_SETTLE_S + 1)

@@ -142,6 +142,7 @@ class ModuleEntry:
     next_poll: float = 0.0
     polls: int = 0
     next_cell: int = 0
+    time_due: bool = False  # a sealed SET_TIME goes with its next poll (it was just linked)
 
     @property
     def state_name(self) -> str:
@@ -262,6 +263,11 @@ class ModuleManager:
         """Whether the pack reaches this module through a session (polled sealed) or plain."""
         if sealed:
             self.sealed.add(module_id)
+            # Its TIME_REQUEST (sent once, as it registers) may have been sealed before the
+            # pack held the session, and dropped: every newly linked module gets the time.
+            entry = self.table.get(module_id)
+            if entry is not None:
+                entry.time_due = True
         else:
             self.sealed.discard(module_id)
 
@@ -398,11 +404,12 @@ class ModuleManager:
             )
         return []
 
+    def _time_now(self) -> dict[str, int]:
+        """SET_TIME's values: the Unix time now, marked valid."""
+        return {"UnixTime": max(0, int(self.wall_clock())), "TimeValid": 1}
+
     def _set_time(self, entry: ModuleEntry) -> Frames:
-        seconds = int(self.wall_clock())
-        can_id, data = self.db.encode(
-            SET_TIME, BROADCAST, {"UnixTime": max(0, seconds), "TimeValid": 1}
-        )
+        can_id, data = self.db.encode(SET_TIME, BROADCAST, self._time_now())
         if entry.module_id in self.sealed:  # its own authenticated copy
             return [((can_id & ~0xFF | entry.module_id) ^ SECURED_COMMAND_XOR, data)]
         return [(can_id, data)]
@@ -644,6 +651,9 @@ class ModuleManager:
             out.append(self.db.encode(MAX_STATE, module_id, {"MaxState": cap}))
             if entry.hardware is None:
                 out.append(self.db.encode(HW_REQUEST, module_id, {"ModuleId": module_id}))
+            if entry.time_due:
+                entry.time_due = False
+                out.append(self.db.encode(SET_TIME, module_id, self._time_now()))
         if entry.cell_count:
             cell = entry.next_cell % entry.cell_count
             entry.next_cell = cell + 1
