@@ -258,6 +258,9 @@ def test_every_app_action_against_a_running_pack(tmp_path: Path, api_bridge: Bri
         assert json.loads(run("configure", "--max-state", "3").stdout)["type"] == "configured"
         commanded = run("command", "--module", module_id, "--state", "standby")
         assert json.loads(commanded.stdout) == {"module": int(module_id), "requested_state": 1}
+        isolated = json.loads(run("isolate").stdout)
+        assert isolated["type"] == "isolated" and isolated["plain"] is True
+        assert isolated["sealed"] == sorted(int(m["module_id"]) for m in status["modules"])
         diagnosed = json.loads(run("diagnose").stdout)
         assert diagnosed["audit_log"] == "intact" and diagnosed["api_bridge"]["problems"] == []
         offline = modbatt(  # in the field without the API-Bridge: the pack's view all the same
