@@ -116,6 +116,29 @@ def test_key_recovery_revokes_and_replaces(bridge: BridgeProcess) -> None:
             client.update_lct_status(old.record.lct_id, "active")
 
 
+def test_no_route_hands_out_a_revoked_lcts_halves(bridge: BridgeProcess) -> None:
+    """A replayed create (same Idempotency-Key) and a repeated replacement answered 200 with
+    the halves of an LCT revoked since; both must answer 409."""
+    with client_for(bridge) as client:
+        a = client.register_component("A").component_id
+        b = client.register_component("B").component_id
+    url = f"{bridge.url}/api/v1/lct/create"
+    body = {"creator": "alice", "component_a": a, "component_b": b}
+    first = httpx.post(url, json=body, headers={"Idempotency-Key": "boot-1"}, timeout=5).json()
+    l1 = first["lct_id"]
+    status = f"{bridge.url}/api/v1/lct/{{}}/status"
+    revoke = {"creator": "alice", "status": "revoked"}
+    assert httpx.put(status.format(l1), json=revoke, timeout=5).status_code == 200
+    replayed = httpx.post(url, json=body, headers={"Idempotency-Key": "boot-1"}, timeout=5)
+    assert replayed.status_code == 409, replayed.text
+    assert first["device_key_half"] not in replayed.text
+    l2 = httpx.post(url, json={**body, "replaces": l1}, timeout=5).json()
+    assert httpx.put(status.format(l2["lct_id"]), json=revoke, timeout=5).status_code == 200
+    again = httpx.post(url, json={**body, "replaces": l1}, timeout=5)
+    assert again.status_code == 409, again.text
+    assert l2["device_key_half"] not in again.text and "revoked" in again.json()["error"]
+
+
 def test_other_creators_cannot_touch_an_lct(bridge: BridgeProcess) -> None:
     with client_for(bridge) as alice, client_for(bridge, creator="mallory") as mallory:
         lct = alice.create_lct(
@@ -164,6 +187,7 @@ def test_client_mistakes_get_4xx_json_errors(bridge: BridgeProcess) -> None:
         ),
         ("GET", "/api/v1/components/%00", {}, 422),
         ("DELETE", "/health", {}, 405),
+        ("POST", "/api/v1/components/register", {"content": b'{"creator": "\xff"}'}, 422),
     ]
     for method, path, kwargs, status in cases:
         response = httpx.request(method, url + path, timeout=5, **kwargs)  # type: ignore[arg-type]
@@ -171,6 +195,10 @@ def test_client_mistakes_get_4xx_json_errors(bridge: BridgeProcess) -> None:
         body = response.json()
         assert isinstance(body["error"], str) and body["error"], (method, path)
         assert "Traceback" not in response.text
+        if status == 405:
+            assert response.headers["allow"] == "GET", (method, path)
+        if status == 422:
+            assert body["detail"], (method, path)
 
 
 def test_the_token_guards_the_api(tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ decorators do not support pytest 9 yet).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -76,3 +78,31 @@ def test_no_5xx_and_every_answer_conforms(api_schema: schemathesis.BaseSchema) -
             case.call_and_validate(checks=CHECKS)
 
         check()
+
+
+def test_a_method_the_schema_does_not_declare_gets_405_with_allow(
+    api_schema: schemathesis.BaseSchema,
+) -> None:
+    """Every path answers each method its schema does not declare with 405 and an `Allow`
+    header listing exactly the declared ones (the error handler once dropped the header)."""
+    declared: dict[str, set[str]] = {}
+    for operation in operations(api_schema):
+        declared.setdefault(operation.path, set()).add(operation.method.upper())
+    for path, methods in declared.items():
+        concrete = path.replace("{component_id}", "COMP-x-1").replace("{lct_id}", "lct_x")
+        for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - methods:
+            if _another_route_takes(declared, concrete, method):
+                continue  # GET /components/register is GET /components/{component_id}
+            url = api_schema.get_base_url().rstrip("/") + concrete
+            response = httpx.request(method, url, timeout=5)
+            assert response.status_code == 405, (method, url)
+            allowed = {m.strip() for m in response.headers["allow"].split(",")}
+            assert allowed == methods, (method, path, allowed)
+
+
+def _another_route_takes(declared: dict[str, set[str]], concrete: str, method: str) -> bool:
+    for template, methods in declared.items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if method in methods and re.fullmatch(pattern, concrete):
+            return True
+    return False

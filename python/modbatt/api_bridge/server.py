@@ -160,7 +160,15 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        if exc.status_code == 400:
+            # FastAPI's only own 400 is a body it could not decode (not UTF-8, say): that is a
+            # malformed body, which the API answers with 422 and a detail, like bad JSON.
+            detail = [{"loc": ["body"], "msg": str(exc.detail), "type": "body_undecodable"}]
+            return _error(422, f"invalid request: body: {exc.detail}", detail)
+        # Keep the exception's headers: a 405 must say what is allowed (RFC 9110 §15.5.6).
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -304,11 +304,7 @@ class Store:
                 if seen is not None:
                     if (seen["creator"], seen["request_sha256"]) != (creator, idempotency[1]):
                         raise ConflictError("Idempotency-Key was used for a different request")
-                    return dict(
-                        db.execute(
-                            "SELECT * FROM lcts WHERE lct_id = ?", (seen["lct_id"],)
-                        ).fetchone()
-                    )
+                    return _deliverable(db, seen["lct_id"])
             for component_id in (component_a, component_b):
                 if (
                     db.execute(
@@ -326,11 +322,7 @@ class Store:
                 if {old["component_a"], old["component_b"]} != {component_a, component_b}:
                     raise ConflictError(f"LCT {replaces!r} joins other components")
                 if old["replaced_by"] is not None:
-                    return dict(
-                        db.execute(
-                            "SELECT * FROM lcts WHERE lct_id = ?", (old["replaced_by"],)
-                        ).fetchone()
-                    )
+                    return _deliverable(db, old["replaced_by"])
                 if old["status"] != "revoked":
                     raise ConflictError(f"LCT {replaces!r} must be revoked before it is replaced")
             lct_id = f"lct_{secrets.token_hex(16)}"
@@ -413,6 +405,19 @@ class Store:
             }
             lcts = {r["lct_id"]: dict(r) for r in self._db.execute("SELECT * FROM lcts")}
         return _check_chain(ledger) or _check_state(ledger, components, lcts)
+
+
+def _deliverable(db: sqlite3.Connection, lct_id: str) -> dict[str, Any]:
+    """An LCT created earlier, returned again to a replayed or repeated request.
+
+    Only while it is active: no route hands out the key halves of a suspended or revoked LCT.
+    """
+    row = db.execute("SELECT * FROM lcts WHERE lct_id = ?", (lct_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"unknown LCT {lct_id!r}")
+    if row["status"] != "active":
+        raise ConflictError(f"LCT {lct_id!r} is {row['status']}: its keys are not delivered")
+    return dict(row)
 
 
 def _check_chain(ledger: list[sqlite3.Row]) -> Problem | None:
