@@ -216,6 +216,20 @@ def test_the_token_guards_the_api(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_the_schema_declares_bearer_auth_only_when_the_server_requires_it(tmp_path: Path) -> None:
+    for token in (None, "s3cret-token"):
+        server = BridgeProcess(tmp_path / f"{token}.sqlite3", token=token).start()
+        try:
+            schema = httpx.get(f"{server.url}/openapi.json", timeout=5).json()
+        finally:
+            server.stop()
+        schemes = schema.get("components", {}).get("securitySchemes", {})
+        register = schema["paths"]["/api/v1/components/register"]["post"]
+        assert bool(schemes) == (token is not None), token
+        assert ("security" in register) == (token is not None), token
+        assert ("401" in register["responses"]) == (token is not None), token
+
+
 def test_an_idempotency_key_returns_the_same_lct(bridge: BridgeProcess) -> None:
     with client_for(bridge) as client:
         a = client.register_component("A").component_id

@@ -7,10 +7,13 @@ import stat
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from modbatt.api_bridge.store import ConflictError, NotFoundError, Store
+import modbatt.cli as cli
+import modbatt.cli_base as cli_base
+from modbatt.api_bridge.store import ConflictError, DatabaseUnusableError, NotFoundError, Store
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
@@ -105,3 +108,34 @@ def test_an_edit_behind_the_servers_back_is_found(
     problem = store.verify()
     assert problem is not None
     assert named in str(problem)
+
+
+class _NoSharedMemory(sqlite3.Connection):
+    """A connection on a filesystem whose WAL shared memory fails (as a 9p mount's did):
+    reads work, the first write is a disk I/O error."""
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql.lstrip().upper().startswith(("INSERT", "DELETE")):
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)  # type: ignore[arg-type]
+
+
+def test_a_database_the_filesystem_cannot_serve_is_named_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`api-bridge serve` once started and answered every write with "disk I/O error ...
+    This is a bug in modbatt"; it must refuse to start, say why and what to do, and exit
+    with the local-state status."""
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, **kwargs, factory=_NoSharedMemory)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    db = tmp_path / "on-9p.sqlite3"
+    with pytest.raises(DatabaseUnusableError, match="local disk"):
+        Store(db)
+    code = cli.main(["api-bridge", "serve", "--db", str(db), "--port", "1"])
+    assert code == cli_base.EXIT_STATE
+    err = capsys.readouterr().err
+    assert "disk I/O error" in err and "local disk" in err and "bug" not in err

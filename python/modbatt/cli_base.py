@@ -22,6 +22,7 @@ import platformdirs
 from rich.console import Console
 from rich.logging import RichHandler
 
+from modbatt.api_bridge.store import DatabaseUnusableError
 from modbatt.app import PackSilentError
 from modbatt.config import ConfigError, check_serial, check_url, load_config, model_for
 from modbatt.errors import ApiBridgeError, BusOpenError, InvalidArgumentError, ModbattError
@@ -165,6 +166,11 @@ ADVICE: tuple[tuple[type[BaseException], int, str], ...] = (
         EXIT_API_BRIDGE,
         "Check --api-bridge (or MODBATT_API_BRIDGE_URL) and --token; "
         "'modbatt api-bridge health' tells whether the API-Bridge is up.",
+    ),
+    (
+        DatabaseUnusableError,
+        EXIT_STATE,
+        "Move the database to a local disk (--db), or check its directory's permissions.",
     ),
     (
         StoreError,

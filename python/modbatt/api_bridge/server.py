@@ -179,9 +179,13 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
     def health() -> models.Health:
         return models.Health(status="healthy", version=__version__)
 
-    api = APIRouter(
-        prefix="/api/v1", dependencies=[Depends(_bearer_check(token))], responses=ERROR_RESPONSES
-    )
+    # The schema declares bearer auth only when the server requires it: an open server's
+    # schema says so, and a client generated from it sends no token.
+    guard = [] if token is None else [Depends(_bearer_check(token))]
+    responses = dict(ERROR_RESPONSES)
+    if token is None:
+        del responses[401]
+    api = APIRouter(prefix="/api/v1", dependencies=guard, responses=responses)
 
     @api.post("/components/register", response_model=models.Component)
     def register(body: models.RegisterRequest) -> models.Component:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modbatt import stores
 from modbatt.api_bridge.ledger import GENESIS, canonical, chain_hash, keys_commitment
 
 SCHEMA = """
@@ -100,6 +101,10 @@ KEY_FIELDS = (
 )
 
 
+class DatabaseUnusableError(stores.StoreError):
+    """SQLite cannot read and write the database where it is (found at start-up)."""
+
+
 class StoreError(Exception):
     """A request the state does not allow; `status` is the HTTP status it maps to."""
 
@@ -156,11 +161,36 @@ class Store:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._probe()
+        except sqlite3.Error as exc:
+            # Found now, not as "disk I/O error" on a client's first write: WAL needs shared
+            # memory (the -shm file mapped) that network and 9p filesystems often refuse.
+            raise DatabaseUnusableError(
+                f"{path}: SQLite cannot use this database here ({exc}). WAL mode needs a "
+                "filesystem with working shared memory and locks: put --db on a local disk "
+                "(network, 9p and some container mounts do not serve it)"
+            ) from exc
+
+    def _probe(self) -> None:
+        """Write and commit once, as every client write will.
+
+        The WAL, its shared-memory index and the locks all take part.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("CREATE TABLE IF NOT EXISTS startup_probe (opened_at TEXT)")
+            self._db.execute("DELETE FROM startup_probe")
+            self._db.execute("INSERT INTO startup_probe VALUES (?)", (iso(utc_now()),))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the database."""
