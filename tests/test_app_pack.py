@@ -13,10 +13,13 @@ import pytest
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app import App, AppError
 from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.errors import KeyHalfError
+from modbatt.keystores import AppKeys
 from modbatt.pack import PackController, PackControllerRuntime, PackState
 from modbatt.stores import AuditLog
 from modbatt.transport import CanPort
 from tests.api_bridge_server import BridgeProcess
+from tests.test_api_bridge_faults import COMPONENT, LCT, Answer, FaultServer
 
 
 @dataclass
@@ -166,3 +169,26 @@ def test_a_corrupt_flash_is_reported_as_factory_state(system: System, tmp_path: 
     info = system.app.discover()
     assert info["state"] == PackState.FACTORY_DEFAULT
     assert "no slot verifies" in info["flash_problem"]
+
+
+def test_a_bootstrap_refused_for_placeholder_halves_says_what_it_kept(system: System) -> None:
+    """The public API-Bridge's placeholder halves are refused; the message once said
+    "nothing was stored" while the keystore held the app's host id. It now names what is
+    kept, and that is all there is: the host id, no key, no LCT, a factory-default pack."""
+    public = {k: v for k, v in LCT.items() if not k.startswith("component_b_")}
+    public.update(
+        device_key_half="generated_device_key_half", lct_key_half="generated_lct_key_half"
+    )
+    answers = [Answer(200, COMPONENT), Answer(200, COMPONENT), Answer(200, public)]
+    with FaultServer(answers) as server:
+        system.app.bridge = ApiBridgeClient(ApiBridgeConfig(base_url=server.url))
+        try:
+            with pytest.raises(KeyHalfError, match="placeholder") as caught:
+                system.app.bootstrap()
+        finally:
+            system.app.bridge.close()
+    message = str(caught.value)
+    assert "nothing was stored" not in message
+    assert f"keeps only its host id {system.app.host_id}" in message
+    assert system.app.keystore.load() == AppKeys(host_id=system.app.host_id)
+    assert system.app.discover()["state"] == PackState.FACTORY_DEFAULT

@@ -42,7 +42,7 @@ from modbatt.bootstrap import (
 )
 from modbatt.catalogue import MAX_MODULES, catalogue
 from modbatt.control import REQUEST_ID, ControlEndpoint, new_request_id, request
-from modbatt.errors import FrameRejectedError, ModbattError, SessionError
+from modbatt.errors import FrameRejectedError, KeyHalfError, ModbattError, SessionError
 from modbatt.firmware import PACK_CONTROLLER_TIMEOUT_S
 from modbatt.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
 from modbatt.keystores import AppKeys, TypedStore, app_keystore, app_link_key, host_id
@@ -414,12 +414,25 @@ class App:
         # A pending LCT never reached a pack (it is in factory state): replace it rather than
         # leave it active on the API-Bridge.
         old_lct = pending.lct_id if pending is not None else replaces
-        with self._api_bridge("creating the app-pack LCT"):
-            if old_lct is None:
-                created = self.bridge.create_lct(app.component_id, pack.component_id, "app-pack")
-            else:
-                reason = "key recovery" if pending is None else "bootstrap retried"
-                created = self.bridge.replace_lct(old_lct, reason)
+        try:
+            with self._api_bridge("creating the app-pack LCT"):
+                if old_lct is None:
+                    created = self.bridge.create_lct(
+                        app.component_id, pack.component_id, "app-pack"
+                    )
+                else:
+                    reason = "key recovery" if pending is None else "bootstrap retried"
+                    created = self.bridge.replace_lct(old_lct, reason)
+        except KeyHalfError as exc:
+            # Say exactly what is kept: the keystore has held the app's host id since the app
+            # first ran (its identity on the API-Bridge, so that a retry registers the same
+            # component); no key and no pending LCT were written, and the pack is untouched.
+            raise KeyHalfError(
+                exc.field,
+                exc.problem,
+                kept=f"no key was stored and the pack was not changed; the app's keystore "
+                f"keeps only its host id {self.host_id} (not a key), as before",
+            ) from None
         keys = created.keys
         self._audit(
             "lct.created",

@@ -106,12 +106,14 @@ class ApiBridgeResponseError(ApiBridgeError, ValueError):
 class KeyHalfError(ApiBridgeResponseError):
     """A key half in an answer is missing, a placeholder, not hex or the wrong length.
 
-    `field` names the response field; the message says what is wrong without the value.
+    `field` names the response field; the message says what is wrong without the value, and
+    what the caller kept (`kept`: by default, that no key was stored).
     """
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"key half {field!r} {problem}; nothing was stored")
+    def __init__(self, field: str, problem: str, kept: str = "no key was stored") -> None:
+        super().__init__(f"key half {field!r} {problem}; {kept}")
         self.field = field
+        self.problem = problem
 
 
 class BusOpenError(ModbattError):
