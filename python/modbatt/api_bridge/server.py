@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modbatt import __version__
 from modbatt.api_bridge import models
-from modbatt.api_bridge.store import ConflictError, ForbiddenError, Store, StoreError
+from modbatt.api_bridge.store import Store, StoreError
 
 log = logging.getLogger("modbatt.api_bridge.server")
 
@@ -250,12 +250,7 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
         "creator only (key recovery, seed Workflow C).",
     )
     def lct_keys(lct_id: LctIdPath, creator: models.Creator) -> models.LctKeysResponse:
-        record = store.lct(lct_id)
-        if record["creator"] != creator:
-            raise ForbiddenError(f"LCT {lct_id!r} belongs to another creator")
-        if record["status"] != "active":
-            raise ConflictError(f"LCT {lct_id!r} is {record['status']}: its keys are not delivered")
-        return models.LctKeysResponse(**record)
+        return models.LctKeysResponse(**store.lct_keys(lct_id, creator))
 
     @api.put("/lct/{lct_id}/status", response_model=models.LctStatusChanged)
     def set_status(lct_id: LctIdPath, body: models.LctStatusRequest) -> models.LctStatusChanged:

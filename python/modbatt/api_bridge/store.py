@@ -239,6 +239,11 @@ class Store:
             raise NotFoundError(f"unknown LCT {lct_id!r}")
         return dict(row)
 
+    def lct_keys(self, lct_id: str, creator: str) -> dict[str, Any]:
+        """An active LCT's record with its key halves, for its creator only (key recovery)."""
+        with self._lock:
+            return _deliverable(self._db, lct_id, creator)
+
     # --- writes ------------------------------------------------------------------------
 
     def register(
@@ -437,14 +442,17 @@ class Store:
         return _check_chain(ledger) or _check_state(ledger, components, lcts)
 
 
-def _deliverable(db: sqlite3.Connection, lct_id: str) -> dict[str, Any]:
-    """An LCT created earlier, returned again to a replayed or repeated request.
+def _deliverable(db: sqlite3.Connection, lct_id: str, creator: str | None = None) -> dict[str, Any]:
+    """An LCT with its key halves, for a route that hands them out: the one rule for all.
 
-    Only while it is active: no route hands out the key halves of a suspended or revoked LCT.
+    Only while it is active (no route hands out a suspended or revoked LCT's halves), and,
+    with `creator`, only to its creator.
     """
     row = db.execute("SELECT * FROM lcts WHERE lct_id = ?", (lct_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"unknown LCT {lct_id!r}")
+    if creator is not None and row["creator"] != creator:
+        raise ForbiddenError(f"LCT {lct_id!r} belongs to another creator")
     if row["status"] != "active":
         raise ConflictError(f"LCT {lct_id!r} is {row['status']}: its keys are not delivered")
     return dict(row)
