@@ -263,3 +263,21 @@ def test_verify_cli_detects_a_record_changed_in_the_database(
     bad = subprocess.run(verify, capture_output=True, text=True, check=False)
     assert bad.returncode == 1
     assert a in bad.stderr and "component_data" in bad.stderr
+
+
+def test_verify_cli_finds_the_last_write_removed(bridge: BridgeProcess) -> None:
+    """A trailing record deleted from a served database verified as intact (issue 15)."""
+    with client_for(bridge) as client:
+        a = client.register_component("A").component_id
+        client.register_component("B")
+        last = client.verify_component(a, "bob").txhash
+    bridge.stop()
+    verify = [sys.executable, "-m", "modbatt", "api-bridge", "verify", "--db", str(bridge.db)]
+    ok = subprocess.run([*verify, "--expect", last], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert f"3 records, head {last}" in ok.stdout
+    with sqlite3.connect(bridge.db) as db:
+        db.execute("DELETE FROM ledger WHERE seq = 3")
+    bad = subprocess.run(verify, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    assert "records were removed from its end" in bad.stderr

@@ -356,8 +356,18 @@ def _db_option(function: Any) -> Any:
     )(function)
 
 
+def _head_option(function: Any) -> Any:
+    return click.option(
+        "--head",
+        type=PATH,
+        show_default="the database's path + .head",
+        help="The file that keeps the ledger's head, outside the database.",
+    )(function)
+
+
 @api_bridge.command()
 @_db_option
+@_head_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8082, show_default=True)
 @click.option(
@@ -365,32 +375,56 @@ def _db_option(function: Any) -> Any:
     envvar=ENV_TOKEN,
     help=f"Require 'Authorization: Bearer TOKEN' on /api/v1 (default: ${ENV_TOKEN}).",
 )
-def serve(db: Path, host: str, port: int, token: str | None) -> int:
+def serve(db: Path, head: Path | None, host: str, port: int, token: str | None) -> int:
     """Run the API-Bridge server."""
     from modbatt.api_bridge.server import serve as serve_api_bridge
 
-    serve_api_bridge(db, host, port, token)
+    serve_api_bridge(db, host, port, token, head=head)
     return EXIT_OK
 
 
 @api_bridge.command()
 @_db_option
-def verify(db: Path) -> int:
-    """Check the ledger's hash chain, and the state against it."""
+@_head_option
+@click.option(
+    "--expect",
+    "expected",
+    multiple=True,
+    metavar="TXHASH",
+    help="A txhash the ledger must contain: one a write returned, or a head recorded "
+    "elsewhere. Repeatable.",
+)
+@click.option(
+    "--anchor-head",
+    is_flag=True,
+    help="When everything else verifies, take the ledger's end as it is now for its head "
+    "(a database from before head files, or a head file lost).",
+)
+def verify(db: Path, head: Path | None, expected: tuple[str, ...], anchor_head: bool) -> int:
+    """Check the ledger's hash chain, the state against it, and that nothing was cut off.
+
+    Reads the database without writing to it.
+    """
     from modbatt.api_bridge.store import Store
 
     if not db.exists():
         click.echo(f"no database at {db}", err=True)
         return EXIT_USAGE
-    store = Store(db)
+    store = Store(db, head=head, read_only=True)
     try:
-        problem = store.verify()
+        problem = store.verify(expected, check_head=not anchor_head)
+        if anchor_head and problem is None:
+            replaced = store.verify(expected)
+            if replaced is not None:
+                click.echo(f"{db}: the head no longer holds: {replaced}", err=True)
+            click.echo(f"{db}: head anchored at {store.anchor_head()} in {store.head_file}")
+        end = store.head()
     finally:
         store.close()
     if problem is not None:
         click.echo(f"{db}: ledger check FAILED: {problem}", err=True)
         return EXIT_FAILED
-    click.echo(f"{db}: ledger intact")
+    click.echo(f"{db}: ledger intact, {end.seq} records, head {end.txhash}")
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ import platformdirs
 from rich.console import Console
 from rich.logging import RichHandler
 
+from modbatt.api_bridge.ledger import LedgerHeadError
 from modbatt.api_bridge.store import DatabaseUnusableError
 from modbatt.app import PackSilentError
 from modbatt.config import ConfigError, check_serial, check_url, load_config, model_for
@@ -171,6 +172,12 @@ ADVICE: tuple[tuple[type[BaseException], int, str], ...] = (
         DatabaseUnusableError,
         EXIT_STATE,
         "Move the database to a local disk (--db), or check its directory's permissions.",
+    ),
+    (
+        LedgerHeadError,
+        EXIT_STATE,
+        "'modbatt api-bridge verify --db FILE' says what is wrong; a database and its head "
+        "file are restored together, from the same moment (docs/API_BRIDGE.md).",
     ),
     (
         StoreError,

@@ -277,11 +277,14 @@ def _component(record: dict[str, Any], already_registered: bool = False) -> mode
     )
 
 
-def build(db: FilePath, token: str | None) -> ASGIApp:
+def build(db: FilePath, token: str | None, head: FilePath | None = None) -> ASGIApp:
     """The ASGI application uvicorn serves: the API behind the body-size limit."""
-    return BodyLimit(create_app(Store(db), token))
+    return BodyLimit(create_app(Store(db, head=head), token))
 
 
-def serve(db: FilePath, host: str, port: int, token: str | None) -> None:
+def serve(
+    db: FilePath, host: str, port: int, token: str | None, head: FilePath | None = None
+) -> None:
     """Run the API-Bridge until interrupted."""
-    uvicorn.run(build(db, token), host=host, port=port, log_level="info", access_log=False)
+    app = build(db, token, head)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -4,25 +4,47 @@ Tables hold the current state (components, LCTs with their key halves); the ``le
 holds every change, hash-chained (see :mod:`modbatt.api_bridge.ledger`). A write changes the
 state and appends its ledger record in the same transaction, with ``synchronous=FULL``, so an
 acknowledged write survives a crash or power cut and a failed one leaves nothing behind.
-The database file is created with mode 0600: it holds key halves.
+After each commit, before the write is acknowledged, the ledger's head is written to a file
+outside the database (``<db>.head`` unless the operator puts it elsewhere), so a ledger cut
+short or rolled back is found too. The database file is created with mode 0600: it holds key
+halves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from modbatt import stores
-from modbatt.api_bridge.ledger import GENESIS, canonical, chain_hash, keys_commitment
+from modbatt.api_bridge.ledger import (
+    EMPTY,
+    GENESIS,
+    Head,
+    LedgerHeadError,
+    canonical,
+    chain_hash,
+    head_path,
+    idempotency_commitment,
+    keys_commitment,
+    read_head,
+    write_head,
+)
+
+log = logging.getLogger("modbatt.api_bridge.store")
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of a database whose idempotency keys are in the ledger and whose
+head is kept outside it; version 0 is an earlier modbatt's (adopted on first open)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS components (
@@ -153,14 +175,25 @@ class Problem:
 class Store:
     """The embedded API-Bridge's database. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, head: Path | None = None, read_only: bool = False) -> None:
+        """Open (or create) the database at `path`, its ledger head kept in `head`.
+
+        Opening for writing checks that the ledger reaches its head and refuses a database
+        that does not (`LedgerHeadError`). `read_only` opens an existing database without
+        writing a byte, as ``verify`` does.
+        """
         path = Path(path)
+        self.path = path
+        self.head_file = Path(head) if head is not None else head_path(path)
+        self._lock = threading.Lock()
+        self._new_head: Head | None = None
+        if read_only:
+            self._open_read_only()
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             # Create it 0600 before SQLite writes a byte: it will hold key halves.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self.path = path
-        self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
@@ -176,6 +209,23 @@ class Store:
                 "filesystem with working shared memory and locks: put --db on a local disk "
                 "(network, 9p and some container mounts do not serve it)"
             ) from exc
+        self._check_head_at_start()
+
+    def _open_read_only(self) -> None:
+        try:
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._db.row_factory = sqlite3.Row
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.Error as exc:
+            raise DatabaseUnusableError(f"{self.path}: SQLite cannot read it ({exc})") from exc
+        if not {"components", "lcts", "idempotency", "ledger"} <= tables:
+            self._db.close()
+            raise DatabaseUnusableError(f"{self.path}: not an API-Bridge database")
 
     def _probe(self) -> None:
         """Write and commit once, as every client write will.
@@ -192,6 +242,76 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
+    def _check_head_at_start(self) -> None:
+        """Refuse a ledger that does not reach its head; adopt an earlier modbatt's database.
+
+        A ledger *longer* than its head is accepted and the head moved on: a crash between a
+        write's commit and its head update leaves exactly that.
+        """
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        last = self.head()
+        if version < SCHEMA_VERSION:
+            self._adopt(last)
+            return
+        kept = read_head(self.head_file)
+        if kept is None:
+            if last != EMPTY:
+                raise LedgerHeadError(
+                    f"{self.path}: its ledger has {last.seq} records but its head file "
+                    f"{self.head_file} is missing, so records removed from its end could not "
+                    "be found. Restore the head file (or pass --head where it is kept); to "
+                    "trust the ledger as it is now, run 'modbatt api-bridge verify --db "
+                    f"{self.path} --anchor-head'"
+                )
+            write_head(self.head_file, last)
+            return
+        problem = _reaches(self._db, kept)
+        if problem is not None:
+            raise LedgerHeadError(
+                f"{self.path}: {problem}. Not serving from a ledger cut short or rolled back: "
+                "restore the database from where it was, or run 'modbatt api-bridge verify' "
+                "to see what is wrong"
+            )
+        if last != kept:
+            write_head(self.head_file, last)
+
+    def _adopt(self, last: Head) -> None:
+        """Bring a database from before head files and hashed idempotency keys into the ledger.
+
+        Its idempotency keys go into one ledger record, and the head is taken as it is now
+        (said in the log: records before it were not anchored).
+        """
+        with self._transaction() as db:
+            rows = db.execute("SELECT * FROM idempotency ORDER BY key").fetchall()
+            if rows:
+                entries = [
+                    {
+                        "key_sha256": idempotency_commitment(r["key"]),
+                        "creator": r["creator"],
+                        "request_sha256": r["request_sha256"],
+                        "lct_id": r["lct_id"],
+                    }
+                    for r in rows
+                ]
+                self._append(db, "idempotency.adopt", {"entries": entries})
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if last != EMPTY or rows:
+            log.warning(
+                "%s: a database from an earlier modbatt; its ledger is anchored from record "
+                "%d on (head kept in %s)",
+                self.path,
+                self.head().seq,
+                self.head_file,
+            )
+        write_head(self.head_file, self.head())
+
+    def head(self) -> Head:
+        """The ledger's last record as it is in the database."""
+        last = self._db.execute(
+            "SELECT seq, txhash FROM ledger ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return EMPTY if last is None else Head(last["seq"], last["txhash"])
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
@@ -205,18 +325,26 @@ class Store:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._new_head = None
                 raise
             self._db.execute("COMMIT")
+            # The head moves on after the commit, never before it: a crash in between leaves
+            # a ledger one record longer than its head, which start-up accepts.
+            new_head, self._new_head = self._new_head, None
+            if new_head is not None:
+                write_head(self.head_file, new_head)
 
     def _append(self, db: sqlite3.Connection, kind: str, body: dict[str, Any]) -> str:
         last = db.execute("SELECT txhash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         prev = last["txhash"] if last else GENESIS
         text = canonical(body)
         txhash = chain_hash(prev, kind, text)
-        db.execute(
+        cursor = db.execute(
             "INSERT INTO ledger (kind, body, prev, txhash) VALUES (?, ?, ?, ?)",
             (kind, text, prev, txhash),
         )
+        assert cursor.lastrowid is not None
+        self._new_head = Head(cursor.lastrowid, txhash)
         return txhash
 
     # --- reads -------------------------------------------------------------------------
@@ -375,7 +503,17 @@ class Store:
                 "replaces": replaces,
                 "replaced_by": None,
             }
-            body = {**record, "keys_sha256": keys_commitment(*(halves[f] for f in KEY_FIELDS))}
+            body = {
+                **record,
+                "keys_sha256": keys_commitment(*(halves[f] for f in KEY_FIELDS)),
+                # The key decides what a replay hands out, so the ledger covers it too.
+                "idempotency": None
+                if idempotency is None
+                else {
+                    "key_sha256": idempotency_commitment(idempotency[0]),
+                    "request_sha256": idempotency[1],
+                },
+            }
             txhash = self._append(db, "lct.create", body)
             columns = (*LCT_FIELDS, "txhash", *KEY_FIELDS)
             db.execute(
@@ -428,18 +566,50 @@ class Store:
 
     # --- integrity ---------------------------------------------------------------------
 
-    def verify(self) -> Problem | None:
-        """Check the hash chain and that the state tables equal the ledger's replay.
+    def verify(self, expect: Sequence[str] = (), check_head: bool = True) -> Problem | None:
+        """Check the hash chain, the state against the ledger's replay, and the ledger's length.
 
-        Returns the first problem found, or None when the database is intact.
+        The ledger must reach the head kept in `head_file` (unless not `check_head`) and
+        contain every txhash in `expect` (ones that writes returned, or heads recorded
+        elsewhere). Returns the first problem found, or None when the database is intact.
         """
+        # The head file first: it is written after each commit, so the database read next is
+        # at least as new as it even while a server is writing.
+        kept = read_head(self.head_file) if check_head else EMPTY
         with self._lock:
-            ledger = self._db.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
-            components = {
-                r["component_id"]: dict(r) for r in self._db.execute("SELECT * FROM components")
-            }
-            lcts = {r["lct_id"]: dict(r) for r in self._db.execute("SELECT * FROM lcts")}
-        return _check_chain(ledger) or _check_state(ledger, components, lcts)
+            self._db.execute("BEGIN")  # one snapshot for every table
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                ledger = self._db.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
+                components = {
+                    r["component_id"]: dict(r) for r in self._db.execute("SELECT * FROM components")
+                }
+                lcts = {r["lct_id"]: dict(r) for r in self._db.execute("SELECT * FROM lcts")}
+                keys = {
+                    idempotency_commitment(r["key"]): dict(r)
+                    for r in self._db.execute("SELECT * FROM idempotency")
+                }
+                short = None if kept is None else _reaches(self._db, kept)
+            finally:
+                self._db.execute("COMMIT")
+        if version < SCHEMA_VERSION and ledger:
+            return Problem(
+                "database",
+                "made by an earlier modbatt, before its ledger covered idempotency keys and "
+                "had a head: run 'modbatt api-bridge serve' on it once to bring it in",
+            )
+        return (
+            _check_chain(ledger)
+            or _check_state(ledger, components, lcts, keys)
+            or _check_length(ledger, kept, short, self.head_file, expect)
+        )
+
+    def anchor_head(self) -> Head:
+        """Take the ledger's end as it is now for its head (after `verify` found it intact)."""
+        with self._lock:
+            head = self.head()
+        write_head(self.head_file, head)
+        return head
 
 
 def _deliverable(db: sqlite3.Connection, lct_id: str, creator: str | None = None) -> dict[str, Any]:
@@ -458,6 +628,52 @@ def _deliverable(db: sqlite3.Connection, lct_id: str, creator: str | None = None
     return dict(row)
 
 
+def _reaches(db: sqlite3.Connection, kept: Head) -> str | None:
+    """Why the ledger in `db` does not reach `kept`, or None when it does."""
+    if kept == EMPTY:
+        return None
+    row = db.execute("SELECT txhash FROM ledger WHERE seq = ?", (kept.seq,)).fetchone()
+    if row is None:
+        last = db.execute("SELECT MAX(seq) FROM ledger").fetchone()[0] or 0
+        return (
+            f"the ledger ends at record {last} but its head is record {kept.seq}: "
+            "records were removed from its end"
+        )
+    if row["txhash"] != kept.txhash:
+        return (
+            f"ledger record {kept.seq} is not the one its head names: the ledger was rolled "
+            "back or rewritten from there"
+        )
+    return None
+
+
+def _check_length(
+    ledger: list[sqlite3.Row],
+    kept: Head | None,
+    short: str | None,
+    head_file: Path,
+    expect: Sequence[str],
+) -> Problem | None:
+    """Whether the ledger is as long as it was: it reaches its head and every expected txhash."""
+    if kept is None and ledger:
+        return Problem(
+            "ledger head",
+            f"no head file at {head_file}: records removed from the ledger's end could not "
+            "be found (pass --head where it is kept, or --anchor-head to trust the ledger "
+            "as it is now)",
+        )
+    if short is not None:
+        return Problem("ledger head", f"{short} (head kept in {head_file})")
+    present = {record["txhash"] for record in ledger}
+    for txhash in expect:
+        if txhash not in present:
+            return Problem(
+                f"txhash {txhash}",
+                "is not in the ledger: the write that returned it was removed or rolled back",
+            )
+    return None
+
+
 def _check_chain(ledger: list[sqlite3.Row]) -> Problem | None:
     prev = GENESIS
     for number, record in enumerate(ledger, 1):
@@ -474,34 +690,50 @@ def _check_chain(ledger: list[sqlite3.Row]) -> Problem | None:
 
 def _replay(
     ledger: list[sqlite3.Row],
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The state the ledger describes: components and LCTs (with their key commitment)."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The state the ledger describes.
+
+    Components, LCTs (with their key commitment) and idempotency keys (by their SHA-256).
+    """
     components: dict[str, dict[str, Any]] = {}
     lcts: dict[str, dict[str, Any]] = {}
+    keys: dict[str, dict[str, Any]] = {}
     for record in ledger:
         body = json.loads(record["body"])
         if record["kind"] == "component.register":
             components[body["component_id"]] = {**body, "txhash": record["txhash"]}
         elif record["kind"] == "lct.create":
+            idempotency = body.pop("idempotency", None)
             lcts[body["lct_id"]] = {**body, "txhash": record["txhash"]}
             if body["replaces"] in lcts:
                 lcts[body["replaces"]]["replaced_by"] = body["lct_id"]
+            if idempotency is not None:
+                keys[idempotency["key_sha256"]] = {
+                    "creator": body["creator"],
+                    "request_sha256": idempotency["request_sha256"],
+                    "lct_id": body["lct_id"],
+                }
         elif record["kind"] == "lct.status" and body["lct_id"] in lcts:
             lcts[body["lct_id"]].update(
                 status=body["status"], updated_at=body["updated_at"], txhash=record["txhash"]
             )
-    return components, lcts
+        elif record["kind"] == "idempotency.adopt":
+            for entry in body["entries"]:
+                keys[entry.pop("key_sha256")] = entry
+    return components, lcts, keys
 
 
 def _check_state(
     ledger: list[sqlite3.Row],
     components: dict[str, dict[str, Any]],
     lcts: dict[str, dict[str, Any]],
+    keys: dict[str, dict[str, Any]],
 ) -> Problem | None:
-    want_components, want_lcts = _replay(ledger)
+    want_components, want_lcts, want_keys = _replay(ledger)
     for kind, have, want in (
         ("component", components, want_components),
         ("LCT", lcts, want_lcts),
+        ("idempotency key with SHA-256", keys, want_keys),
     ):
         for key in sorted(set(have) | set(want)):
             where = f"{kind} {key!r}"
