@@ -16,11 +16,14 @@ STARTUP_LIMIT_S = 2.0
 
 
 class BridgeProcess:
-    """`modbatt api-bridge serve --db DB --port PORT [--token T]`, started and stopped by tests."""
+    """`modbatt api-bridge serve --db DB --port PORT [--token T | --tokens FILE]`, started and
+    stopped by tests; `stderr` holds what it printed once it is stopped."""
 
-    def __init__(self, db: Path, token: str | None = None) -> None:
+    def __init__(self, db: Path, token: str | None = None, tokens: Path | None = None) -> None:
         self.db = db
         self.token = token
+        self.tokens = tokens
+        self.stderr = ""
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s = 0.0
@@ -45,6 +48,8 @@ class BridgeProcess:
         env.pop("MODBATT_API_BRIDGE_TOKEN", None)
         if self.token is not None:
             command += ["--token", self.token]
+        if self.tokens is not None:
+            command += ["--tokens", str(self.tokens)]
         started = time.monotonic()
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
@@ -69,6 +74,7 @@ class BridgeProcess:
                 self.process.kill()
                 self.process.wait()
         if self.process is not None and self.process.stderr is not None:
+            self.stderr = self.process.stderr.read().decode(errors="replace")
             self.process.stderr.close()
         self.process = None
 

@@ -160,10 +160,17 @@ def test_api_bridge_serve_health_and_verify(tmp_path: Path) -> None:
         answered.append(wait_for(lambda: _up(url), 20.0))
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as an operator stops it
 
+    tokens = tmp_path / "tokens.json"
+    made = modbatt("api-bridge", "add-token", "--tokens", str(tokens), "alice")
+    assert made.exit_code == 0 and "added alice's token" in made.stderr
     threading.Thread(target=interrupt_once_up, daemon=True).start()
-    served = modbatt("api-bridge", "serve", "--db", str(db), "--port", str(port))
+    served = modbatt(
+        "api-bridge", "serve", "--db", str(db), "--port", str(port), "--tokens", str(tokens)
+    )
     assert answered == [True]
     assert served.exit_code == 0, served.output  # Ctrl-C is how a server is stopped
+    assert "access: per-creator tokens (1 creator)" in served.stderr
+    assert made.stdout.strip() not in served.output
     assert db.exists()
     verified = modbatt("api-bridge", "verify", "--db", str(db))
     assert verified.exit_code == 0 and "ledger intact" in verified.stdout

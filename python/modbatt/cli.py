@@ -371,15 +371,62 @@ def _head_option(function: Any) -> Any:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8082, show_default=True)
 @click.option(
+    "--tokens",
+    "tokens_file",
+    type=PATH,
+    help="Per-creator tokens (made with 'api-bridge add-token'): each client acts only as its "
+    "token's creator. Required to serve on an address other than loopback.",
+)
+@click.option(
     "--token",
     envvar=ENV_TOKEN,
-    help=f"Require 'Authorization: Bearer TOKEN' on /api/v1 (default: ${ENV_TOKEN}).",
+    help="Development: one token for every creator, 'Authorization: Bearer TOKEN' on /api/v1 "
+    f"(default: ${ENV_TOKEN}).",
 )
-def serve(db: Path, head: Path | None, host: str, port: int, token: str | None) -> int:
-    """Run the API-Bridge server."""
+def serve(
+    db: Path,
+    head: Path | None,
+    host: str,
+    port: int,
+    tokens_file: Path | None,
+    token: str | None,
+) -> int:
+    """Run the API-Bridge server.
+
+    Access: per-creator tokens (--tokens), one shared token (--token, development) or open
+    (neither; loopback only, development). The startup line says which.
+    """
+    from modbatt.api_bridge.access import Access, load_tokens
     from modbatt.api_bridge.server import serve as serve_api_bridge
 
-    serve_api_bridge(db, host, port, token, head=head)
+    if tokens_file is not None and token is not None:
+        raise click.UsageError(
+            f"--tokens and --token (or ${ENV_TOKEN}) are two access modes: give one"
+        )
+    if tokens_file is not None:
+        access = Access(creator_digests=load_tokens(tokens_file))
+    else:
+        access = Access(shared_token=token)
+    serve_api_bridge(db, host, port, access, head=head)
+    return EXIT_OK
+
+
+@api_bridge.command("add-token")
+@click.option("--tokens", "tokens_file", type=PATH, required=True, help="The tokens file.")
+@click.argument("creator")
+def add_token(tokens_file: Path, creator: str) -> int:
+    """Make a new bearer token for CREATOR and print it once.
+
+    The tokens file keeps only its SHA-256; a creator that had a token gets a new one (the old
+    one stops working when the server restarts).
+    """
+    from modbatt.api_bridge.access import add_token as make_token
+
+    token, replaced = make_token(tokens_file, creator)
+    click.echo(
+        f"{'replaced' if replaced else 'added'} {creator}'s token in {tokens_file}", err=True
+    )
+    click.echo(token)
     return EXIT_OK
 
 

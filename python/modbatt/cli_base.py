@@ -22,6 +22,7 @@ import platformdirs
 from rich.console import Console
 from rich.logging import RichHandler
 
+from modbatt.api_bridge.access import AccessConfigError
 from modbatt.api_bridge.ledger import LedgerHeadError
 from modbatt.api_bridge.store import DatabaseUnusableError
 from modbatt.app import PackSilentError
@@ -172,6 +173,12 @@ ADVICE: tuple[tuple[type[BaseException], int, str], ...] = (
         DatabaseUnusableError,
         EXIT_STATE,
         "Move the database to a local disk (--db), or check its directory's permissions.",
+    ),
+    (
+        AccessConfigError,
+        EXIT_USAGE,
+        "'modbatt api-bridge add-token --tokens FILE CREATOR' gives a creator a token; "
+        "docs/API_BRIDGE.md describes the access modes.",
     ),
     (
         LedgerHeadError,

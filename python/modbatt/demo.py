@@ -66,7 +66,7 @@ def embedded_api_bridge(db: Path) -> Iterator[str]:
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            build(db, None), host="127.0.0.1", port=port, log_level="warning", access_log=False
+            build(db), host="127.0.0.1", port=port, log_level="warning", access_log=False
         )
     )
     thread = threading.Thread(target=server.run, name="api-bridge", daemon=True)

@@ -8,6 +8,7 @@ route, ``replaces`` for an LCT's replacement, and ``already_registered``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -16,7 +17,8 @@ EXTENSION: dict[str, Any] = {"x-modbatt-extension": True}
 
 # Identifiers appear inside other identifiers (COMP-<creator>-<seconds>) and in URLs: keep
 # them to a safe alphabet.
-Creator = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+CREATOR_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+Creator = Annotated[str, StringConstraints(pattern=f"^{CREATOR_PATTERN.pattern}$")]
 ComponentId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 LctId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,160}$")]
 Text = Annotated[str, StringConstraints(max_length=1024)]

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modbatt import __version__
 from modbatt.api_bridge import models
-from modbatt.api_bridge.store import Store, StoreError
+from modbatt.api_bridge.access import Access
+from modbatt.api_bridge.store import ForbiddenError, Store, StoreError
 
 log = logging.getLogger("modbatt.api_bridge.server")
 
@@ -107,21 +108,9 @@ class BodyLimit:
 
 BEARER = HTTPBearer(
     auto_error=False,
-    description="Required on /api/v1 when the server runs with --token.",
+    description="Required on /api/v1 when the server runs with tokens: with per-creator tokens "
+    "(--tokens), a request acts only as its token's creator.",
 )
-
-
-def _bearer_check(token: str | None) -> Callable[..., None]:
-    def check(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
-    ) -> None:
-        if token is None:
-            return
-        given = b"" if credentials is None else credentials.credentials.encode()
-        if not hmac.compare_digest(given, token.encode()):  # constant time
-            raise StoreAuthError
-
-    return check
 
 
 class StoreAuthError(StoreError):
@@ -130,8 +119,50 @@ class StoreAuthError(StoreError):
     status = 401
 
 
-def create_app(store: Store, token: str | None = None) -> FastAPI:
-    """The API-Bridge application over `store`; with `token`, /api/v1 requires it."""
+Caller = str | None
+"""The creator a request acts as, from its token; None when it may act as any creator."""
+
+
+def _authenticate(access: Access) -> Callable[..., None]:
+    """The router-wide dependency of a server with tokens: finds the caller or answers 401.
+
+    Built on `HTTPBearer`, so the schema declares bearer auth exactly when it is required.
+    """
+
+    def authenticate(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
+        try:
+            request.state.caller = access.caller(
+                None if credentials is None else credentials.credentials
+            )
+        except PermissionError:
+            raise StoreAuthError from None
+
+    return authenticate
+
+
+def _caller(request: Request) -> Caller:
+    """The creator this request acts as (set by `_authenticate`; fails closed without it)."""
+    if request.app.state.access.needs_token and not hasattr(request.state, "caller"):
+        raise StoreAuthError
+    caller: Caller = getattr(request.state, "caller", None)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _acting_as(caller: Caller, creator: str) -> None:
+    """A request names a creator: with per-creator tokens, it must be its token's."""
+    if caller is not None and caller != creator:
+        raise ForbiddenError(f"this token is {caller!r}'s: it cannot act as {creator!r}")
+
+
+def create_app(store: Store, access: Access | None = None) -> FastAPI:
+    """The API-Bridge application over `store`, open to whom `access` says (default: open)."""
+    access = access or Access()
     app = FastAPI(
         title="modbatt API-Bridge",
         version=__version__,
@@ -181,14 +212,18 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
 
     # The schema declares bearer auth only when the server requires it: an open server's
     # schema says so, and a client generated from it sends no token.
-    guard = [] if token is None else [Depends(_bearer_check(token))]
     responses = dict(ERROR_RESPONSES)
-    if token is None:
+    if not access.needs_token:
         del responses[401]
+    # Every route authenticates (router-wide, before its own parameters); the ones that name
+    # a creator also take the caller it found.
+    app.state.access = access
+    guard = [Depends(_authenticate(access))] if access.needs_token else []
     api = APIRouter(prefix="/api/v1", dependencies=guard, responses=responses)
 
     @api.post("/components/register", response_model=models.Component)
-    def register(body: models.RegisterRequest) -> models.Component:
+    def register(body: models.RegisterRequest, caller: CallerDep) -> models.Component:
+        _acting_as(caller, body.creator)
         record, existing = store.register(body.creator, body.component_data, body.context)
         return _component(record, already_registered=existing)
 
@@ -208,7 +243,12 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
         )
 
     @api.post("/components/{component_id}/verify", response_model=models.Verification)
-    def verify(component_id: ComponentIdPath, body: models.VerifyRequest) -> models.Verification:
+    def verify(
+        component_id: ComponentIdPath,
+        body: models.VerifyRequest,
+        caller: CallerDep,
+    ) -> models.Verification:
+        _acting_as(caller, body.verifier)
         return models.Verification(
             **store.verify_component(component_id, body.verifier, body.context)
         )
@@ -216,6 +256,7 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
     @api.post("/lct/create", response_model=models.LctCreated)
     def create_lct(
         body: models.LctCreateRequest,
+        caller: CallerDep,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -224,6 +265,7 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
             ),
         ] = None,
     ) -> models.LctCreated:
+        _acting_as(caller, body.creator)
         request_hash = hashlib.sha256(
             json.dumps(body.model_dump(), sort_keys=True).encode()
         ).hexdigest()
@@ -239,8 +281,11 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
         return models.LctCreated(**record)
 
     @api.get("/lct/{lct_id}", response_model=models.LctRecord)
-    def get_lct(lct_id: LctIdPath) -> models.LctRecord:
-        return models.LctRecord(**store.lct(lct_id))
+    def get_lct(lct_id: LctIdPath, caller: CallerDep) -> models.LctRecord:
+        record = store.lct(lct_id)
+        if caller is not None and record["creator"] != caller:
+            raise ForbiddenError(f"LCT {lct_id!r} belongs to another creator")
+        return models.LctRecord(**record)
 
     @api.get(
         "/lct/{lct_id}/keys",
@@ -249,11 +294,17 @@ def create_app(store: Store, token: str | None = None) -> FastAPI:
         description="modbatt extension: an active LCT's four key halves again, for its "
         "creator only (key recovery, seed Workflow C).",
     )
-    def lct_keys(lct_id: LctIdPath, creator: models.Creator) -> models.LctKeysResponse:
+    def lct_keys(
+        lct_id: LctIdPath, creator: models.Creator, caller: CallerDep
+    ) -> models.LctKeysResponse:
+        _acting_as(caller, creator)
         return models.LctKeysResponse(**store.lct_keys(lct_id, creator))
 
     @api.put("/lct/{lct_id}/status", response_model=models.LctStatusChanged)
-    def set_status(lct_id: LctIdPath, body: models.LctStatusRequest) -> models.LctStatusChanged:
+    def set_status(
+        lct_id: LctIdPath, body: models.LctStatusRequest, caller: CallerDep
+    ) -> models.LctStatusChanged:
+        _acting_as(caller, body.creator)
         return models.LctStatusChanged(
             **store.set_lct_status(lct_id, body.creator, body.status, body.context)
         )
@@ -277,14 +328,20 @@ def _component(record: dict[str, Any], already_registered: bool = False) -> mode
     )
 
 
-def build(db: FilePath, token: str | None, head: FilePath | None = None) -> ASGIApp:
+def build(db: FilePath, access: Access | None = None, head: FilePath | None = None) -> ASGIApp:
     """The ASGI application uvicorn serves: the API behind the body-size limit."""
-    return BodyLimit(create_app(Store(db, head=head), token))
+    return BodyLimit(create_app(Store(db, head=head), access))
 
 
-def serve(
-    db: FilePath, host: str, port: int, token: str | None, head: FilePath | None = None
-) -> None:
-    """Run the API-Bridge until interrupted."""
-    app = build(db, token, head)
+def serve(db: FilePath, host: str, port: int, access: Access, head: FilePath | None = None) -> None:
+    """Run the API-Bridge until interrupted, after saying where and to whom."""
+    access.check_address(host)
+    app = build(db, access, head)
+    where = f"[{host}]" if ":" in host else host
+    print(  # the startup line: what a technician reads first
+        f"modbatt API-Bridge {__version__} on http://{where}:{port}, database {db}; "
+        f"access: {access.describe()}",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
