@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from modbatt import Gateway, LinkKey, Session, compose_id
-from modbatt.reference import ReferenceSession, derive_link_key
+from modbatt.protocol.reference import ReferenceSession, derive_link_key
 
 STATUS_1 = compose_id(0x502, 5)
 PAYLOAD = bytes(range(0x11, 0x19))
@@ -35,7 +35,7 @@ def sessions(link_inputs: tuple[bytes, bytes, bytes, bytes]) -> tuple[Session, S
 def reference_sessions(
     link_inputs: tuple[bytes, bytes, bytes, bytes],
 ) -> tuple[ReferenceSession, ReferenceSession]:
-    """Both ends of the same session in modbatt.reference."""
+    """Both ends of the same session in modbatt.protocol.reference."""
     half_a, half_b, nonce_a, nonce_b = link_inputs
     key = derive_link_key(half_a, "COMP-a", half_b, "COMP-b")
     return (

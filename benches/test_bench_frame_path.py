@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from benches.conftest import PAYLOAD, STATUS_1
 from modbatt import Gateway, Sealed, Session, frames_of
-from modbatt.reference import ReferenceSession
+from modbatt.protocol.reference import ReferenceSession
 
 
 def test_aesgcm_anchor(benchmark: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modbatt.bench_gateway import (
+from modbatt.tools.bench_gateway import (
     PACED_FPS,
     plain_paced,
     plain_saturated,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from modbatt.demo import free_port
+from modbatt.tools.demo import free_port
 
 STARTUP_LIMIT_S = 2.0
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import settings
 
 from modbatt import LinkKey, Session
-from modbatt.frames import Sealed, frames_of
-from modbatt.reference import ReferenceSession, derive_link_key
+from modbatt.protocol.frames import Sealed, frames_of
+from modbatt.protocol.reference import ReferenceSession, derive_link_key
 from tests.api_bridge_server import BridgeProcess
 
 settings.register_profile("default", deadline=None, max_examples=200)

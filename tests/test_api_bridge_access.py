@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import modbatt.cli as cli
-import modbatt.cli_base as cli_base
+import modbatt.cli.base as cli_base
+import modbatt.cli.commands as cli
 from modbatt import errors
 from modbatt.api_bridge.access import Access, AccessConfigError, is_loopback, load_tokens
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy

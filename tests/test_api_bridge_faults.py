@@ -16,7 +16,7 @@ import pytest
 
 from modbatt import errors
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
-from modbatt.demo import free_port
+from modbatt.tools.demo import free_port
 
 POLICY = RetryPolicy(attempts=4, base_delay_s=0.05, max_delay_s=0.2, total_time_s=3.0)
 HALF = "ab" * 64

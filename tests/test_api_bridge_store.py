@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import modbatt.cli as cli
-import modbatt.cli_base as cli_base
+import modbatt.cli.base as cli_base
+import modbatt.cli.commands as cli
 from modbatt.api_bridge.ledger import GENESIS, LedgerHeadError, canonical, chain_hash, read_head
 from modbatt.api_bridge.store import ConflictError, DatabaseUnusableError, NotFoundError, Store
 

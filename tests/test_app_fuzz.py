@@ -36,11 +36,14 @@ from pydantic import SecretBytes
 
 from modbatt import compose_id
 from modbatt.api_bridge.client import ApiBridgeClient
-from modbatt.app import App, AppError, parse_alert, parse_pack_status
-from modbatt.app_cli import act
-from modbatt.bootstrap import ACK_LABEL, delivery_keys
-from modbatt.catalogue import catalogue
-from modbatt.control import (
+from modbatt.app.app import App, AppError, parse_alert, parse_pack_status
+from modbatt.bus.isotp_link import MessageChannel, with_check, without_check
+from modbatt.cli.app_commands import act
+from modbatt.errors import FrameRejectedError, InvalidArgumentError
+from modbatt.pack.controller import PackController
+from modbatt.protocol.bootstrap import ACK_LABEL, delivery_keys
+from modbatt.protocol.catalogue import catalogue
+from modbatt.protocol.control import (
     APP_TO_PACK,
     PACK_TO_APP,
     AnswerCache,
@@ -48,9 +51,7 @@ from modbatt.control import (
     decode,
     encode,
 )
-from modbatt.errors import FrameRejectedError, InvalidArgumentError
-from modbatt.isotp_link import MessageChannel, with_check, without_check
-from modbatt.keystores import (
+from modbatt.state.keystores import (
     AppKeys,
     ModuleFlash,
     PackFlash,
@@ -61,8 +62,7 @@ from modbatt.keystores import (
     module_flash,
     pack_flash,
 )
-from modbatt.pack import PackController
-from modbatt.stores import HEADER, MAGIC, AuditLog, StoreCorruptError, encode_record
+from modbatt.state.stores import HEADER, MAGIC, AuditLog, StoreCorruptError, encode_record
 from tests.conftest import make_ends
 
 # --- strategies: any JSON, and values close to a valid answer ----------------------------------
@@ -274,7 +274,7 @@ def test_every_answer_during_the_bootstrap_is_checked(step: str, data: st.DataOb
         app = new_app(Path(tmp) / "app", Peer(respond), bridge)
         try:
             # a refused step starts the bootstrap again after a pause: no pause in process
-            with mock.patch("modbatt.app.BOOTSTRAP_RETRY_S", 0.0):
+            with mock.patch("modbatt.app.app.BOOTSTRAP_RETRY_S", 0.0):
                 upgraded = app.bootstrap()
         except AppError as exc:
             assert_clear(exc, changed[0], secrets_of(app, bridge))

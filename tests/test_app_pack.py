@@ -11,13 +11,13 @@ import can
 import pytest
 
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
-from modbatt.app import App, AppError
-from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.app.app import App, AppError
+from modbatt.bus.transport import CanPort
 from modbatt.errors import KeyHalfError
-from modbatt.keystores import AppKeys
-from modbatt.pack import PackController, PackControllerRuntime, PackState
-from modbatt.stores import AuditLog
-from modbatt.transport import CanPort
+from modbatt.pack.controller import PackController, PackControllerRuntime, PackState
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.state.keystores import AppKeys
+from modbatt.state.stores import AuditLog
 from tests.api_bridge_server import BridgeProcess
 from tests.test_api_bridge_faults import COMPONENT, LCT, Answer, FaultServer
 

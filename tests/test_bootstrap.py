@@ -7,7 +7,7 @@ import os
 import pytest
 
 from modbatt import LinkKey
-from modbatt.bootstrap import (
+from modbatt.protocol.bootstrap import (
     ACK_LABEL,
     DELIVERY_LABEL,
     Ephemeral,
@@ -16,7 +16,7 @@ from modbatt.bootstrap import (
     seal,
     unseal,
 )
-from modbatt.handshake import Initiator, Responder
+from modbatt.protocol.handshake import Initiator, Responder
 
 APP, PACK = "host-1234", "PACK-SERIAL-0001"
 

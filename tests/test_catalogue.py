@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modbatt import compose_id
-from modbatt.catalogue import catalogue, dbc_path
-from modbatt.module_sim import BatteryModule, ModuleConfig
+from modbatt.module.simulator import BatteryModule, ModuleConfig
+from modbatt.protocol.catalogue import catalogue, dbc_path
 
 # The module firmware's messages (REFERENCE §2a; ModuleCPU build 8278), as (message, base,
 # length, [(signal, start bit, bits, scale, offset)]). Where this differs from the published

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import modbatt.cli as cli
-import modbatt.cli_base as cli_base
+import modbatt.cli.base as cli_base
+import modbatt.cli.commands as cli
 
 KEYS = [
     "seal_ns_rust",
@@ -112,7 +112,7 @@ def test_a_bug_is_a_short_paragraph_and_its_traceback_needs_v(
     def broken(*_args: object) -> int:
         raise RuntimeError("something modbatt did not expect")
 
-    monkeypatch.setattr("modbatt.catalogue.dbc_path", broken)
+    monkeypatch.setattr("modbatt.protocol.catalogue.dbc_path", broken)
     assert cli.main(["dbc"]) == cli_base.EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "something modbatt did not expect" in err and "run again with -v" in err

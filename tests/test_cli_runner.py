@@ -24,14 +24,14 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from modbatt.catalogue import catalogue
-from modbatt.cli import cli
-from modbatt.cli_base import EXIT_USAGE
-from modbatt.demo import free_port
-from modbatt.module_sim import modules_for
-from modbatt.nodes import NodeLoop
-from modbatt.pairing import PairingAgent, SecureModule
-from modbatt.transport import CanPort
+from modbatt.bus.nodes import NodeLoop
+from modbatt.bus.transport import CanPort
+from modbatt.cli.base import EXIT_USAGE
+from modbatt.cli.commands import cli
+from modbatt.module.pairing import PairingAgent, SecureModule
+from modbatt.module.simulator import modules_for
+from modbatt.protocol.catalogue import catalogue
+from modbatt.tools.demo import free_port
 from tests.api_bridge_server import BridgeProcess
 from tests.test_pairing import Lifecycle, lose_the_packs_flash, running_lifecycle, wait_for
 
@@ -118,7 +118,7 @@ def test_verbosity_counts_wherever_it_is_typed(monkeypatch: pytest.MonkeyPatch) 
     def broken() -> str:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr("modbatt.catalogue.dbc_path", broken)
+    monkeypatch.setattr("modbatt.protocol.catalogue.dbc_path", broken)
     quiet = modbatt("dbc")
     assert quiet.exit_code == 70 and "run again with -v" in quiet.stderr
     assert "Traceback" not in quiet.stderr

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modbatt.cli import main as cli_main
-from modbatt.config import (
+from modbatt.cli.commands import main as cli_main
+from modbatt.cli.config import (
     AppConfig,
     ConfigError,
     ModuleConfig,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from modbatt import LinkKey, Session
-from modbatt.control import (
+from modbatt.bus.transport import CanPort, parse_bus_spec
+from modbatt.protocol.control import (
     APP_TO_PACK,
     PACK_TO_APP,
     REQUEST_ID,
@@ -22,7 +23,6 @@ from modbatt.control import (
     encode,
     request,
 )
-from modbatt.transport import CanPort, parse_bus_spec
 
 APP, PACK = "COMP-alice-1", "COMP-alice-2"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modbatt.demo import run_demo
+from modbatt.tools.demo import run_demo
 
 
 def test_the_demo_walks_the_whole_lifecycle() -> None:

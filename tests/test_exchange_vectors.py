@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from modbatt import frames_of, logical_id
-from modbatt import reference as ref
-from modbatt.isotp_link import MessageChannel
-from modbatt.transport import CanPort
+from modbatt.bus.isotp_link import MessageChannel
+from modbatt.bus.transport import CanPort
+from modbatt.protocol import reference as ref
 from tests.vectors.generate_exchanges import build, markdown
 
 ROOT = Path(__file__).parents[1]

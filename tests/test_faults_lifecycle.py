@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from modbatt.app import AppError
-from modbatt.faults import FaultPlan
-from modbatt.keystores import app_keystore
-from modbatt.pack import PackState
+from modbatt.app.app import AppError
+from modbatt.bus.faults import FaultPlan
+from modbatt.pack.controller import PackState
+from modbatt.state.keystores import app_keystore
 from tests.api_bridge_server import BridgeProcess
 from tests.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
 

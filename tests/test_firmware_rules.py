@@ -10,9 +10,16 @@ from __future__ import annotations
 import itertools
 
 from modbatt import ENCRYPTION_FLAG, compose_id
-from modbatt.catalogue import catalogue
-from modbatt.firmware import INIT, OFF, ON, PACK_CONTROLLER_TIMEOUT_S, STANDBY, announce_delay_s
-from modbatt.module_sim import CELL_STRING_START_S, BatteryModule, ModuleConfig
+from modbatt.module.simulator import CELL_STRING_START_S, BatteryModule, ModuleConfig
+from modbatt.protocol.catalogue import catalogue
+from modbatt.protocol.firmware import (
+    INIT,
+    OFF,
+    ON,
+    PACK_CONTROLLER_TIMEOUT_S,
+    STANDBY,
+    announce_delay_s,
+)
 
 db = catalogue()
 UNIQUE_ID = 0x00C0FF37  # low byte 0x37 = 55: an announce delay of 5 ticks

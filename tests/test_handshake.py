@@ -7,8 +7,8 @@ import os
 import pytest
 
 from modbatt import LinkKey, frames_of
-from modbatt.handshake import HandshakeError, Initiator, Responder
-from modbatt.reference import confirmation, derive_link_key
+from modbatt.protocol.handshake import HandshakeError, Initiator, Responder
+from modbatt.protocol.reference import confirmation, derive_link_key
 
 APP, PACK = "COMP-alice-1", "COMP-alice-2"
 HALF_APP, HALF_PACK = os.urandom(64), os.urandom(64)

@@ -9,11 +9,11 @@ from contextlib import contextmanager
 
 import can
 
-from modbatt.module_sim import BatteryModule, ModuleConfig
-from modbatt.nodes import NodeLoop
-from modbatt.pack import PackState
-from modbatt.pairing import PairingAgent, SecureModule
-from modbatt.transport import CanPort
+from modbatt.bus.nodes import NodeLoop
+from modbatt.bus.transport import CanPort
+from modbatt.module.pairing import PairingAgent, SecureModule
+from modbatt.module.simulator import BatteryModule, ModuleConfig
+from modbatt.pack.controller import PackState
 from tests.test_pairing import (
     Lifecycle,
     bring_up,

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import can
 import pytest
 
-from modbatt.faults import FaultPlan, FaultyBus
-from modbatt.isotp_link import MAX_MESSAGE, MessageChannel, TransferError
-from modbatt.transport import CanPort
+from modbatt.bus.faults import FaultPlan, FaultyBus
+from modbatt.bus.isotp_link import MAX_MESSAGE, MessageChannel, TransferError
+from modbatt.bus.transport import CanPort
 
 TX, RX = 0x1980_0001, 0x1984_0001
 

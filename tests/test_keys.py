@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modbatt import LinkKey, errors
-from modbatt.reference import aes_cmac, hkdf_sha256
+from modbatt.protocol.reference import aes_cmac, hkdf_sha256
 
 HALF_A = bytes(range(64))
 HALF_B = bytes(range(64, 128))

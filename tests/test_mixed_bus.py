@@ -19,19 +19,19 @@ from pathlib import Path
 import can
 import pytest
 
-from modbatt.app import PlainCommandError
-from modbatt.catalogue import catalogue
-from modbatt.firmware import OFF, ON
-from modbatt.module_sim import BatteryModule, ModuleConfig
-from modbatt.nodes import NodeLoop
-from modbatt.pack import (
+from modbatt.app.app import PlainCommandError
+from modbatt.bus.nodes import NodeLoop
+from modbatt.bus.transport import CanPort
+from modbatt.module.simulator import BatteryModule, ModuleConfig
+from modbatt.pack.controller import (
     ALERT_FOREIGN_COMMAND,
     ALERT_MODULE_LATCHED,
     PackController,
     PackRuntime,
 )
-from modbatt.pack_modules import START_SETTLE_S
-from modbatt.transport import CanPort
+from modbatt.pack.modules import START_SETTLE_S
+from modbatt.protocol.catalogue import catalogue
+from modbatt.protocol.firmware import OFF, ON
 from tests.api_bridge_server import BridgeProcess
 from tests.test_hot_plug import plugged
 from tests.test_pairing import (

@@ -9,15 +9,15 @@ import logging
 import pytest
 
 from modbatt import compose_id
-from modbatt.catalogue import catalogue
-from modbatt.firmware import OFF, ON, PACK_CONTROLLER_TIMEOUT_S, STANDBY
-from modbatt.module_sim import BatteryModule, ModuleConfig, modules_for
-from modbatt.pack_modules import (
+from modbatt.module.simulator import BatteryModule, ModuleConfig, modules_for
+from modbatt.pack.modules import (
     START_SETTLE_S,
     STATUS_POLL_S,
     ModuleManager,
     bus_load,
 )
+from modbatt.protocol.catalogue import catalogue
+from modbatt.protocol.firmware import OFF, ON, PACK_CONTROLLER_TIMEOUT_S, STANDBY
 from tests.virtual_time import VirtualBus
 
 db = catalogue()
@@ -287,7 +287,7 @@ def test_bad_frames_from_modules_are_counted_and_logged_never_shown(
     stranger = db.encode(
         "ANNOUNCEMENT", 0, {"FwVersion": 1, "MfgId": 0x4D, "PartId": 1, "UniqueId": 555}
     )
-    with caplog.at_level(logging.WARNING, logger="modbatt.pack_modules"):
+    with caplog.at_level(logging.WARNING, logger="modbatt.pack.modules"):
         bus.detach(modules[0])  # only the forged frames from now on
         pack.snapshot()
         pack.on_frame(compose_id(0x502, module_id), bytes(5), bus.now)  # DLC 5

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from modbatt.module_sim import modules_for
-from modbatt.nodes import NodeLoop
-from modbatt.pack_modules import ModuleManager
-from modbatt.transport import CanPort, parse_bus_spec
+from modbatt.bus.nodes import NodeLoop
+from modbatt.bus.transport import CanPort, parse_bus_spec
+from modbatt.module.simulator import modules_for
+from modbatt.pack.modules import ModuleManager
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
-from modbatt.monitor import (
+from modbatt.tools.monitor import (
     ModuleRow,
     MonitorView,
     RegistrationsCheck,

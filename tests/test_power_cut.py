@@ -38,14 +38,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modbatt import LinkKey
-from modbatt import stores as stores_module
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
-from modbatt.app import App, AppError
-from modbatt.bootstrap import DELIVERY_LABEL, Ephemeral, delivery_keys, seal
-from modbatt.cli import main as cli_main
-from modbatt.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
-from modbatt.handshake import Initiator
-from modbatt.keystores import (
+from modbatt.app.app import App, AppError
+from modbatt.bus.nodes import NodeLoop
+from modbatt.bus.transport import CanPort
+from modbatt.cli.commands import main as cli_main
+from modbatt.module.pairing import PairingAgent, SecureModule, responder_id
+from modbatt.module.simulator import modules_for
+from modbatt.pack.controller import PackController, PackState
+from modbatt.protocol.bootstrap import DELIVERY_LABEL, Ephemeral, delivery_keys, seal
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.handshake import Initiator
+from modbatt.state import stores as stores_module
+from modbatt.state.keystores import (
     AppKeys,
     ModuleFlash,
     PackFlash,
@@ -56,12 +61,7 @@ from modbatt.keystores import (
     module_flash,
     pack_flash,
 )
-from modbatt.module_sim import modules_for
-from modbatt.nodes import NodeLoop
-from modbatt.pack import PackController, PackState
-from modbatt.pairing import PairingAgent, SecureModule, responder_id
-from modbatt.stores import DIGEST_LEN, HEADER, AuditLog, StoreCorruptError, StoreError
-from modbatt.transport import CanPort
+from modbatt.state.stores import DIGEST_LEN, HEADER, AuditLog, StoreCorruptError, StoreError
 
 ROOT = Path(__file__).parents[1]
 
@@ -254,7 +254,7 @@ class FaultyFile:
 
 
 class FaultyOS:
-    """Stands in for `os` inside `modbatt.stores`: every call that writes is a fault point.
+    """Stands in for `os` inside `modbatt.state.stores`: every call that writes is a fault point.
 
     fsync is counted but not done: what it would make durable is modelled by `Disk` (and
     skipping it keeps hundreds of cut saves fast).
@@ -311,7 +311,7 @@ class FaultyOS:
 
 @contextlib.contextmanager
 def faulty_os(faults: Faults) -> Iterator[Faults]:
-    """`modbatt.stores` calls the OS through `faults` for the duration."""
+    """`modbatt.state.stores` calls the OS through `faults` for the duration."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stores_module, "os", FaultyOS(faults))
         yield faults

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from modbatt.keystores import app_keystore
-from modbatt.pack import PackController, PackRuntime, PackState
+from modbatt.pack.controller import PackController, PackRuntime, PackState
+from modbatt.state.keystores import app_keystore
 from tests.test_pairing import Lifecycle, lifecycle, online_count, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py

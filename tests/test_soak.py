@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from modbatt.cli import main
-from modbatt.soak import FULL_CLASSIC_RATE, SoakReport, run_soak
+from modbatt.cli.commands import main
+from modbatt.tools.soak import FULL_CLASSIC_RATE, SoakReport, run_soak
 
 SECONDS = 5.0
 

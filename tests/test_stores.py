@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modbatt.keystores import (
+from modbatt.state.keystores import (
     AppKeys,
     ModuleFlash,
     PackFlash,
@@ -23,7 +23,7 @@ from modbatt.keystores import (
     module_flash,
     pack_flash,
 )
-from modbatt.stores import (
+from modbatt.state.stores import (
     AuditLog,
     StoreCorruptError,
     TwoSlotStore,

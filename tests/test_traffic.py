@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modbatt.control import encode as encode_control
-from modbatt.decode import Decoded, Decoder, decode_log, links_in
+from modbatt.bus.isotp_link import with_check
+from modbatt.bus.traffic import FORMATS, TrafficLog, check_log_path
 from modbatt.errors import InvalidArgumentError
-from modbatt.isotp_link import with_check
-from modbatt.keystores import pack_flash
-from modbatt.traffic import FORMATS, TrafficLog, check_log_path
+from modbatt.protocol.control import encode as encode_control
+from modbatt.state.keystores import pack_flash
+from modbatt.tools.decode import Decoded, Decoder, decode_log, links_in
 from tests.api_bridge_server import BridgeProcess
 from tests.test_pairing import bring_up, running_lifecycle, wait_for
 

@@ -11,7 +11,7 @@ import can
 import pytest
 
 from modbatt import ENCRYPTION_FLAG, errors
-from modbatt.transport import (
+from modbatt.bus.transport import (
     BusSpec,
     CanPort,
     from_message,

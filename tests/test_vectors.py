@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modbatt import LinkKey, Session, frames_of
-from modbatt import reference as ref
+from modbatt.protocol import reference as ref
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "frame_path.json").read_text()

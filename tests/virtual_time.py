@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from modbatt.nodes import Frames, Node
+from modbatt.bus.nodes import Frames, Node
 
 
 @dataclass

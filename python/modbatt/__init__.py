@@ -26,7 +26,7 @@ from modbatt._core import (
     split_id,
 )
 from modbatt.errors import ModbattError
-from modbatt.frames import Sealed, frames_of
+from modbatt.protocol.frames import Sealed, frames_of
 
 __version__ = "0.1.0"
 

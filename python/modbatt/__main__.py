@@ -1,5 +1,5 @@
 """``python -m modbatt``: the same as the ``modbatt`` command."""
 
-from modbatt.cli import main
+from modbatt.cli.commands import main
 
 raise SystemExit(main())

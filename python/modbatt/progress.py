@@ -1,6 +1,6 @@
 """What a long step is waiting for, told to the operator: spinners, progress bars, result lines.
 
-The protocol code (:class:`~modbatt.app.App`) reports its long steps through a
+The protocol code (:class:`~modbatt.app.app.App`) reports its long steps through a
 :class:`Progress` and never draws anything itself. The base class reports nothing: that is
 what a library user and the tests get. The command line hands the app a
 :class:`ConsoleProgress`, which draws with rich on stderr, so stdout stays the command's

@@ -21,9 +21,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modbatt import stores
 from modbatt.api_bridge import models
 from modbatt.errors import ModbattError
+from modbatt.state import stores
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 

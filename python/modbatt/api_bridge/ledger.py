@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modbatt import stores
+from modbatt.state import stores
 
 GENESIS = "0" * 64
 

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modbatt import stores
 from modbatt.api_bridge.ledger import (
     EMPTY,
     GENESIS,
@@ -39,6 +38,7 @@ from modbatt.api_bridge.ledger import (
     read_head,
     write_head,
 )
+from modbatt.state import stores
 
 log = logging.getLogger("modbatt.api_bridge.store")
 

@@ -1,0 +1,1 @@
+"""The Modbatt app role."""

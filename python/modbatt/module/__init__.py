@@ -1,0 +1,1 @@
+"""The battery module role: the firmware simulator and its secure wrapper."""

@@ -1,0 +1,1116 @@
+"""The pack controller: its states, its flash, and its side of the app bus control channel.
+
+States and security levels, exactly as the seed defines them:
+
+======  ====================  =========================================================
+state   name                  when
+======  ====================  =========================================================
+1       Factory Default       no keys in flash (or the flash was found corrupt)
+2       Bootstrap Complete    the app link's keys are in flash
+3       Paired                and at least one module's pairing keys are in flash
+4       Operational           and the app link and every paired module's link are up
+======  ====================  =========================================================
+
+Security level: 0 nothing encrypted, 1 CAN 1 (app link) encrypted, 2 CAN 2 (module links)
+encrypted, 3 both. The level is what the links are doing now, not what is stored.
+
+This module holds the pack's reaction to control messages (sans-I/O: a message in, a message
+out) and its flash; :class:`PackControllerRuntime` binds it to the buses.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import can
+
+from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session, is_encrypted
+from modbatt.bus.isotp_link import TransferError
+from modbatt.bus.nodes import NodeLoop
+from modbatt.bus.transport import CanPort, IdFilter
+from modbatt.errors import ModbattError
+from modbatt.module.pairing import module_channel_ids, responder_id
+from modbatt.pack.modules import ModuleManager
+from modbatt.protocol.bootstrap import (
+    ACK_LABEL,
+    DELIVERY_LABEL,
+    Ephemeral,
+    KeyAgreementError,
+    delivery_keys,
+    seal,
+    unseal,
+)
+from modbatt.protocol.catalogue import SECURED_COMMAND_BASES, SECURED_COMMAND_XOR
+from modbatt.protocol.control import (
+    APP_TO_PACK,
+    MALFORMED_FIELD_ERRORS,
+    PACK_TO_APP,
+    PLAIN_ALWAYS,
+    AnswerCache,
+    ControlEndpoint,
+    GatewayLink,
+    error_answer,
+    request,
+)
+from modbatt.protocol.firmware import ON
+from modbatt.protocol.handshake import HandshakeError, Initiator, Responder
+from modbatt.state.keystores import (
+    PackFlash,
+    PairedModule,
+    TypedStore,
+    pack_app_link_key,
+    pack_flash,
+    paired_module_link_key,
+)
+from modbatt.state.stores import AuditLog, StoreCorruptError, atomic_write
+
+log = logging.getLogger("modbatt.pack.controller")
+
+APP_LINK = 0  # the gateway link number of the app session; modules use their module id
+
+
+class PackState(IntEnum):
+    """The pack controller's states (seed, Implementation States)."""
+
+    FACTORY_DEFAULT = 1
+    BOOTSTRAP_COMPLETE = 2
+    PAIRED = 3
+    OPERATIONAL = 4
+
+
+@dataclass
+class PackController:
+    """The pack controller's control-message logic over its flash store."""
+
+    serial: str
+    state_dir: Path
+    audit: AuditLog | None = None
+    flash_store: TypedStore[PackFlash] = field(init=False)
+    flash: PackFlash | None = field(init=False, default=None)
+    flash_problem: str | None = field(init=False, default=None)
+    gateway: Gateway = field(init=False, default_factory=Gateway)
+    paired_links: set[int] = field(init=False, default_factory=set)  # module ids with a session
+
+    pair_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(init=False, default=None)
+    modules_view: Callable[[], list[dict[str, Any]]] | None = field(init=False, default=None)
+    extra_handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(
+        init=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        self.flash_store = pack_flash(self.state_dir)
+        self._bootstrap: tuple[Ephemeral, str, bytes] | None = None
+        self._handshake: Responder | None = None
+        self.load_flash()
+
+    # --- flash -------------------------------------------------------------------------
+
+    def load_flash(self) -> None:
+        """Read and verify the flash; corruption is reported and means factory state."""
+        try:
+            self.flash = self.flash_store.load()
+            self.flash_problem = "; ".join(self.flash_store.damaged) or None
+        except StoreCorruptError as exc:
+            self.flash, self.flash_problem = None, str(exc)
+            self._audit("flash.corrupt", problem=str(exc))
+            log.error("flash store corrupt: %s (key recovery needed)", exc)
+
+    def _audit(self, event: str, **fields: str | int | bool | None) -> None:
+        if self.audit is not None:
+            self.audit.record(event, role="pack", serial=self.serial, **fields)
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> PackState:
+        """The current state (see the module docstring)."""
+        if self.flash is None:
+            return PackState.FACTORY_DEFAULT
+        if not self.flash.modules:
+            return PackState.BOOTSTRAP_COMPLETE
+        all_up = self.app_link_up and len(self.module_links()) >= len(self.flash.modules)
+        return PackState.OPERATIONAL if all_up else PackState.PAIRED
+
+    @property
+    def app_link_up(self) -> bool:
+        """Whether the app link has a session (CAN 1 encrypted)."""
+        return self.gateway.has_session(APP_LINK)
+
+    def module_links(self) -> list[int]:
+        """The module ids whose link has a session (CAN 2 encrypted for them)."""
+        return [m for m in sorted(self.paired_links) if self.gateway.has_session(m)]
+
+    def app_sealer(self) -> GatewayLink | None:
+        """What seals control messages to the app: the app link's session, in the gateway."""
+        return GatewayLink(self.gateway, APP_LINK) if self.app_link_up else None
+
+    @property
+    def security_level(self) -> int:
+        """0 none, 1 CAN 1 encrypted, 2 CAN 2 encrypted, 3 both."""
+        return (1 if self.app_link_up else 0) | (2 if self.module_links() else 0)
+
+    def device_info(self) -> dict[str, Any]:
+        """What discovery reports."""
+        return {
+            "type": "device_info",
+            "serial": self.serial,
+            "component_id": None if self.flash is None else self.flash.pack_component_id,
+            "registered": self.flash is not None,
+            "state": int(self.state),
+            "state_name": self.state.name.replace("_", " ").title(),
+            "security_level": self.security_level,
+            "links": {"can1": self.app_link_up, "can2": bool(self.module_links())},
+            "capabilities": {"max_modules": 31, "can_fd": False, "protocol": 1},
+            "paired_modules": 0 if self.flash is None else len(self.flash.modules),
+            "modules": [] if self.modules_view is None else self.modules_view(),
+            "gateway": self.gateway.stats(),
+            "flash_problem": self.flash_problem,
+        }
+
+    def app_link(self) -> LinkKey:
+        """The app link's key, rebuilt from flash."""
+        if self.flash is None:
+            raise HandshakeError("no keys in flash: the pack is in factory state")
+        return pack_app_link_key(self.flash)
+
+    # --- control messages ----------------------------------------------------------------
+
+    def handle(self, message: dict[str, Any], *, sealed: bool = True) -> dict[str, Any] | None:
+        """React to one control message from the app; returns the answer, if any.
+
+        `sealed` says whether it came sealed with the app link. A pack that holds keys takes
+        plain only what discovery and the handshake need (PLAIN_ALWAYS): after a restart, until
+        the app's handshake, its endpoint has no session and would otherwise take any plain
+        request (a pairing with a stranger's keys, a new configuration) from anyone on CAN 1.
+        """
+        kind = message["type"]
+        if not sealed and self.flash is not None and kind not in PLAIN_ALWAYS:
+            self._audit("control.refused", message=kind, reason="plain")
+            return error_answer(
+                kind, "a pack with keys takes this only sealed: run the session handshake first"
+            )
+        try:
+            if kind == "discover":
+                return self.device_info()
+            if kind == "bootstrap_hello":
+                return self._bootstrap_hello(message)
+            if kind == "key_delivery":
+                return self._key_delivery(message)
+            if kind == "handshake_init":
+                return self._handshake_init(message)
+            if kind == "handshake_finish":
+                return self._handshake_finish(message)
+            if kind == "pair_module" and self.pair_with is not None:
+                return self.pair_with(message)
+            if kind in self.extra_handlers:
+                return self.extra_handlers[kind](message)
+        except (
+            HandshakeError,
+            *MALFORMED_FIELD_ERRORS,
+        ) as exc:  # KeyAgreementError is a ValueError
+            self._audit("control.refused", message=kind, reason=str(exc))
+            return error_answer(kind, str(exc))
+        return error_answer(kind, "unknown or unexpected message")
+
+    def _bootstrap_hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.flash is not None:
+            raise KeyAgreementError("already bootstrapped: a factory reset comes first")
+        ephemeral = Ephemeral()
+        app_public = bytes.fromhex(message["public_key"])
+        shared = ephemeral.shared_secret(app_public)
+        self._bootstrap = (ephemeral, str(message["app_id"]), shared)
+        self._app_public = app_public
+        return {
+            "type": "bootstrap_hello_ack",
+            "public_key": ephemeral.public.hex(),
+            "serial": self.serial,
+        }
+
+    def _key_delivery(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._bootstrap is None:
+            raise KeyAgreementError("key delivery without a bootstrap hello")
+        ephemeral, app_id, shared = self._bootstrap
+        keys = delivery_keys(shared, app_id, self.serial, self._app_public, ephemeral.public)
+        payload = unseal(keys.delivery, DELIVERY_LABEL, bytes.fromhex(message["sealed"]))
+        record = PackFlash(
+            pack_component_id=payload["pack_component_id"],
+            pack_device_key_half=payload["pack_device_key_half"],
+            pack_lct_key_half=payload["pack_lct_key_half"],
+            app_device_key_half=payload["app_device_key_half"],
+            app_component_id=payload["app_component_id"],
+            lct_id=payload["lct_id"],
+            configuration=payload.get("configuration", {}),
+            app_link_dh_secret=shared.hex(),
+        )
+        self.flash_store.save(record)
+        self.flash, self.flash_problem, self._bootstrap = record, None, None
+        link = self.app_link()
+        self._audit(
+            "keys.stored",
+            link=link.fingerprint,
+            lct_id=record.lct_id,
+            app=record.app_component_id,
+            pack=record.pack_component_id,
+        )
+        ack = seal(keys.acknowledgement, ACK_LABEL, {"status": "stored", "link": link.fingerprint})
+        return {"type": "key_ack", "sealed": ack.hex()}
+
+    def _handshake_init(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.flash is None:
+            raise HandshakeError("no keys in flash: the pack is in factory state")
+        # The current session stays until handshake_finish proves the peer holds the link
+        # key and installs the new one: a plain init from anyone on CAN 1 cuts nothing off.
+        self._handshake = Responder(
+            self.app_link(), self.flash.pack_component_id, self.flash.app_component_id
+        )
+        response = self._handshake.on_init(bytes.fromhex(message["data"]))
+        return {"type": "handshake_response", "data": response.hex()}
+
+    def _handshake_finish(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._handshake is None:
+            raise HandshakeError("FINISH without INIT")
+        self.gateway.install_session(
+            APP_LINK, self._handshake.on_finish(bytes.fromhex(message["data"]))
+        )
+        self._handshake = None
+        self._audit("session.established", link="app", level=self.security_level)
+        return {"type": "upgraded", "security_level": self.security_level, "state": int(self.state)}
+
+
+class PackControllerRuntime:
+    """Serve the control channel from a thread: receive, handle, answer."""
+
+    def __init__(self, controller: PackController, endpoint: ControlEndpoint) -> None:
+        self.controller = controller
+        self.endpoint = endpoint
+        self.answers = AnswerCache()  # a retried request gets the answer it already got
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pack-control", daemon=True)
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.controller.handle(message, sealed=self.endpoint.last_sealed)
+        except Exception:  # a bug must not leave the pack deaf to the app
+            log.exception("control message %r failed", message.get("type"))
+            return error_answer(message["type"], "internal")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self.endpoint.recv(1.0)  # wakes per message; `stop` wakes it too
+            if message is None:
+                continue
+            answered_sealed = self.endpoint.last_sealed
+            answer = self.answers.respond(message, self._handle)
+            # The session that the answer travels under: a handshake answer goes plain (the
+            # old session is being replaced), "upgraded" goes under the new one.
+            self.endpoint.session = self.controller.app_sealer()
+            if answer is None:
+                continue
+            plain = not answered_sealed and answer["type"] in PLAIN_ALWAYS
+            try:
+                self.endpoint.send(answer, plain=plain or self.endpoint.session is None)
+            except TransferError as exc:  # lost on the bus: the app's retry gets it again
+                log.info("answer %r not sent: %s", answer["type"], exc)
+
+    def start(self) -> PackControllerRuntime:
+        """Start serving."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._stop.set()
+        self.endpoint.interrupt()
+        self._thread.join(timeout=5)
+
+
+MODULE_BASE_MASK = 0x7F0 << 18
+NODE_MASK = 0xFF
+TELEMETRY_BASE = 0x500 << 18  # module -> pack messages, 0x500-0x50F
+COMMAND_BASE = 0x510 << 18  # pack -> module messages, 0x510-0x51F
+CAN1, CAN2 = 0, 1
+# Requests to a module over its pairing channel: each attempt waits this long for the answer.
+# Five attempts: a pairing makes about ten of them, and a ~100-frame transfer fails about one
+# time in five when 0.1 % of frames are lost, duplicated or reordered (test_faults_lifecycle).
+MODULE_ATTEMPTS, MODULE_TIMEOUT_S = 5, 1.5
+STATUS_ID = 0x470 << 18  # pack status on CAN 1: state, level, modules, flags
+ALERT_ID = 0x471 << 18  # alerts on CAN 1: code, module id, value
+ALERT_MODULE_SILENT, ALERT_MODULE_RETURNED, ALERT_FLASH_PROBLEM = 1, 2, 3
+ALERT_REPLAYS, ALERT_SESSION_TORN_DOWN = 4, 5  # security events on a link (PROTOCOL.md §8a)
+ALERT_FOREIGN_COMMAND, ALERT_MODULE_INCOMPATIBLE, ALERT_MODULE_LATCHED = 6, 7, 8
+
+
+def _same_pairing(stored: PairedModule, message: dict[str, Any], unique_id: int) -> bool:
+    """Whether a `pair_module` request carries exactly the pairing the pack already holds."""
+    halves = ("pack_device_key_half", "pack_lct_key_half", "module_device_key_half")
+    return (
+        stored.unique_id == unique_id
+        and stored.lct_id == message.get("lct_id")
+        and all(
+            hmac.compare_digest(getattr(stored, name).encode(), str(message.get(name, "")).encode())
+            for name in halves
+        )
+    )
+
+
+def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = True) -> None:
+    """The pack's routing table: paired modules' links first, then plain module traffic.
+
+    Module telemetry (0x500-0x50F) from CAN 2 goes to CAN 1 sealed with the app link: opened
+    with the module's link when it is paired, taken plain otherwise; app commands to modules
+    (0x510-0x51F) go the other way. Anything else is dropped (default deny).
+    """
+    gateway.clear_rules()
+    node = MODULE_BASE_MASK | NODE_MASK
+    for module_id in paired:
+        gateway.add_rule(
+            CAN2, TELEMETRY_BASE | module_id, node, CAN1, inbound=module_id, outbound=APP_LINK
+        )
+        gateway.add_rule(  # sealed for the module on its secured command base (§8c)
+            CAN1,
+            COMMAND_BASE | module_id,
+            node,
+            CAN2,
+            inbound=APP_LINK,
+            outbound=module_id,
+            id_xor=SECURED_COMMAND_XOR,
+        )
+    if bridge_unpaired:  # the security policy may forbid plain module traffic altogether
+        gateway.add_rule(CAN2, TELEMETRY_BASE, MODULE_BASE_MASK, CAN1, outbound=APP_LINK)
+        gateway.add_rule(CAN1, COMMAND_BASE, MODULE_BASE_MASK, CAN2, inbound=APP_LINK)
+
+
+class _ModuleBus:
+    """The pack's module side as a node of its CAN 2 loop.
+
+    The module table is fed with what the gateway opened (its tap), and its commands to
+    linked modules are sealed.
+
+    The manager addresses a module it reaches through a session on the secured command
+    bases (0x540-0x54F); those frames are sealed here with the module's link. One whose
+    session has just gone is not sent: the module would drop it plain.
+    """
+
+    def __init__(self, gateway: Gateway, manager: ModuleManager) -> None:
+        self.gateway, self.manager = gateway, manager
+
+    def on_frame(self, can_id: int, data: bytes, now: float) -> list[tuple[int, bytes]]:
+        return self.sealed(self.manager.on_frame(can_id, data, now))
+
+    def tick(self, now: float) -> list[tuple[int, bytes]]:
+        replies = []
+        for logical_id, plain in self.gateway.take_tapped():
+            replies += self.manager.on_frame(logical_id, plain, now)
+        return self.sealed(replies + self.manager.tick(now))
+
+    def sealed(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """The manager's frames as they go on CAN 2: those on secured bases sealed."""
+        out = []
+        for can_id, data in frames:
+            if (can_id >> 18) not in SECURED_COMMAND_BASES:
+                out.append((can_id, data))
+                continue
+            link = can_id & NODE_MASK
+            if self.gateway.has_session(link):
+                out += self.gateway.seal_frame(link, can_id, data)
+        return out
+
+
+MODULE_TICK_S = 0.05  # the module table's tick (heartbeat every 200 ms, silence after 2 s)
+
+
+class PackRuntime:
+    """The whole pack controller on its two buses: control channel, module side, gateway."""
+
+    def __init__(self, controller: PackController, can1: CanPort, can2: CanPort) -> None:
+        self.controller = controller
+        self.can1, self.can2 = can1, can2
+        self.manager = ModuleManager()
+        # The module table reads the plain frames (registration, announcements); sealed
+        # traffic reaches it through the gateway's tap, so its thread is not woken for it.
+        # Its periodic work is a 200 ms heartbeat, polls and a 4 s silence timeout: a 50 ms tick is
+        # ample, and every wake-up takes the interpreter from the bridge for a moment.
+        # What the gateway opens on its way through (sealed telemetry) reaches the table at
+        # the loop's tick, from the gateway's tap: nothing of the table on the bridge's path.
+        controller.gateway.set_tap(TELEMETRY_BASE, MODULE_BASE_MASK)
+        self.module_bus = _ModuleBus(controller.gateway, self.manager)
+        self.module_loop = NodeLoop(
+            can2,
+            [self.module_bus],
+            tick_s=MODULE_TICK_S,
+            ids=(ENCRYPTION_FLAG, 0),  # plain frames only
+        )
+        self.firmware = FirmwareReceiver(controller)
+        endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
+        self.control = PackControllerRuntime(controller, endpoint)
+        controller.pair_with = self.pair_module
+        controller.modules_view = self.modules_view
+        controller.extra_handlers.update(
+            configure=self.configure,
+            isolate=self.isolate,
+            diagnostics=self.diagnostics,
+            firmware_begin=self.firmware.begin,
+            firmware_chunk=self.firmware.chunk,
+            firmware_end=self.firmware.end,
+        )
+        # The operator's cap (On until configured otherwise), sent once the start-up round is
+        # over: the MAX_STATE on the bus starts Off (`ModuleManager.heartbeat_state`).
+        configuration = {} if controller.flash is None else controller.flash.configuration
+        self.manager.max_state = int(configuration.get("max_state", ON))
+        self._step = controller.gateway.step  # looked up once: called for every frame
+        self._ports = {CAN1: can1, CAN2: can2}
+        self._restore_module_links()
+        self._expect_paired_modules()
+        self._rules()
+        self._listeners = [
+            (can1, can1.subscribe_messages(functools.partial(self._bridge, CAN1))),
+            (can2, can2.subscribe_messages(functools.partial(self._bridge, CAN2))),
+        ]
+
+    def start(self) -> PackRuntime:
+        """Start the control channel, the module side and the re-linking of paired modules."""
+        self.module_loop.start()
+        self.control.start()
+        self._relinker.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop both (the ports stay open: a restarted runtime can take them over)."""
+        for port, listener in self._listeners:
+            port.unsubscribe(listener)
+        self._relink_stop.set()
+        self._relinker.join(timeout=5)
+        self.control.stop()
+        self.module_loop.stop()
+        self.control.endpoint.close()
+
+    def _restore_module_links(self) -> None:
+        """After a restart no module has a session.
+
+        `relink_once` (every second) brings each paired module back as soon as it is
+        registered again.
+        """
+        self.controller.paired_links.clear()
+        self._pairing_lock = threading.Lock()
+        self._retry_at: dict[int, float] = {}
+        self._relink_stop = threading.Event()
+        self._events: list[Any] = []
+        self._flash_alerted = False
+        self._replays_seen: dict[int, int] = {}  # link -> replay drops already alerted
+        self._torn_down_alerted: set[int] = set()
+        self._relinker = threading.Thread(target=self._relink_loop, name="relink", daemon=True)
+
+    def modules_view(self) -> list[dict[str, Any]]:
+        """The module table as device_info reports it."""
+        with self.module_loop.lock:
+            entries = self.manager.snapshot()
+        paired = set(self.controller.module_links())
+        return [
+            {
+                "module_id": m.module_id,
+                "unique_id": m.unique_id,
+                "online": m.online,
+                "paired": m.module_id in paired,
+                "state": m.state_name,
+            }
+            for m in entries
+        ]
+
+    # --- the gateway, frame by frame --------------------------------------------------------
+
+    def _bridge(self, bus: int, msg: can.Message, owned: bool) -> None:
+        """Carry one frame received on `bus` through the gateway (the bridge's hot path)."""
+        if bus == CAN1 and not msg.arbitration_id & ENCRYPTION_FLAG:
+            return  # plain frames on CAN 1 are the control channel's, not the gateway's
+        outputs = self._step(bus, msg.arbitration_id, bytes(msg.data))
+        if len(outputs) == 1:
+            # One frame out for one in (the usual case, with cut-through): the received
+            # message object becomes the sent one when no one else holds it, as `can.bridge`
+            # sends the object it received.
+            dst, can_id, data = outputs[0]
+            self._ports[dst].send_built(can_id, data, msg if owned else None)
+            return
+        for dst, can_id, data in outputs:
+            self._ports[dst].send_built(can_id, data)
+
+    def link_module(self, module_id: int, session: Session) -> None:
+        """Put a module's established session into the gateway and route its traffic sealed.
+
+        The last step of a pairing and of a re-link after a restart. The module's sealed
+        route is in the table before its session is in the gateway, so a frame that comes
+        in between is counted for what it is (`no_session`), never stepped through the
+        plain route (where it counted as `malformed`).
+        """
+        self.controller.paired_links.add(module_id)
+        self._rules()
+        self.controller.gateway.install_session(module_id, session)
+        with self.module_loop.lock:
+            self.manager.set_sealed(module_id, True)  # polled sealed from now on
+            entry = self.manager.table.get(module_id)
+        if entry is not None:
+            self._remember_module_id(entry.unique_id, module_id)
+
+    # --- module ids across a restart --------------------------------------------------------
+
+    @property
+    def _module_ids_path(self) -> Path:
+        return self.controller.state_dir / "module_ids.json"
+
+    def _remember_module_id(self, unique_id: int, module_id: int) -> None:
+        """Keep a linked module's id, so that a restarted pack can link it again at once."""
+        known = self._module_ids()
+        if known.get(unique_id) == module_id:
+            return
+        known[unique_id] = module_id
+        data = json.dumps({str(u): m for u, m in sorted(known.items())}).encode()
+        try:
+            atomic_write(self._module_ids_path, data)
+        except OSError as exc:  # only a restart's shortcut: the module times out and returns
+            log.warning("module ids not kept: %s", exc)
+
+    def _module_ids(self) -> dict[int, int]:
+        """Unique id -> module id of the modules linked before (no secret: ids only)."""
+        try:
+            raw = json.loads(self._module_ids_path.read_text())
+            return {int(u): int(m) for u, m in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning("module ids unreadable (%s): modules return after their timeout", exc)
+            return {}
+
+    def _expect_paired_modules(self) -> None:
+        """After a restart, the paired modules are where they were (see `ModuleManager.expect`)."""
+        flash = self.controller.flash
+        if flash is None:
+            return
+        known = self._module_ids()
+        now = time.monotonic()
+        with self.module_loop.lock:
+            for paired in flash.modules.values():
+                module_id = known.get(paired.unique_id)
+                if module_id is not None:
+                    self.manager.expect(paired.unique_id, module_id, now)
+
+    def release_module(self, module_id: int) -> None:
+        """Undo `link_module` on both ends.
+
+        A sealed DEREGISTER first, while the session still seals it, so that the module ends
+        its session too (a linked module refuses to be paired again) and registers again at
+        the next ANNOUNCE_REQUEST.
+        """
+        with self.module_loop.lock:
+            frames = self.module_bus.sealed(self.manager.deregister(module_id))
+        self.module_loop.send(frames)
+        self.unlink_module(module_id)
+
+    def unlink_module(self, module_id: int) -> None:
+        """Undo `link_module`: the module's session and sealed route are gone."""
+        self.controller.gateway.remove_session(module_id)
+        self.controller.paired_links.discard(module_id)
+        with self.module_loop.lock:
+            self.manager.set_sealed(module_id, False)
+        self._rules()
+
+    def _rules(self) -> None:
+        flash = self.controller.flash
+        bridge = (
+            True
+            if flash is None
+            else bool(flash.configuration.get("bridge_unpaired_modules", True))
+        )
+        routing_rules(self.controller.gateway, sorted(self.controller.paired_links), bridge)
+        for bus, wanted in self.receive_filters().items():
+            self._ports[bus].set_receive_filters(wanted)
+
+    def receive_filters(self) -> dict[int, list[IdFilter]]:
+        """What each bus must let through, as (mask, value) pairs.
+
+        The routing table's sources and the pack's own listeners: the control channel on
+        CAN 1; the module messages and the pairing channels on CAN 2. E and the format bits
+        are never in a mask, so plain and secured frames of a wanted id both pass.
+        """
+        node_any = MODULE_BASE_MASK | 0x0F << 18  # one 11-bit base, any node
+        wanted: dict[int, list[IdFilter]] = {
+            CAN1: [(node_any | NODE_MASK, APP_TO_PACK)],
+            CAN2: [
+                (MODULE_BASE_MASK, TELEMETRY_BASE),  # every module message (0x500-0x50F)
+                # pack commands, plain and secured: only another sender's reach us (alerts)
+                (MODULE_BASE_MASK, COMMAND_BASE),
+                (MODULE_BASE_MASK, SECURED_COMMAND_BASES.start << 18),
+                (node_any, module_channel_ids(0)[1]),  # pairing channels, module -> pack
+            ],
+        }
+        for rule in self.controller.gateway.rules():
+            mask, match = int(rule["mask"]), int(rule["match_id"])  # type: ignore[arg-type]
+            wanted[int(rule["src_bus"])].append((mask, match & mask))  # type: ignore[arg-type]
+        return wanted
+
+    def configure(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Operational parameters and security policy from the app (sealed).
+
+        ``max_state`` (0-3) and ``bridge_unpaired_modules`` (bool), applied and kept in flash.
+        """
+        flash = self.controller.flash
+        if flash is None:
+            raise KeyAgreementError("not bootstrapped")
+        changes: dict[str, int | bool] = {}
+        if "max_state" in message:
+            max_state = message["max_state"]
+            if (
+                not isinstance(max_state, int)
+                or isinstance(max_state, bool)
+                or not 0 <= max_state <= 3
+            ):
+                raise ValueError("max_state is 0 (Off) to 3 (On)")
+            changes["max_state"] = max_state
+        if "bridge_unpaired_modules" in message:
+            if not isinstance(message["bridge_unpaired_modules"], bool):
+                raise ValueError("bridge_unpaired_modules is true or false")
+            changes["bridge_unpaired_modules"] = message["bridge_unpaired_modules"]
+        if not changes:
+            raise ValueError("nothing to configure (max_state, bridge_unpaired_modules)")
+        record = flash.model_copy(update={"configuration": {**flash.configuration, **changes}})
+        self.controller.flash_store.save(record)
+        self.controller.flash = record
+        with self.module_loop.lock:
+            self.manager.configure_max_state(int(record.configuration.get("max_state", ON)))
+        self._rules()
+        self.controller._audit("pack.configured", **changes)
+        return {"type": "configured", **record.configuration}
+
+    def isolate(self, _message: dict[str, Any]) -> dict[str, Any]:
+        """Every module Off at once (ALL_ISOLATE), from the app (sealed): the emergency stop.
+
+        Sent here, on the control thread, not at the module loop's next tick: one plain frame
+        for the modules reached plain and a sealed copy per linked module (MODULE_BUS.md).
+        """
+        if self.controller.flash is None:
+            raise KeyAgreementError("not bootstrapped")
+        with self.module_loop.lock:
+            frames = self.module_bus.sealed(self.manager.isolate_all())
+        self.module_loop.send(frames)
+        linked = sorted(can_id & NODE_MASK for can_id, _ in frames if is_encrypted(can_id))
+        self.controller._audit("pack.isolated", sealed_copies=len(set(linked)))
+        log.warning("ALL_ISOLATE sent: plain, and sealed to modules %s", linked or "none")
+        return {"type": "isolated", "plain": True, "sealed": sorted(set(linked))}
+
+    def diagnostics(self, _message: dict[str, Any]) -> dict[str, Any]:
+        """What a technician needs to see: counters, links, flash and audit log health."""
+        gateway = self.controller.gateway
+        links = {
+            str(link): gateway.session_stats(link)
+            for link in [APP_LINK, *self.controller.module_links()]
+        }
+        audit = self.controller.audit
+        return {
+            "type": "diagnostics",
+            "gateway": gateway.stats(),
+            "links": links,
+            "flash_problem": self.controller.flash_problem,
+            "audit_log": None if audit is None else (audit.verify() or "intact"),
+            "firmware": self.firmware.installed(),
+        }
+
+    # --- pairing (seed Workflow A) ----------------------------------------------------------
+
+    def pair_module(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Pair a registered module with the keys the app delivered (sealed)."""
+        controller = self.controller
+        flash = controller.flash
+        if flash is None:
+            raise KeyAgreementError("not bootstrapped")
+        unique_id = int(message["unique_id"])
+        with self.module_loop.lock:
+            entry = self.manager.by_unique_id(unique_id)
+        if entry is None:
+            raise KeyAgreementError(f"module {unique_id} is not registered")
+        module_id = entry.module_id
+        stored = flash.modules.get(str(message.get("module_component_id")))
+        if stored is not None and _same_pairing(stored, message, unique_id):
+            # A retry of a pairing this pack stored before a restart lost its answer: the
+            # module holds these keys and refuses new ones while linked; the link comes back
+            # by itself (`relink_once`). Answer as the first time, pair nothing again.
+            controller._audit("module.pairing_repeated", module_id=module_id, unique_id=unique_id)
+            return {
+                "type": "pair_result",
+                "module_id": module_id,
+                "unique_id": unique_id,
+                "link": paired_module_link_key(flash, stored).fingerprint,
+                "state": int(controller.state),
+                "security_level": controller.security_level,
+            }
+        to_module, to_pack = module_channel_ids(module_id)
+        with self._pairing_lock:
+            endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
+            try:
+                link, session, shared = self._pair_over(endpoint, flash, message, unique_id)
+                # The module seals from now on: its frames are opened at once, not after the
+                # channel's close and the flash write (until then they were dropped, as
+                # `no_session`). Undone below if the pairing cannot be stored.
+                self.link_module(module_id, session)
+            finally:
+                endpoint.close()
+        paired = PairedModule(
+            module_component_id=message["module_component_id"],
+            pack_device_key_half=message["pack_device_key_half"],
+            pack_lct_key_half=message["pack_lct_key_half"],
+            module_device_key_half=message["module_device_key_half"],
+            dh_secret=shared.hex(),
+            unique_id=unique_id,
+            lct_id=message["lct_id"],
+        )
+        record = flash.model_copy(
+            update={"modules": {**flash.modules, paired.module_component_id: paired}}
+        )
+        try:
+            controller.flash_store.save(record)
+        except BaseException:
+            self.release_module(module_id)  # nothing bridged for a pairing the pack lost
+            raise
+        controller.flash = record
+        controller._audit(
+            "module.paired",
+            module_id=module_id,
+            unique_id=unique_id,
+            link=link.fingerprint,
+            lct_id=paired.lct_id,
+        )
+        return {
+            "type": "pair_result",
+            "module_id": module_id,
+            "unique_id": unique_id,
+            "link": link.fingerprint,
+            "state": int(controller.state),
+            "security_level": controller.security_level,
+        }
+
+    def _pair_over(
+        self, endpoint: ControlEndpoint, flash: PackFlash, message: dict[str, Any], unique_id: int
+    ) -> tuple[LinkKey, Session, bytes]:
+        def ask(message: dict[str, Any], expect: str) -> dict[str, Any]:
+            answer = request(
+                endpoint, message, attempts=MODULE_ATTEMPTS, timeout_s=MODULE_TIMEOUT_S, plain=True
+            )
+            if answer is None:
+                raise KeyAgreementError(f"pairing: no {expect} from the module")
+            if answer["type"] != expect:
+                raise KeyAgreementError(f"pairing: expected {expect}, got {answer['type']!r}")
+            return answer
+
+        ephemeral = Ephemeral()
+        hello = ask(
+            {
+                "type": "pair_hello",
+                "pack_id": flash.pack_component_id,
+                "public_key": ephemeral.public.hex(),
+            },
+            "pair_hello_ack",
+        )
+        module_public = bytes.fromhex(hello["public_key"])
+        shared = ephemeral.shared_secret(module_public)
+        keys = delivery_keys(
+            shared,
+            flash.pack_component_id,
+            responder_id(unique_id),
+            ephemeral.public,
+            module_public,
+        )
+        delivery = seal(
+            keys.delivery,
+            DELIVERY_LABEL,
+            {
+                "module_component_id": message["module_component_id"],
+                "module_device_key_half": message["module_device_key_half"],
+                "module_lct_key_half": message["module_lct_key_half"],
+                "pack_device_key_half": message["pack_device_key_half"],
+                "pack_component_id": flash.pack_component_id,
+            },
+        )
+        ack = ask({"type": "pair_delivery", "sealed": delivery.hex()}, "pair_ack")
+        receipt = unseal(keys.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
+        link = LinkKey(
+            bytes.fromhex(message["pack_device_key_half"]),
+            flash.pack_component_id,
+            bytes.fromhex(message["module_device_key_half"]),
+            message["module_component_id"],
+            shared,
+        )
+        if receipt.get("link") != link.fingerprint:
+            raise KeyAgreementError("pairing: the module derived another link key")
+        session = _handshake_over(
+            endpoint, link, flash.pack_component_id, message["module_component_id"]
+        )
+        return link, session, shared
+
+    # --- links back after a restart ---------------------------------------------------------
+
+    def _relink_loop(self) -> None:
+        while not self._relink_stop.wait(1.0):
+            try:
+                # security alerts first: relinking replaces a torn-down session, and with it
+                # the evidence
+                self._security_alerts()
+                self._alerts_from_events()
+                self.relink_once()
+                self.send_status()
+            except Exception:  # the loop must survive a failed attempt
+                log.exception("module links, status or alerts failed")
+
+    def send_status(self) -> None:
+        """The pack status frame on CAN 1 (once a second): sealed once the app link is up."""
+        controller = self.controller
+        with self.module_loop.lock:
+            entries = self.manager.snapshot()
+        flags = (1 if controller.flash_problem else 0) | (2 if controller.flash is None else 0)
+        payload = bytes(
+            [
+                int(controller.state),
+                controller.security_level,
+                len(entries),
+                len(controller.module_links()),
+                sum(1 for e in entries if e.online),
+                flags,
+            ]
+        )
+        self._send_app_frame(STATUS_ID, payload)
+
+    def _alerts_from_events(self) -> None:
+        with self.module_loop.lock:
+            events = self.manager.drain_events()
+        self._events.extend(events)
+        for event in events:
+            if event.kind == "silent":
+                self.send_alert(ALERT_MODULE_SILENT, event.module_id)
+            elif event.kind == "returned":
+                self.send_alert(ALERT_MODULE_RETURNED, event.module_id)
+            elif event.kind == "foreign_command":
+                total = sum(self.manager.foreign_commands.values())
+                log.warning("CAN 2: %s", event.detail)
+                self.controller._audit("bus.foreign_command", detail=event.detail)
+                self.send_alert(ALERT_FOREIGN_COMMAND, event.module_id, min(total, 0xFFFF))
+            elif event.kind == "incompatible":
+                log.warning("%s", event)
+                self.send_alert(ALERT_MODULE_INCOMPATIBLE, event.module_id)
+            elif event.kind == "latched":
+                log.warning("%s", event)
+                self.send_alert(ALERT_MODULE_LATCHED, event.module_id)
+            elif event.kind == "rebooted" and event.module_id in self.controller.paired_links:
+                # it kept its keys in flash but lost its session: drop ours so that
+                # relink_once runs the handshake again (a forged announcement costs one
+                # handshake, nothing more: the module keeps its session until it verifies)
+                self.controller.gateway.remove_session(event.module_id)
+                self.controller._audit("module.rebooted", module_id=event.module_id)
+        if self.controller.flash_problem and not self._flash_alerted:
+            self._flash_alerted = True
+            self.send_alert(ALERT_FLASH_PROBLEM)
+
+    def _security_alerts(self) -> None:
+        """Alert the app to replays and to sessions the failure budget tore down.
+
+        Read from each link's session counters; a replaced session starts again from zero.
+        An alert for the app link itself can only be sent while that link is up; every event
+        also goes to the audit log.
+        """
+        gateway = self.controller.gateway
+        for link in [APP_LINK, *sorted(self.controller.paired_links)]:
+            stats = gateway.session_stats(link)
+            if stats is None:
+                continue
+            seen = self._replays_seen.get(link, 0)
+            if stats["replay"] < seen:  # a new session
+                seen = 0
+            if stats["replay"] > seen:
+                new = stats["replay"] - seen
+                self.controller._audit("link.replays", link=link, count=new)
+                self.send_alert(ALERT_REPLAYS, link, min(new, 0xFFFF))
+            self._replays_seen[link] = stats["replay"]
+            if not stats["expired"]:
+                self._torn_down_alerted.discard(link)
+            elif link not in self._torn_down_alerted:
+                self._torn_down_alerted.add(link)
+                log.warning("link %d: session torn down after %d bad tags", link, stats["failures"])
+                self.controller._audit("link.torn_down", link=link, failures=stats["failures"])
+                self.send_alert(ALERT_SESSION_TORN_DOWN, link, min(stats["failures"], 0xFFFF))
+
+    def take_events(self) -> list[Any]:
+        """The module events since the last call (for whoever prints them)."""
+        events, self._events = self._events, []
+        return events
+
+    def send_alert(self, code: int, module_id: int = 0, value: int = 0) -> None:
+        """An alert frame on CAN 1: code, module id, a 16-bit value (sealed once upgraded)."""
+        self._send_app_frame(ALERT_ID, bytes([code, module_id]) + value.to_bytes(2, "little"))
+
+    def _send_app_frame(self, can_id: int, payload: bytes) -> None:
+        gateway = self.controller.gateway
+        if gateway.has_session(APP_LINK):
+            for frame_id, data in gateway.seal_frame(APP_LINK, can_id, payload):
+                self.can1.send(frame_id, data)
+        else:
+            self.can1.send(can_id, payload)
+
+    def relink_once(self) -> int:
+        """Re-establish the session of every paired module that is registered but has none.
+
+        That is after the pack restarted, or a module did; returns how many came back.
+        """
+        flash = self.controller.flash
+        if flash is None:
+            return 0
+        restored = 0
+        for paired in flash.modules.values():
+            with self.module_loop.lock:
+                entry = self.manager.by_unique_id(paired.unique_id)
+            if entry is None or self.controller.gateway.has_session(entry.module_id):
+                continue
+            if time.monotonic() < self._retry_at.get(paired.unique_id, 0.0):
+                continue
+            link = paired_module_link_key(flash, paired)
+            to_module, to_pack = module_channel_ids(entry.module_id)
+            with self._pairing_lock:
+                if self.controller.gateway.has_session(entry.module_id):
+                    continue  # a pairing linked it while this waited for the lock
+                endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
+                try:
+                    session = _handshake_over(
+                        endpoint, link, flash.pack_component_id, paired.module_component_id
+                    )
+                except (KeyAgreementError, HandshakeError, ModbattError) as exc:
+                    self._retry_at[paired.unique_id] = time.monotonic() + 5.0
+                    log.info("module %d: link not re-established (%s)", entry.module_id, exc)
+                    continue
+                finally:
+                    endpoint.close()
+                self.link_module(entry.module_id, session)
+            self.controller._audit(
+                "module.relinked",
+                module_id=entry.module_id,
+                unique_id=paired.unique_id,
+                link=link.fingerprint,
+            )
+            restored += 1
+        return restored
+
+
+def _handshake_over(
+    endpoint: ControlEndpoint, link: LinkKey, pack_id: str, module_id: str
+) -> Session:
+    """The session handshake with a module over its pairing channel (the pack initiates)."""
+    initiator = Initiator(link, pack_id, module_id)
+    response = request(
+        endpoint,
+        {"type": "handshake_init", "data": initiator.start().hex()},
+        attempts=MODULE_ATTEMPTS,
+        timeout_s=MODULE_TIMEOUT_S,
+        plain=True,
+    )
+    if response is None or response["type"] != "handshake_response":
+        kind = None if response is None else response["type"]
+        raise KeyAgreementError(f"handshake: expected handshake_response, got {kind!r}")
+    finish, session = initiator.on_response(bytes.fromhex(response["data"]))
+    endpoint.session = session  # the module answers the finish sealed under the new session
+    try:
+        upgraded = request(
+            endpoint,
+            {"type": "handshake_finish", "data": finish.hex()},
+            attempts=MODULE_ATTEMPTS,
+            timeout_s=MODULE_TIMEOUT_S,
+            plain=True,
+        )
+    finally:
+        endpoint.session = None
+    if upgraded is None or upgraded["type"] != "upgraded":
+        raise KeyAgreementError("handshake: the module's upgraded channel did not answer")
+    return session
+
+
+class FirmwareReceiver:
+    """The firmware update (Workflow B.1): a chunked transfer with an integrity check.
+
+    ``firmware_begin`` {version, size, sha256} opens a transfer; ``firmware_chunk`` {index,
+    data (hex, at most 1024 bytes)} must come in order; ``firmware_end`` checks the size and
+    the SHA-256 and only then stores the image atomically as ``firmware/<version>.bin`` in the
+    pack's state directory. A missing, repeated, reordered or altered chunk fails the transfer
+    and nothing is stored. (Installing the image on the controller is the hardware's job.)
+    """
+
+    MAX_SIZE = 4 << 20
+    CHUNK = 1024
+
+    def __init__(self, controller: PackController) -> None:
+        self.controller = controller
+        self.directory = controller.state_dir / "firmware"
+        self._transfer: dict[str, Any] | None = None
+
+    def begin(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Open a transfer."""
+        version, size, digest = (
+            str(message["version"]),
+            int(message["size"]),
+            str(message["sha256"]),
+        )
+        if not version.replace(".", "").replace("-", "").isalnum() or len(version) > 32:
+            raise ValueError("firmware version: letters, digits, dots and dashes, at most 32")
+        if not 0 < size <= self.MAX_SIZE or len(digest) != 64:
+            raise ValueError(f"firmware size 1..{self.MAX_SIZE} bytes and a 64-hex SHA-256")
+        self._transfer = {
+            "version": version,
+            "size": size,
+            "sha256": digest,
+            "next": 0,
+            "data": bytearray(),
+        }
+        return {"type": "firmware_ready", "chunk": self.CHUNK}
+
+    def chunk(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Take the next chunk, in order."""
+        transfer = self._transfer
+        if transfer is None:
+            raise ValueError("no firmware transfer open")
+        index, data = int(message["index"]), bytes.fromhex(message["data"])
+        if index != transfer["next"] or not 0 < len(data) <= self.CHUNK:
+            self._transfer = None
+            raise ValueError(
+                f"firmware chunk {index}: expected chunk {transfer['next']} of at "
+                f"most {self.CHUNK} bytes; transfer abandoned"
+            )
+        transfer["data"] += data
+        transfer["next"] += 1
+        if len(transfer["data"]) > transfer["size"]:
+            self._transfer = None
+            raise ValueError("firmware: more data than announced; transfer abandoned")
+        return {"type": "firmware_chunk_ok", "index": index}
+
+    def end(self, _message: dict[str, Any]) -> dict[str, Any]:
+        """Check the whole image and store it."""
+        transfer, self._transfer = self._transfer, None
+        if transfer is None:
+            raise ValueError("no firmware transfer open")
+        image = bytes(transfer["data"])
+        if (
+            len(image) != transfer["size"]
+            or hashlib.sha256(image).hexdigest() != transfer["sha256"]
+        ):
+            self.controller._audit("firmware.rejected", version=transfer["version"])
+            raise ValueError("firmware: size or SHA-256 mismatch; nothing stored")
+        atomic_write(self.directory / f"{transfer['version']}.bin", image)
+        self.controller._audit(
+            "firmware.stored", version=transfer["version"], sha256=transfer["sha256"]
+        )
+        return {"type": "firmware_stored", "version": transfer["version"], "size": len(image)}
+
+    def installed(self) -> list[str]:
+        """The firmware images stored, by version."""
+        return sorted(p.stem for p in self.directory.glob("*.bin"))

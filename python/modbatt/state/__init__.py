@@ -1,0 +1,1 @@
+"""Local state: atomic two-slot stores, the audit log and the typed keystores."""
