@@ -33,8 +33,7 @@ from modbatt.pack.modules import START_SETTLE_S
 from modbatt.protocol.catalogue import catalogue
 from modbatt.protocol.firmware import OFF, ON
 from tests.api_bridge_server import BridgeProcess
-from tests.test_hot_plug import plugged
-from tests.test_pairing import (
+from tests.module.test_pairing import (
     Lifecycle,
     bring_up,
     lifecycle,
@@ -43,6 +42,7 @@ from tests.test_pairing import (
     settled,
     wait_for,
 )
+from tests.pack.test_hot_plug import plugged
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 

@@ -14,7 +14,7 @@ from modbatt.bus.transport import CanPort
 from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import BatteryModule, ModuleConfig
 from modbatt.pack.controller import PackState
-from tests.test_pairing import (
+from tests.module.test_pairing import (
     Lifecycle,
     bring_up,
     lifecycle,

@@ -33,7 +33,7 @@ from modbatt.module.simulator import modules_for
 from modbatt.protocol.catalogue import catalogue
 from modbatt.tools.demo import free_port
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import Lifecycle, lose_the_packs_flash, running_lifecycle, wait_for
+from tests.module.test_pairing import Lifecycle, lose_the_packs_flash, running_lifecycle, wait_for
 
 
 def modbatt(*args: str) -> Result:

@@ -14,7 +14,7 @@ from typing import Any
 
 from modbatt.pack.controller import PackController, PackRuntime, PackState
 from modbatt.state.keystores import app_keystore
-from tests.test_pairing import Lifecycle, lifecycle, online_count, wait_for
+from tests.module.test_pairing import Lifecycle, lifecycle, online_count, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 

@@ -22,7 +22,7 @@ from modbatt.module.pairing import module_channel_ids
 from modbatt.pack.controller import CAN1, CAN2
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import bring_up, running_lifecycle, wait_for
+from tests.module.test_pairing import bring_up, running_lifecycle, wait_for
 
 
 class _KernelFilteringBus(VirtualBus):

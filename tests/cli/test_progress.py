@@ -18,7 +18,7 @@ from rich.console import Console
 
 from modbatt.progress import Advance, ConsoleProgress, Progress
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import online_count, running_lifecycle, wait_for
+from tests.module.test_pairing import online_count, running_lifecycle, wait_for
 
 
 class Recording(Progress):

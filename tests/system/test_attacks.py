@@ -23,7 +23,7 @@ from modbatt.protocol.catalogue import SECURED_COMMAND_BASES, catalogue, secured
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.protocol.frames import frames_of
 from modbatt.protocol.handshake import Initiator
-from tests.test_pairing import Lifecycle, bring_up, lifecycle, wait_for
+from tests.module.test_pairing import Lifecycle, bring_up, lifecycle, wait_for
 
 __all__ = ["lifecycle"]  # the fixture, shared with test_pairing.py
 

@@ -63,7 +63,7 @@ from modbatt.state.keystores import (
 )
 from modbatt.state.stores import DIGEST_LEN, HEADER, AuditLog, StoreCorruptError, StoreError
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 # --- the records: realistic, deterministic per (role, generation) -----------------------------
 
@@ -587,7 +587,7 @@ CHILD = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from tests.test_power_cut import KINDS, make_record, open_store
+from tests.system.test_power_cut import KINDS, make_record, open_store
 directory, generation = Path(sys.argv[2]), json.loads(sys.argv[3])
 order = KINDS[int(sys.argv[4]):] + KINDS[:int(sys.argv[4])]
 print("ready", flush=True)

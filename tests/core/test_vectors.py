@@ -12,7 +12,7 @@ from modbatt import LinkKey, Session, frames_of
 from modbatt.protocol import reference as ref
 
 VECTORS: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "vectors" / "frame_path.json").read_text()
+    (Path(__file__).parents[1] / "vectors" / "frame_path.json").read_text()
 )
 FRAMES = VECTORS["frames"]
 
@@ -77,7 +77,7 @@ def test_reference_opens_the_documented_bytes(frame: dict[str, Any]) -> None:
 
 
 def test_protocol_md_shows_every_vector() -> None:
-    protocol = (Path(__file__).parents[1] / "docs" / "PROTOCOL.md").read_text()
+    protocol = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
     for frame in FRAMES:
         for wire in frame["wire"]:
             assert wire["data"] in protocol.replace(" ", ""), frame["name"]
@@ -97,5 +97,5 @@ def test_the_sealed_message_example(message: dict[str, Any]) -> None:
     sealed = tx.seal_message(message["stream"], payload)
     assert sealed.hex() == message["sealed"]
     assert rx.open_message(message["stream"], sealed) == payload
-    protocol = (Path(__file__).parents[1] / "docs" / "PROTOCOL.md").read_text()
+    protocol = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
     assert message["sealed"] in protocol

@@ -17,7 +17,7 @@ from modbatt.tools.monitor import (
     view_of,
 )
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import bring_up, running_lifecycle, wait_for
+from tests.module.test_pairing import bring_up, running_lifecycle, wait_for
 
 SNAPSHOT = MonitorView(
     pack="PACK-0001",

@@ -21,7 +21,7 @@ from modbatt.bus.faults import FaultPlan
 from modbatt.pack.controller import PackState
 from modbatt.state.keystores import app_keystore
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
+from tests.module.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
 
 log = logging.getLogger(__name__)
 

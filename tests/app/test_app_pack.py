@@ -18,8 +18,8 @@ from modbatt.pack.controller import PackController, PackControllerRuntime, PackS
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
 from modbatt.state.keystores import AppKeys
 from modbatt.state.stores import AuditLog
+from tests.api_bridge.test_api_bridge_faults import COMPONENT, LCT, Answer, FaultServer
 from tests.api_bridge_server import BridgeProcess
-from tests.test_api_bridge_faults import COMPONENT, LCT, Answer, FaultServer
 
 
 @dataclass

@@ -29,7 +29,7 @@ from modbatt.bus.transport import CanPort
 from modbatt.protocol import reference as ref
 from tests.vectors.generate_exchanges import build, markdown
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 VECTORS: dict[str, Any] = json.loads((ROOT / "tests" / "vectors" / "exchanges.json").read_text())
 ALL_MESSAGES = [
     *VECTORS["bootstrap"]["messages"],

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modbatt import Gateway, compose_id, errors, frames_of
-from tests.test_gateway import CAN1, CAN2, STATUS_1, Pack
+from tests.core.test_gateway import CAN1, CAN2, STATUS_1, Pack
 
 
 def _telemetry(pack: Pack, payload: bytes) -> list[int]:

@@ -20,7 +20,7 @@ from modbatt.protocol.control import encode as encode_control
 from modbatt.state.keystores import pack_flash
 from modbatt.tools.decode import Decoded, Decoder, decode_log, links_in
 from tests.api_bridge_server import BridgeProcess
-from tests.test_pairing import bring_up, running_lifecycle, wait_for
+from tests.module.test_pairing import bring_up, running_lifecycle, wait_for
 
 
 def test_a_log_needs_an_extension_that_names_its_format(tmp_path: Path) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SECURITY = (ROOT / "docs" / "SECURITY.md").read_text()
 CITATION = re.compile(r"`(\w+\.(?:py|rs))(?:::(\w+))?`")
 
 
 def _source(file_name: str) -> Path:
     if not file_name.endswith(".rs"):
-        return ROOT / "tests" / file_name
+        # tests/ mirrors python/modbatt: a test file is cited by its name, found in its folder
+        found = sorted((ROOT / "tests").rglob(file_name))
+        return found[0] if len(found) == 1 else ROOT / "tests" / file_name
     # Rust tests live in rust/tests; the libFuzzer targets in fuzz/fuzz_targets.
     in_tests = ROOT / "rust" / "tests" / file_name
     return in_tests if in_tests.is_file() else ROOT / "fuzz" / "fuzz_targets" / file_name

@@ -1,0 +1,1 @@
+"""The API-Bridge: client, embedded server, store, access, schema."""

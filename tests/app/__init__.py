@@ -1,0 +1,1 @@
+"""The app against a running pack."""

@@ -1,0 +1,1 @@
+"""The bus layer: ports, ISO-TP, traffic logs, receive filters."""

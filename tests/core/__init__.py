@@ -1,0 +1,1 @@
+"""The Rust core's Python face: ids, keys, sessions, the gateway, errors, vectors."""

@@ -1,0 +1,1 @@
+"""The battery module: pairing and secure links."""

@@ -1,0 +1,1 @@
+"""The pack controller: its module side, mixed buses, hot-plugging, restarts."""

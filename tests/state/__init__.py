@@ -1,0 +1,1 @@
+"""Local state: two-slot stores, keystores, the audit log."""

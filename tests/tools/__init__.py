@@ -1,0 +1,1 @@
+"""The tools: demo, monitor, soak."""
