@@ -71,6 +71,7 @@ lint: install
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest modbatt._core
+	$(BIN)/lint-imports
 	cargo fmt --check
 	cargo fmt --check --manifest-path fuzz/Cargo.toml
 	cargo clippy --locked --all-targets --all-features -- -D warnings

@@ -36,21 +36,16 @@ from pydantic import SecretBytes
 
 from modbatt import compose_id
 from modbatt.api_bridge.client import ApiBridgeClient
-from modbatt.app.app import App, AppError, parse_alert, parse_pack_status
+from modbatt.app.app import App, AppError
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.isotp_link import MessageChannel, with_check, without_check
 from modbatt.cli.app_commands import act
 from modbatt.errors import FrameRejectedError, InvalidArgumentError
 from modbatt.pack.controller import PackController
 from modbatt.protocol.bootstrap import ACK_LABEL, delivery_keys
 from modbatt.protocol.catalogue import catalogue
-from modbatt.protocol.control import (
-    APP_TO_PACK,
-    PACK_TO_APP,
-    AnswerCache,
-    ControlEndpoint,
-    decode,
-    encode,
-)
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, AnswerCache, decode, encode
+from modbatt.protocol.status import StatusFrameError, parse_alert, parse_pack_status
 from modbatt.state.keystores import (
     AppKeys,
     ModuleFlash,
@@ -479,7 +474,7 @@ def test_status_and_alert_frames_parse_or_name_the_problem(data: bytes) -> None:
     ):
         try:
             parsed = parse(data)
-        except AppError as exc:
+        except StatusFrameError as exc:
             assert str(exc).startswith(f"{name}: ")
         else:
             check(parsed)

@@ -12,10 +12,11 @@ import pytest
 
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app.app import App, AppError
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.transport import CanPort
 from modbatt.errors import KeyHalfError
 from modbatt.pack.controller import PackController, PackControllerRuntime, PackState
-from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.state.keystores import AppKeys
 from modbatt.state.stores import AuditLog
 from tests.api_bridge.test_api_bridge_faults import COMPONENT, LCT, Answer, FaultServer

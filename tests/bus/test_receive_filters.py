@@ -18,9 +18,9 @@ from can.interfaces.virtual import VirtualBus
 from modbatt import ENCRYPTION_FLAG, compose_id
 from modbatt.bus import transport
 from modbatt.bus.transport import CanPort, IdFilter, filters_below_python
-from modbatt.module.pairing import module_channel_ids
 from modbatt.pack.controller import CAN1, CAN2
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
+from modbatt.protocol.pairing import module_channel_ids
 from tests.api_bridge_server import BridgeProcess
 from tests.module.test_pairing import bring_up, running_lifecycle, wait_for
 

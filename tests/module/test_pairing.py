@@ -19,22 +19,19 @@ from modbatt import LinkKey, is_encrypted, logical_id
 from modbatt._core import frame_format
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app.app import App, AppError
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.faults import FaultPlan, FaultyBus
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.traffic import TrafficLog
 from modbatt.bus.transport import CanPort
-from modbatt.module.pairing import PairingAgent, SecureModule, module_channel_ids
+from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import BatteryModule, modules_for
-from modbatt.pack.controller import (
-    ALERT_REPLAYS,
-    ALERT_SESSION_TORN_DOWN,
-    PackController,
-    PackRuntime,
-    PackState,
-)
+from modbatt.pack.controller import PackController, PackRuntime, PackState
 from modbatt.pack.modules import START_SETTLE_S
 from modbatt.protocol.catalogue import catalogue
-from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
+from modbatt.protocol.pairing import module_channel_ids
+from modbatt.protocol.status import ALERT_REPLAYS, ALERT_SESSION_TORN_DOWN
 from modbatt.state.stores import AuditLog
 from tests.api_bridge_server import BridgeProcess
 

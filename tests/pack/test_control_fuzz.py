@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort
 from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import modules_for
 from modbatt.pack.controller import PackController, PackRuntime
-from modbatt.protocol.control import ControlEndpoint
 
 KINDS = [
     "discover",

@@ -23,15 +23,11 @@ from modbatt.app.app import PlainCommandError
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort
 from modbatt.module.simulator import BatteryModule, ModuleConfig
-from modbatt.pack.controller import (
-    ALERT_FOREIGN_COMMAND,
-    ALERT_MODULE_LATCHED,
-    PackController,
-    PackRuntime,
-)
+from modbatt.pack.controller import PackController, PackRuntime
 from modbatt.pack.modules import START_SETTLE_S
 from modbatt.protocol.catalogue import catalogue
 from modbatt.protocol.firmware import OFF, ON
+from modbatt.protocol.status import ALERT_FOREIGN_COMMAND, ALERT_MODULE_LATCHED
 from tests.api_bridge_server import BridgeProcess
 from tests.module.test_pairing import (
     Lifecycle,

@@ -11,17 +11,16 @@ from typing import Any
 import pytest
 
 from modbatt import LinkKey, Session
+from modbatt.bus.control_channel import ControlEndpoint, request
 from modbatt.bus.transport import CanPort, parse_bus_spec
 from modbatt.protocol.control import (
     APP_TO_PACK,
     PACK_TO_APP,
     REQUEST_ID,
     AnswerCache,
-    ControlEndpoint,
     ControlError,
     decode,
     encode,
-    request,
 )
 
 APP, PACK = "COMP-alice-1", "COMP-alice-2"

@@ -15,12 +15,13 @@ import time
 import can
 
 from modbatt import LinkKey, Session, compose_id, is_encrypted, set_encrypted
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.transport import CanPort
 from modbatt.errors import FrameRejectedError
 from modbatt.module.pairing import SecureModule
 from modbatt.pack.controller import APP_LINK
 from modbatt.protocol.catalogue import SECURED_COMMAND_BASES, catalogue, secured_command_id
-from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.protocol.frames import frames_of
 from modbatt.protocol.handshake import Initiator
 from tests.module.test_pairing import Lifecycle, bring_up, lifecycle, wait_for

@@ -40,15 +40,17 @@ from hypothesis import strategies as st
 from modbatt import LinkKey
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.app.app import App, AppError
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort
 from modbatt.cli.commands import main as cli_main
-from modbatt.module.pairing import PairingAgent, SecureModule, responder_id
+from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import modules_for
 from modbatt.pack.controller import PackController, PackState
 from modbatt.protocol.bootstrap import DELIVERY_LABEL, Ephemeral, delivery_keys, seal
-from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.protocol.handshake import Initiator
+from modbatt.protocol.pairing import responder_id
 from modbatt.state import stores as stores_module
 from modbatt.state.keystores import (
     AppKeys,

@@ -23,13 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from modbatt import Gateway, LinkKey, Session, compose_id, frames_of, set_encrypted
 from modbatt.bus.isotp_link import with_check
-from modbatt.module.pairing import module_channel_ids, responder_id
 from modbatt.pack.controller import APP_LINK, CAN2, routing_rules
 from modbatt.protocol import reference as ref
 from modbatt.protocol.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal
 from modbatt.protocol.catalogue import SECURED_COMMAND_XOR, catalogue
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, encode
 from modbatt.protocol.handshake import Initiator, Responder
+from modbatt.protocol.pairing import module_channel_ids, responder_id
 
 # Fixed, obviously synthetic inputs: nothing here is a real key.
 APP_HOST_ID = "host-00000000-0000-4000-8000-000000000001"

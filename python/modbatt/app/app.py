@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from modbatt import LinkKey, Session, frames_of, is_encrypted, logical_id
 from modbatt.api_bridge.client import ApiBridgeClient
+from modbatt.bus.control_channel import ControlEndpoint, request
 from modbatt.errors import FrameRejectedError, KeyHalfError, ModbattError, SessionError
 from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.protocol.bootstrap import (
@@ -43,9 +44,16 @@ from modbatt.protocol.bootstrap import (
     unseal,
 )
 from modbatt.protocol.catalogue import MAX_MODULES, catalogue
-from modbatt.protocol.control import REQUEST_ID, ControlEndpoint, new_request_id, request
+from modbatt.protocol.control import REQUEST_ID, new_request_id
 from modbatt.protocol.firmware import PACK_CONTROLLER_TIMEOUT_S
 from modbatt.protocol.handshake import CONFIRM_LEN, NONCE_LEN, HandshakeError, Initiator
+from modbatt.protocol.status import (
+    ALERT_BASE,
+    STATUS_BASE,
+    StatusFrameError,
+    parse_alert,
+    parse_pack_status,
+)
 from modbatt.state.keystores import AppKeys, TypedStore, app_keystore, app_link_key, host_id
 from modbatt.state.stores import AuditLog, StoreCorruptError
 
@@ -209,54 +217,6 @@ def check_answer(request: str, expect: str, answer: dict[str, Any] | None) -> di
         )
         raise AppError(f"{request}: a malformed {expect!r} ({problems})") from None
     return answer
-
-
-def parse_pack_status(plain: bytes) -> dict[str, int]:
-    """The pack status frame (PROTOCOL.md §8a); AppError names what is wrong."""
-    if len(plain) != 6:
-        raise AppError(f"pack status: 6 bytes, got {len(plain)}")
-    state, level, registered, paired, online, flags = plain
-    if not 1 <= state <= 4:
-        raise AppError(f"pack status: state {state} is not 1-4")
-    if level > 3:
-        raise AppError(f"pack status: security level {level} is not 0-3")
-    if max(registered, paired, online) > MAX_MODULES:
-        raise AppError(f"pack status: more than {MAX_MODULES} modules")
-    if flags & ~0b11:
-        raise AppError(f"pack status: unknown flags {flags:#04x}")
-    return {
-        "state": state,
-        "security_level": level,
-        "registered": registered,
-        "paired": paired,
-        "online": online,
-        "flags": flags,
-    }
-
-
-# The pack's alert codes on CAN 1 (PROTOCOL.md §8a), as an operator reads them.
-ALERT_NAMES = {
-    1: "module silent",
-    2: "module back",
-    3: "flash problem",
-    4: "replays",
-    5: "torn down",
-    6: "foreign command on CAN 2",
-    7: "module incompatible",
-    8: "module latched",
-}
-ALERT_CODES = frozenset(ALERT_NAMES)
-
-
-def parse_alert(plain: bytes) -> dict[str, int]:
-    """An alert frame (PROTOCOL.md §8a); AppError names what is wrong."""
-    if len(plain) != 4:
-        raise AppError(f"alert: 4 bytes, got {len(plain)}")
-    if plain[0] not in ALERT_CODES:
-        raise AppError(f"alert: unknown code {plain[0]}")
-    if plain[1] > MAX_MODULES:
-        raise AppError(f"alert: module id {plain[1]} is not 0-{MAX_MODULES}")
-    return {"code": plain[0], "module_id": plain[1], "value": int.from_bytes(plain[2:4], "little")}
 
 
 @dataclass
@@ -787,7 +747,7 @@ class App:
         self.listening = True
         session = self.session
         base = can_id >> 18
-        if session is not None and base in (0x470, 0x471) and is_encrypted(can_id):
+        if session is not None and base in (STATUS_BASE, ALERT_BASE) and is_encrypted(can_id):
             self._pack_frame(session, can_id, data)
             return
         if session is None or not 0x500 <= base < 0x510:
@@ -897,12 +857,12 @@ class App:
         if plain is None:
             return
         try:
-            if can_id >> 18 == 0x470:
+            if can_id >> 18 == STATUS_BASE:
                 self.pack_status = parse_pack_status(plain)
                 self.last_status_at = time.monotonic()
             else:
                 self.alerts.append(parse_alert(plain))
-        except AppError as exc:
+        except StatusFrameError as exc:
             self.dropped["malformed"] += 1
             log.warning("%s (dropped)", exc)
 

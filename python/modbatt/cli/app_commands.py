@@ -19,6 +19,7 @@ import click
 
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.app.app import App, AppError
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.traffic import traffic_log
 from modbatt.bus.transport import CanPort, parse_bus_spec
 from modbatt.cli.base import (
@@ -34,7 +35,7 @@ from modbatt.cli.base import (
 )
 from modbatt.errors import ApiBridgeError
 from modbatt.progress import NO_PROGRESS, Progress
-from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.state.stores import AuditLog
 from modbatt.tools.monitor import run_monitor
 

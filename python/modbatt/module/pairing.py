@@ -38,7 +38,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from modbatt import Session, compose_id, frames_of, is_encrypted, logical_id
+from modbatt import Session, frames_of, is_encrypted, logical_id
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.isotp_link import TransferError
 from modbatt.bus.nodes import Frames, NodeLoop
 from modbatt.bus.transport import CanPort
@@ -59,31 +60,14 @@ from modbatt.protocol.catalogue import (
     catalogue,
     secured_command_id,
 )
-from modbatt.protocol.control import (
-    MALFORMED_FIELD_ERRORS,
-    AnswerCache,
-    ControlEndpoint,
-    error_answer,
-)
+from modbatt.protocol.control import MALFORMED_FIELD_ERRORS, AnswerCache, error_answer
 from modbatt.protocol.firmware import accepts
 from modbatt.protocol.handshake import HandshakeError, Responder
+from modbatt.protocol.pairing import module_channel_ids, responder_id
 from modbatt.state.keystores import ModuleFlash, module_flash, module_link_key
 from modbatt.state.stores import AuditLog, StoreCorruptError
 
 log = logging.getLogger("modbatt.module.pairing")
-
-PACK_TO_MODULE = 0x530
-MODULE_TO_PACK = 0x531
-
-
-def module_channel_ids(module_id: int) -> tuple[int, int]:
-    """(pack -> module, module -> pack) ISO-TP ids of a module's pairing channel."""
-    return compose_id(PACK_TO_MODULE, module_id), compose_id(MODULE_TO_PACK, module_id)
-
-
-def responder_id(unique_id: int) -> str:
-    """The name a module goes by in the pairing's key derivation, before it has keys."""
-    return f"module-{unique_id}"
 
 
 @dataclass

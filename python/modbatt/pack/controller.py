@@ -36,11 +36,11 @@ from typing import Any
 import can
 
 from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session, is_encrypted
+from modbatt.bus.control_channel import ControlEndpoint, request
 from modbatt.bus.isotp_link import TransferError
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort, IdFilter
 from modbatt.errors import ModbattError
-from modbatt.module.pairing import module_channel_ids, responder_id
 from modbatt.pack.modules import ModuleManager
 from modbatt.protocol.bootstrap import (
     ACK_LABEL,
@@ -58,13 +58,28 @@ from modbatt.protocol.control import (
     PACK_TO_APP,
     PLAIN_ALWAYS,
     AnswerCache,
-    ControlEndpoint,
     GatewayLink,
     error_answer,
-    request,
 )
 from modbatt.protocol.firmware import ON
 from modbatt.protocol.handshake import HandshakeError, Initiator, Responder
+from modbatt.protocol.pairing import module_channel_ids, responder_id
+from modbatt.protocol.status import (
+    ALERT_FLASH_PROBLEM,
+    ALERT_FOREIGN_COMMAND,
+    ALERT_ID,
+    ALERT_MODULE_INCOMPATIBLE,
+    ALERT_MODULE_LATCHED,
+    ALERT_MODULE_RETURNED,
+    ALERT_MODULE_SILENT,
+    ALERT_REPLAYS,
+    ALERT_SESSION_TORN_DOWN,
+    FLAG_FLASH_PROBLEM,
+    FLAG_NO_KEYS,
+    STATUS_ID,
+    alert_payload,
+    status_payload,
+)
 from modbatt.state.keystores import (
     PackFlash,
     PairedModule,
@@ -344,11 +359,6 @@ CAN1, CAN2 = 0, 1
 # Five attempts: a pairing makes about ten of them, and a ~100-frame transfer fails about one
 # time in five when 0.1 % of frames are lost, duplicated or reordered (test_faults_lifecycle).
 MODULE_ATTEMPTS, MODULE_TIMEOUT_S = 5, 1.5
-STATUS_ID = 0x470 << 18  # pack status on CAN 1: state, level, modules, flags
-ALERT_ID = 0x471 << 18  # alerts on CAN 1: code, module id, value
-ALERT_MODULE_SILENT, ALERT_MODULE_RETURNED, ALERT_FLASH_PROBLEM = 1, 2, 3
-ALERT_REPLAYS, ALERT_SESSION_TORN_DOWN = 4, 5  # security events on a link (PROTOCOL.md §8a)
-ALERT_FOREIGN_COMMAND, ALERT_MODULE_INCOMPATIBLE, ALERT_MODULE_LATCHED = 6, 7, 8
 
 
 def _same_pairing(stored: PairedModule, message: dict[str, Any], unique_id: int) -> bool:
@@ -873,16 +883,16 @@ class PackRuntime:
         controller = self.controller
         with self.module_loop.lock:
             entries = self.manager.snapshot()
-        flags = (1 if controller.flash_problem else 0) | (2 if controller.flash is None else 0)
-        payload = bytes(
-            [
-                int(controller.state),
-                controller.security_level,
-                len(entries),
-                len(controller.module_links()),
-                sum(1 for e in entries if e.online),
-                flags,
-            ]
+        flags = (FLAG_FLASH_PROBLEM if controller.flash_problem else 0) | (
+            FLAG_NO_KEYS if controller.flash is None else 0
+        )
+        payload = status_payload(
+            int(controller.state),
+            controller.security_level,
+            registered=len(entries),
+            paired=len(controller.module_links()),
+            online=sum(1 for e in entries if e.online),
+            flags=flags,
         )
         self._send_app_frame(STATUS_ID, payload)
 
@@ -951,7 +961,7 @@ class PackRuntime:
 
     def send_alert(self, code: int, module_id: int = 0, value: int = 0) -> None:
         """An alert frame on CAN 1: code, module id, a 16-bit value (sealed once upgraded)."""
-        self._send_app_frame(ALERT_ID, bytes([code, module_id]) + value.to_bytes(2, "little"))
+        self._send_app_frame(ALERT_ID, alert_payload(code, module_id, value))
 
     def _send_app_frame(self, can_id: int, payload: bytes) -> None:
         gateway = self.controller.gateway

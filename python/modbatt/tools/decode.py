@@ -28,7 +28,6 @@ import isotp
 
 from modbatt import LinkKey, Session, is_encrypted, logical_id, split_id
 from modbatt._core import frame_format
-from modbatt.app.app import AppError, parse_alert, parse_pack_status
 from modbatt.bus.isotp_link import CHECK_LEN, MAX_MESSAGE, without_check
 from modbatt.bus.traffic import check_log_path
 from modbatt.errors import FrameRejectedError, ModbattError
@@ -36,6 +35,13 @@ from modbatt.protocol.catalogue import catalogue
 from modbatt.protocol.control import ControlError
 from modbatt.protocol.control import decode as decode_control
 from modbatt.protocol.handshake import INIT, NONCE_LEN, RESPONSE, VERSION
+from modbatt.protocol.status import (
+    ALERT_BASE,
+    STATUS_BASE,
+    StatusFrameError,
+    parse_alert,
+    parse_pack_status,
+)
 from modbatt.state.keystores import (
     app_keystore,
     app_link_key,
@@ -49,7 +55,6 @@ from modbatt.state.stores import StoreCorruptError
 
 CONTROL_BASES = {0x460: "app -> pack", 0x461: "pack -> app"}  # CAN 1 (PROTOCOL.md §8a)
 PAIRING_BASES = {0x530: "pack -> module", 0x531: "module -> pack"}  # CAN 2 (§8c)
-STATUS_BASE, ALERT_BASE = 0x470, 0x471
 SECURE_FORMATS = {0: "single", 1: "pair data", 2: "pair auth", 3: "FD"}
 DECODE_FAILURE_BUDGET = 2**31  # a decoding session tries frames of both directions
 
@@ -203,12 +208,12 @@ class Decoder:
         if base == STATUS_BASE:
             try:
                 return f"pack status {json.dumps(parse_pack_status(plain))}"
-            except AppError as exc:
+            except StatusFrameError as exc:
                 return f"pack status, malformed: {exc}"
         if base == ALERT_BASE:
             try:
                 return f"pack alert {json.dumps(parse_alert(plain))}"
-            except AppError as exc:
+            except StatusFrameError as exc:
                 return f"pack alert, malformed: {exc}"
         message = self.db.decode(logical_id, plain)
         if message is None:

@@ -35,6 +35,7 @@ from modbatt import DROP_REASONS, is_encrypted
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig
 from modbatt.api_bridge.server import build
 from modbatt.app.app import App
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.nodes import Node, NodeLoop
 from modbatt.bus.transport import BusSpec, CanPort, open_bus, parse_bus_spec
 from modbatt.module.pairing import PairingAgent, SecureModule, simulator_report
@@ -43,7 +44,7 @@ from modbatt.pack.controller import PackController, PackRuntime, PackState
 from modbatt.pack.modules import START_SETTLE_S
 from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.protocol.catalogue import STATE_NAMES
-from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, ControlEndpoint
+from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.protocol.firmware import ON
 from modbatt.state.stores import AuditLog
 from modbatt.tools.monitor import render, view_of

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modbatt.app.app import ALERT_NAMES, App
+from modbatt.app.app import App
 from modbatt.errors import ApiBridgeError, ModbattError
 from modbatt.protocol.catalogue import STATE_NAMES
+from modbatt.protocol.status import ALERT_NAMES
 
 DROP_REASONS = ("no_route", "bad_tag", "replay", "downgrade", "malformed", "unpaired", "no_session")
 CLEAR = "\x1b[H\x1b[2J"  # home, clear: redraw in place
