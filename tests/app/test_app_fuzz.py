@@ -8,8 +8,8 @@ which runs on the bus's notifier thread, never raises. The store and flash files
 reads back at start-up are held to the same rule with `StoreCorruptError`.
 
 Sans-I/O throughout: the app's control endpoint is a `Peer` answered in process by a genuine
-`PackController.handle`, one of whose answers is replaced by a malformed one; the API-Bridge is
-a stand-in that hands out random key halves.
+`ControlHandlers.handle` over the pack's keys, one of whose answers is replaced by a malformed
+one; the API-Bridge is a stand-in that hands out random key halves.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.isotp_link import MessageChannel, with_check, without_check
 from modbatt.cli.app_commands import act
 from modbatt.errors import FrameRejectedError, InvalidArgumentError
-from modbatt.pack.controller import PackController
+from modbatt.pack.control import ControlHandlers, Handler
+from modbatt.pack.keys import PackKeys
 from modbatt.protocol.bootstrap import ACK_LABEL, delivery_keys
 from modbatt.protocol.catalogue import catalogue
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP, AnswerCache, decode, encode
@@ -255,8 +256,8 @@ MODULE_ROWS = [
 )
 def test_every_answer_during_the_bootstrap_is_checked(step: str, data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        pack = PackController(serial="PACK-fuzz", state_dir=Path(tmp) / "pack")
-        pack.modules_view = lambda: MODULE_ROWS
+        keys = PackKeys("PACK-fuzz", Path(tmp) / "pack", modules_view=lambda: MODULE_ROWS)
+        pack = ControlHandlers(keys, keys.handlers())
         changed: list[str | None] = [None]
 
         def respond(message: dict[str, Any]) -> dict[str, Any] | None:
@@ -295,13 +296,16 @@ def test_a_key_acknowledgement_that_verifies_but_says_anything_else_is_refused(
 ) -> None:
     """Sealed with the right key, so it opens: its content is checked all the same."""
     with tempfile.TemporaryDirectory() as tmp:
-        pack = PackController(serial="PACK-fuzz", state_dir=Path(tmp) / "pack")
+        pack_keys = PackKeys("PACK-fuzz", Path(tmp) / "pack")
+        pack = ControlHandlers(pack_keys, pack_keys.handlers())
 
         def respond(message: dict[str, Any]) -> dict[str, Any] | None:
-            if message["type"] != "key_delivery" or pack._bootstrap is None:
+            if message["type"] != "key_delivery" or pack_keys._bootstrap is None:
                 return pack.handle(message)
-            ephemeral, app_id, shared = pack._bootstrap
-            keys = delivery_keys(shared, app_id, pack.serial, pack._app_public, ephemeral.public)
+            ephemeral, app_id, shared = pack_keys._bootstrap
+            keys = delivery_keys(
+                shared, app_id, pack_keys.serial, pack_keys._app_public, ephemeral.public
+            )
             pack.handle(message)
             nonce = os.urandom(12)
             sealed = nonce + AESGCM(keys.acknowledgement).encrypt(nonce, body, ACK_LABEL)
@@ -319,29 +323,28 @@ def test_a_key_acknowledgement_that_verifies_but_says_anything_else_is_refused(
 IMAGE = bytes(range(256)) * 10  # three chunks of 1 KiB
 
 
-def canned(pack: PackController) -> None:
-    """Valid answers to what a `PackRuntime` (not the bare controller) answers."""
-    pack.modules_view = lambda: MODULE_ROWS
-    pack.pair_with = lambda m: {
+# Valid answers to what a running pack controller answers beyond its keys (its module side,
+# configuration, diagnostics, firmware): the app's side of them is what is fuzzed here.
+CANNED: dict[str, Handler] = {
+    "pair_module": lambda m: {
         "type": "pair_result", "module_id": 1, "unique_id": m["unique_id"],
         "link": "0123456789abcdef", "state": 4, "security_level": 3,
-    }  # fmt: skip
-    pack.extra_handlers = {
-        "configure": lambda m: {"type": "configured", "max_state": 1},
-        "diagnostics": lambda m: {
-            "type": "diagnostics", "gateway": {"received": 1}, "links": {"0": {"replay": 0}},
-            "flash_problem": None, "audit_log": "intact", "firmware": [],
-        },
-        "firmware_begin": lambda m: {"type": "firmware_ready", "chunk": 1024},
-        "firmware_chunk": lambda m: {"type": "firmware_chunk_ok", "index": m["index"]},
-        "firmware_end": lambda m: {"type": "firmware_stored", "version": "1.2.3", "size": 2560},
-    }  # fmt: skip
+    },
+    "configure": lambda m: {"type": "configured", "max_state": 1},
+    "diagnostics": lambda m: {
+        "type": "diagnostics", "gateway": {"received": 1}, "links": {"0": {"replay": 0}},
+        "flash_problem": None, "audit_log": "intact", "firmware": [],
+    },
+    "firmware_begin": lambda m: {"type": "firmware_ready", "chunk": 1024},
+    "firmware_chunk": lambda m: {"type": "firmware_chunk_ok", "index": m["index"]},
+    "firmware_end": lambda m: {"type": "firmware_stored", "version": "1.2.3", "size": 2560},
+}  # fmt: skip
 
 
 @dataclass
 class Linked:
     app: App
-    pack: PackController
+    pack: ControlHandlers
     peer: Peer
     bridge: Bridge
 
@@ -350,8 +353,8 @@ class Linked:
 def linked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Linked]:
     """An app bootstrapped with a pack controller, in process."""
     state_dir = tmp_path_factory.mktemp("linked")
-    pack = PackController(serial="PACK-linked", state_dir=state_dir / "pack")
-    canned(pack)
+    keys = PackKeys("PACK-linked", state_dir / "pack", modules_view=lambda: MODULE_ROWS)
+    pack = ControlHandlers(keys, {**keys.handlers(), **CANNED})
     peer, bridge = Peer(pack.handle), Bridge()
     app = new_app(state_dir / "app", peer, bridge)
     app.bootstrap()

@@ -15,7 +15,8 @@ from modbatt.app.app import App, AppError
 from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.transport import CanPort
 from modbatt.errors import KeyHalfError
-from modbatt.pack.controller import PackController, PackControllerRuntime, PackState
+from modbatt.pack.controller import PackController
+from modbatt.pack.keys import PackState
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.state.keystores import AppKeys
 from modbatt.state.stores import AuditLog
@@ -27,7 +28,7 @@ from tests.api_bridge_server import BridgeProcess
 class System:
     app: App
     pack: PackController
-    runtime: PackControllerRuntime
+    ports: tuple[CanPort, CanPort]  # the pack's CAN 1 and CAN 2
     recorded: can.BufferedReader
     bridge: ApiBridgeClient
     audit: AuditLog
@@ -46,23 +47,21 @@ def system(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[System]:
     bridge = ApiBridgeClient(
         ApiBridgeConfig(base_url=api_bridge.url, retry=RetryPolicy(attempts=2))
     )
-    pack = PackController(
-        serial=f"PACK-{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "pack", audit=audit
-    )
-    runtime = PackControllerRuntime(
-        pack,
-        ControlEndpoint.open(pack_port, PACK_TO_APP, APP_TO_PACK),
-    ).start()
+    # The pack's CAN 2 has no module on it: these tests are about the app link.
+    can2_port = CanPort(can.Bus(interface="virtual", channel=f"{channel}-can2"), "pack2")
+    serial = f"PACK-{uuid.uuid4().hex[:6]}"
+    pack = PackController(serial, tmp_path / "pack", pack_port, can2_port, audit).start()
     app = App(
         tmp_path / "app",
         ControlEndpoint.open(app_port, APP_TO_PACK, PACK_TO_APP),
         bridge,
         audit,
     )
-    yield System(app, pack, runtime, recorded, bridge, audit, channel)
-    runtime.stop()
+    system = System(app, pack, (pack_port, can2_port), recorded, bridge, audit, channel)
+    yield system
+    system.pack.stop()
     app.endpoint.close()
-    runtime.endpoint.close()
+    can2_port.close()
     listener.stop()
     listener_bus.shutdown()
     bridge.close()
@@ -113,24 +112,29 @@ def test_no_key_half_crosses_the_bus(system: System) -> None:
         assert secret.hex().encode()[:16] not in wire
 
 
-def test_both_sides_reconnect_after_a_restart(system: System, tmp_path: Path) -> None:
+def restart(system: System) -> PackController:
+    """The pack reboots: a new pack controller on the same flash and ports, no session."""
+    system.pack.stop()
+    old = system.pack
+    system.pack = PackController(old.serial, old.state_dir, *system.ports, system.audit).start()
+    return system.pack
+
+
+def test_both_sides_reconnect_after_a_restart(system: System) -> None:
     system.app.bootstrap()
-    # the pack reboots: a new controller on the same flash, no session
-    system.runtime.controller = reborn = PackController(system.pack.serial, tmp_path / "pack")
-    system.runtime.endpoint.session = None
+    reborn = restart(system)
     assert reborn.state == PackState.BOOTSTRAP_COMPLETE and reborn.security_level == 0
     assert system.app.connect()["security_level"] == 1
 
 
 def test_a_restarted_pack_takes_no_plain_request_but_discovery_and_the_handshake(
-    system: System, tmp_path: Path
+    system: System,
 ) -> None:
     """Between a pack's restart and the app's handshake its endpoint has no session: a
     stranger's plain request (a pairing with its own keys, a configuration) is refused, and
     discovery still answers (PROTOCOL.md §8a)."""
     system.app.bootstrap()
-    system.runtime.controller = PackController(system.pack.serial, tmp_path / "pack", system.audit)
-    system.runtime.endpoint.session = None
+    restart(system)
     stranger_port = CanPort(can.Bus(interface="virtual", channel=system.channel), "stranger")
     stranger = ControlEndpoint.open(stranger_port, APP_TO_PACK, PACK_TO_APP)
     try:
@@ -159,13 +163,12 @@ def test_a_second_bootstrap_is_refused(system: System) -> None:
         system.app.bootstrap()
 
 
-def test_a_corrupt_flash_is_reported_as_factory_state(system: System, tmp_path: Path) -> None:
+def test_a_corrupt_flash_is_reported_as_factory_state(system: System) -> None:
     system.app.bootstrap()
-    for slot in system.pack.flash_store.slots.slots:
+    for slot in system.pack.keys.flash_store.slots.slots:
         if slot.exists():
             slot.write_bytes(slot.read_bytes()[:-1] + b"\x00")
-    system.runtime.controller = PackController(system.pack.serial, tmp_path / "pack")
-    system.runtime.endpoint.session = None
+    restart(system)
     system.app.session = None
     info = system.app.discover()
     assert info["state"] == PackState.FACTORY_DEFAULT

@@ -75,7 +75,7 @@ def test_the_lifecycle_runs_through_the_filters(
             assert not _passes(wanted[CAN1], unwanted) and not _passes(wanted[CAN2], unwanted)
 
         # Frames the pack does not listen to never reach it (the gateway would count them).
-        before = life.pack.controller.gateway.stats()["no_route"]
+        before = life.pack.gateway.stats()["no_route"]
         for port in (life.ports["app"], life.ports["modules"]):
             port.send(0x18FF_0000, b"\x01\x02")
             port.send(0x18FF_0000 | ENCRYPTION_FLAG, bytes(8))
@@ -86,4 +86,4 @@ def test_the_lifecycle_runs_through_the_filters(
         app.command_state(first.module.module_id or 0, 3, 400.0)
         assert wait_for(lambda: first.module.state == 3, 3.0)
         time.sleep(0.1)
-        assert life.pack.controller.gateway.stats()["no_route"] == before
+        assert life.pack.gateway.stats()["no_route"] == before

@@ -26,7 +26,8 @@ from modbatt.bus.traffic import TrafficLog
 from modbatt.bus.transport import CanPort
 from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import BatteryModule, modules_for
-from modbatt.pack.controller import PackController, PackRuntime, PackState
+from modbatt.pack.controller import PackController
+from modbatt.pack.keys import PackState
 from modbatt.pack.modules import START_SETTLE_S
 from modbatt.protocol.catalogue import catalogue
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
@@ -71,16 +72,17 @@ def bring_up(life: Lifecycle) -> None:
 def lose_the_packs_flash(life: Lifecycle) -> None:
     """The pack's flash is erased and the pack restarts, in Factory Default."""
     life.pack.stop()
-    old = life.pack.controller
-    old.flash_store.erase()
-    reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
-    life.pack = PackRuntime(reborn, life.ports["pack1"], life.ports["pack2"]).start()
+    old = life.pack
+    old.keys.flash_store.erase()
+    life.pack = PackController(
+        old.serial, old.state_dir, life.ports["pack1"], life.ports["pack2"], old.audit
+    ).start()
 
 
 @dataclass
 class Lifecycle:
     app: App
-    pack: PackRuntime
+    pack: PackController
     modules: list[SecureModule]
     can2_log: can.BufferedReader
     can1_log: can.BufferedReader
@@ -135,8 +137,9 @@ def running_lifecycle(
     can1_log = can.BufferedReader()
     listener1 = can.Notifier(listener1_bus, [can1_log])
     audit = AuditLog(tmp_path / "audit.jsonl")
-    controller = PackController(serial=f"PACK-{run}", state_dir=tmp_path / "pack", audit=audit)
-    pack = PackRuntime(controller, ports["pack1"], ports["pack2"]).start()
+    pack = PackController(
+        f"PACK-{run}", tmp_path / "pack", ports["pack1"], ports["pack2"], audit
+    ).start()
     modules = [
         SecureModule(m, tmp_path / f"module-{m.config.unique_id}")
         for m in modules_for(int(run[:4], 16) * 100, secured, 8, time.monotonic())
@@ -192,7 +195,7 @@ def test_pairing_encrypts_the_module_bus_and_the_app_gets_telemetry(lifecycle: L
     assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
     assert all(m["paired"] for m in status["modules"])
     # a module's first sealed frames, as its link comes up, are not taken for plain ones
-    assert lifecycle.pack.controller.gateway.stats()["malformed"] == 0
+    assert lifecycle.pack.gateway.stats()["malformed"] == 0
     # telemetry from both modules reaches the app, decrypted, through two reseals
     ids = {m.module.module_id for m in modules}
     app.telemetry.clear()
@@ -242,7 +245,7 @@ def test_a_lost_flash_is_recovered_with_confirmation(lifecycle: Lifecycle) -> No
     result = app.recover(confirm=True)
     assert result["repaired_modules"] == 2
     # until they were paired again, the modules' sealed frames had no session to open them
-    dropped = lifecycle.pack.controller.gateway.stats()
+    dropped = lifecycle.pack.gateway.stats()
     assert dropped["malformed"] == 0 and dropped["no_session"] > 0
     status = app.status()
     assert status["state"] == PackState.OPERATIONAL and status["security_level"] == 3
@@ -344,9 +347,10 @@ def test_a_restarted_pack_brings_its_modules_back_without_an_operator(lifecycle:
         app.pair(module.module.config.unique_id)
     # the pack restarts with its flash intact: no sessions at all
     lifecycle.pack.stop()
-    old = lifecycle.pack.controller
-    reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
-    lifecycle.pack = PackRuntime(reborn, lifecycle.ports["pack1"], lifecycle.ports["pack2"]).start()
+    old = lifecycle.pack
+    lifecycle.pack = PackController(
+        old.serial, old.state_dir, lifecycle.ports["pack1"], lifecycle.ports["pack2"], old.audit
+    ).start()
     app.connect()  # the app's side of the restart: a handshake, no keys on the bus
     assert wait_for(lambda: app.status()["state"] == PackState.OPERATIONAL, 10.0)
     assert app.status()["security_level"] == 3
@@ -363,9 +367,9 @@ def test_configuration_reaches_the_modules_and_stays_in_flash(lifecycle: Lifecyc
         app.pair(module.module.config.unique_id)
     assert app.configure(max_state=1) == {"type": "configured", "max_state": 1}
     assert wait_for(lambda: all(m.module.max_state == 1 for m in modules), 2.0)  # heartbeat cap
-    flash = lifecycle.pack.controller.flash_store.load()
+    flash = lifecycle.pack.keys.flash_store.load()
     assert flash is not None and flash.configuration["max_state"] == 1
-    audit = lifecycle.pack.controller.audit
+    audit = lifecycle.pack.audit
     assert audit is not None and '"pack.configured"' in audit.path.read_text()
 
 
@@ -398,7 +402,7 @@ def test_firmware_update_is_stored_only_when_it_verifies(lifecycle: Lifecycle) -
     image = bytes(range(256)) * 20  # 5120 bytes: six chunks
     stored = app.update_firmware(image, "1.2.3")
     assert stored == {"type": "firmware_stored", "version": "1.2.3", "size": len(image)}
-    path = lifecycle.pack.controller.state_dir / "firmware" / "1.2.3.bin"
+    path = lifecycle.pack.state_dir / "firmware" / "1.2.3.bin"
     assert path.read_bytes() == image
     # a corrupted image (the digest does not match) is refused and nothing is stored
     with pytest.raises(AppError, match="mismatch"):
@@ -493,7 +497,7 @@ def test_an_attacker_on_can2_is_reported_and_the_link_comes_back(lifecycle: Life
             attacker.send(auth)
             if wait_for(replays_told, 1.0):
                 break
-        gateway = lifecycle.pack.controller.gateway
+        gateway = lifecycle.pack.gateway
         assert wait_for(replays_told, 4.0), (  # what to look at if it ever fails
             app.alerts,
             gateway.stats(),
@@ -525,13 +529,13 @@ def test_an_attacker_on_can2_is_reported_and_the_link_comes_back(lifecycle: Life
                 break
             time.sleep(0.01)
         assert wait_for(torn_down, 4.0), app.alerts
-        stats = lifecycle.pack.controller.gateway.stats()
+        stats = lifecycle.pack.gateway.stats()
         assert stats["bad_tag"] >= 16
         # the pack relinks the module by itself, and its telemetry reaches the app again
         app.telemetry.clear()
         # a first attempt that times out under load is retried 5 s later (PROTOCOL.md §8c)
         assert wait_for(lambda: "STATUS_1" in app.telemetry.get(module_id, {}), 15.0)
-        assert lifecycle.pack.controller.gateway.has_session(module_id)
+        assert lifecycle.pack.gateway.has_session(module_id)
         audit = lifecycle.state_dir.joinpath("audit.jsonl").read_text()
         assert '"link.replays"' in audit and '"link.torn_down"' in audit
     finally:
@@ -626,8 +630,8 @@ def test_a_pairing_the_pack_cannot_store_leaves_nothing_bridged_and_can_be_retri
     app = lifecycle.app
     app.bootstrap()
     assert wait_for(lambda: online_count(lifecycle) == 2, 5.0)
-    controller = lifecycle.pack.controller
-    store = controller.flash_store
+    keys = lifecycle.pack.keys
+    store = keys.flash_store
     saves = store.save
 
     def failing_save(record: object) -> None:
@@ -639,13 +643,13 @@ def test_a_pairing_the_pack_cannot_store_leaves_nothing_bridged_and_can_be_retri
     assert module_id is not None
     with pytest.raises(AppError):
         app.pair(target.config.unique_id)
-    assert not controller.gateway.has_session(module_id)
-    assert module_id not in controller.paired_links
-    assert controller.flash is not None and not controller.flash.modules
+    assert not keys.gateway.has_session(module_id)
+    assert module_id not in keys.paired_links
+    assert keys.flash is not None and not keys.flash.modules
     # the pack released the module too (a sealed DEREGISTER): it ended its session, and
     # registers again at the pack's next ANNOUNCE_REQUEST (every 5 s), on its old id
     assert lifecycle.modules[0].session is None
     assert wait_for(lambda: target.module_id == module_id, 8.0)
     monkeypatch.setattr(store, "save", saves)
     assert app.pair(target.config.unique_id)["module_id"] == module_id
-    assert controller.gateway.has_session(module_id)
+    assert keys.gateway.has_session(module_id)

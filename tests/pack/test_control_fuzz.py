@@ -24,7 +24,7 @@ from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort
 from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import modules_for
-from modbatt.pack.controller import PackController, PackRuntime
+from modbatt.pack.controller import PackController
 
 KINDS = [
     "discover",
@@ -68,14 +68,14 @@ MESSAGES = st.builds(
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackRuntime]:
+def pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackController]:
     run = uuid.uuid4().hex[:8]
     ports = [
         CanPort(can.Bus(interface="virtual", channel=f"fuzz-{bus}-{run}"), bus)
         for bus in ("can1", "can2")
     ]
     state_dir: Path = tmp_path_factory.mktemp("pack")
-    runtime = PackRuntime(PackController(serial=f"PACK-{run}", state_dir=state_dir), *ports)
+    runtime = PackController(f"PACK-{run}", state_dir, ports[0], ports[1])
     yield runtime  # not started: the handlers are called directly
     runtime.control.endpoint.close()
     for port in ports:
@@ -86,8 +86,10 @@ def pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackRuntime]:
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(message=MESSAGES)
-def test_every_control_message_gets_an_answer(pack: PackRuntime, message: dict[str, Any]) -> None:
-    answer = pack.controller.handle(message)
+def test_every_control_message_gets_an_answer(
+    pack: PackController, message: dict[str, Any]
+) -> None:
+    answer = pack.handle(message)
     assert answer is not None and isinstance(answer.get("type"), str)
     if answer["type"] == "error":
         assert answer["in_reply_to"] == message["type"] and answer["reason"]

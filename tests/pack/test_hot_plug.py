@@ -13,7 +13,7 @@ from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort
 from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import BatteryModule, ModuleConfig
-from modbatt.pack.controller import PackState
+from modbatt.pack.keys import PackState
 from tests.module.test_pairing import (
     Lifecycle,
     bring_up,

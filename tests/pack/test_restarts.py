@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from modbatt.pack.controller import PackController, PackRuntime, PackState
+from modbatt.pack.controller import PackController
+from modbatt.pack.keys import PackState
 from modbatt.state.keystores import app_keystore
 from tests.module.test_pairing import Lifecycle, lifecycle, online_count, wait_for
 
@@ -26,8 +27,8 @@ class Crash:
         self.life, self.kind, self.after_handling = life, kind, after_handling
         self.fired, self.rebooted = threading.Event(), threading.Event()
         self.dead = False
-        controller = life.pack.controller
-        handle = controller.handle
+        handlers = life.pack.handlers
+        handle = handlers.handle
 
         def dying(message: dict[str, Any], *, sealed: bool = True) -> dict[str, Any] | None:
             if self.dead:
@@ -40,17 +41,18 @@ class Crash:
                 return None
             return handle(message, sealed=sealed)
 
-        controller.handle = dying  # type: ignore[method-assign]
+        handlers.handle = dying  # type: ignore[method-assign]
         threading.Thread(target=self._reboot, daemon=True).start()
 
     def _reboot(self) -> None:
         if not self.fired.wait(60):
             return
         self.life.pack.stop()
-        old = self.life.pack.controller
-        reborn = PackController(serial=old.serial, state_dir=old.state_dir, audit=old.audit)
+        old = self.life.pack
         ports = self.life.ports
-        self.life.pack = PackRuntime(reborn, ports["pack1"], ports["pack2"]).start()
+        self.life.pack = PackController(
+            old.serial, old.state_dir, ports["pack1"], ports["pack2"], old.audit
+        ).start()
         self.rebooted.set()
 
 
@@ -69,7 +71,7 @@ def test_a_pack_that_dies_on_receiving_the_keys_is_bootstrapped_again(
     crash = Crash(lifecycle, "key_delivery", after_handling=False)
     answer = lifecycle.app.bootstrap()
     assert crash.rebooted.is_set() and answer["type"] == "upgraded"
-    flash = lifecycle.pack.controller.flash
+    flash = lifecycle.pack.flash
     assert flash is not None and flash.lct_id == _app_lct(lifecycle)
     audit = _audit(lifecycle)
     # the first LCT never reached a pack: it was replaced, not left active
@@ -85,7 +87,7 @@ def test_a_pack_that_dies_before_acknowledging_the_keys_is_resumed_by_handshake(
     answer = lifecycle.app.bootstrap()
     assert crash.rebooted.is_set() and answer["type"] == "upgraded"
     # the pack kept the keys it stored; the app found out with a handshake, not a new LCT
-    flash = lifecycle.pack.controller.flash
+    flash = lifecycle.pack.flash
     assert flash is not None and flash.lct_id == _app_lct(lifecycle)
     assert _audit(lifecycle).count('"lct.created"') == 1
     keys = app_keystore(lifecycle.state_dir / "app").load()
@@ -121,7 +123,7 @@ def test_a_pack_that_dies_before_answering_a_pairing_ends_up_paired_once(
     result = lifecycle.app.pair(second.module.config.unique_id)
     assert crash.rebooted.is_set() and result["module_id"] == second.module.module_id
     # one pairing record per module in the pack's flash, and the module's link matches it
-    flash = lifecycle.pack.controller.flash
+    flash = lifecycle.pack.flash
     assert flash is not None and len(flash.modules) == 2
     assert wait_for(lambda: lifecycle.app.status()["state"] == PackState.OPERATIONAL, 10.0)
     lifecycle.app.telemetry.clear()

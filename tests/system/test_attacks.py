@@ -19,7 +19,7 @@ from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.transport import CanPort
 from modbatt.errors import FrameRejectedError
 from modbatt.module.pairing import SecureModule
-from modbatt.pack.controller import APP_LINK
+from modbatt.pack.keys import APP_LINK
 from modbatt.protocol.catalogue import SECURED_COMMAND_BASES, catalogue, secured_command_id
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.protocol.frames import frames_of
@@ -84,7 +84,7 @@ def test_a_modules_leaked_keys_neither_read_nor_forge_another_link(lifecycle: Li
     thief, victim, _, victim_id = _pair_both(lifecycle)
     leaked = thief.session
     assert leaked is not None and thief.flash is not None and thief.flash.load() is not None
-    gateway = pack.controller.gateway
+    gateway = pack.gateway
 
     # Record: the app commands the victim (On), and the victim's telemetry crosses to the app.
     _drain(lifecycle.can1_log), _drain(lifecycle.can2_log)
@@ -172,7 +172,7 @@ def test_forgeries_on_can1_tear_the_app_link_down_and_the_app_brings_it_back(
     the handshake again, without an operator (PROTOCOL.md §6, §8c)."""
     app, pack = lifecycle.app, lifecycle.pack
     _, victim, _, victim_id = _pair_both(lifecycle)
-    gateway = pack.controller.gateway
+    gateway = pack.gateway
     keeper = app.start_link_keeper(0.2)
     attacker = can.Bus(interface="virtual", channel=lifecycle.can2_channel.replace("can2", "can1"))
     try:
@@ -218,7 +218,7 @@ def test_a_plain_handshake_init_on_can1_does_not_cut_the_app_off(lifecycle: Life
         answer = attacker.recv(2.0)
         assert answer is not None and answer["type"] == "handshake_response"
         # the app's link is untouched: its sealed requests and the status frames go on
-        assert pack.controller.gateway.has_session(APP_LINK)
+        assert pack.gateway.has_session(APP_LINK)
         assert app.status()["security_level"] >= 1
         time.sleep(1.5)
         assert not app.link_silent() and app.connected_at == connected_at  # no reconnect
@@ -234,7 +234,7 @@ def test_frames_recorded_before_a_new_session_are_dropped_and_shown_to_the_app(
     session's tag, are dropped, and the app sees them counted in the link's diagnostics."""
     app, pack = lifecycle.app, lifecycle.pack
     _, victim, _, victim_id = _pair_both(lifecycle)
-    gateway = pack.controller.gateway
+    gateway = pack.gateway
     _drain(lifecycle.can2_log)
     time.sleep(0.5)
     recorded = _sealed_frames(_drain(lifecycle.can2_log), victim_id, TELEMETRY_BASE_RANGE)[:2]

@@ -18,7 +18,7 @@ import pytest
 
 from modbatt.app.app import AppError
 from modbatt.bus.faults import FaultPlan
-from modbatt.pack.controller import PackState
+from modbatt.pack.keys import PackState
 from modbatt.state.keystores import app_keystore
 from tests.api_bridge_server import BridgeProcess
 from tests.module.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
@@ -63,7 +63,7 @@ def _check_operational(life: Lifecycle) -> None:
     assert status["security_level"] == 3 and all(m["paired"] for m in status["modules"])
     # every store agrees with the others: the app's LCT is the pack's, and each module's
     # stored pairing is the one the pack holds for it
-    flash = life.pack.controller.flash
+    flash = life.pack.flash
     keys = app_keystore(life.state_dir / "app").load()
     assert flash is not None and keys is not None and keys.delivered
     assert flash.lct_id == keys.lct_id
@@ -119,7 +119,7 @@ def test_operation_through_faults_loses_frames_but_no_link(
         _lifecycle_steps(life, done)
         assert len(done) == 3, done
         _set_faults(life, replace(HEAVY, seed=5))
-        app, gateway = life.app, life.pack.controller.gateway
+        app, gateway = life.app, life.pack.gateway
         app.telemetry.clear()
         ids = {m.module.module_id or 0 for m in life.modules}
         assert wait_for(lambda: ids <= set(app.telemetry), 5.0)

@@ -46,7 +46,8 @@ from modbatt.bus.transport import CanPort
 from modbatt.cli.commands import main as cli_main
 from modbatt.module.pairing import PairingAgent, SecureModule
 from modbatt.module.simulator import modules_for
-from modbatt.pack.controller import PackController, PackState
+from modbatt.pack.control import ControlHandlers
+from modbatt.pack.keys import PackKeys, PackState
 from modbatt.protocol.bootstrap import DELIVERY_LABEL, Ephemeral, delivery_keys, seal
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
 from modbatt.protocol.handshake import Initiator
@@ -678,23 +679,24 @@ def test_a_pack_whose_flash_does_not_verify_starts_in_factory_state_and_says_why
     older_slot, newer_slot = flash.slots.slots
     # the newest slot damaged (a cut write): the pack runs on the last good keys
     damage(newer_slot)
-    pack = PackController("PACK-cut", state_dir, audit)
+    pack = PackKeys("PACK-cut", state_dir, audit)
     assert pack.flash == last_good
     assert pack.state == PackState.PAIRED
     assert pack.flash_problem is not None and pack.flash_problem.startswith(newer_slot.name)
     # both damaged: factory state, the damage reported and audited, ready for a new bootstrap
     damage(older_slot)
-    pack = PackController("PACK-cut", state_dir, audit)
+    pack = PackKeys("PACK-cut", state_dir, audit)
     assert pack.flash is None and pack.state == PackState.FACTORY_DEFAULT
     assert pack.flash_problem is not None and "no slot verifies" in pack.flash_problem
     info = pack.device_info()
     assert info["state"] == PackState.FACTORY_DEFAULT and not info["registered"]
     assert info["flash_problem"] == pack.flash_problem
     assert_no_secret(json.dumps(info, default=str), last_good, newest)
-    refused = pack.handle({"type": "handshake_init", "data": "01" * 18})
+    answer = ControlHandlers(pack, pack.handlers()).handle  # what the control channel runs
+    refused = answer({"type": "handshake_init", "data": "01" * 18})
     assert refused is not None and refused["type"] == "error"
     assert "factory state" in refused["reason"]
-    hello = pack.handle(
+    hello = answer(
         {"type": "bootstrap_hello", "app_id": "host-x", "public_key": Ephemeral().public.hex()}
     )
     assert hello is not None and hello["type"] == "bootstrap_hello_ack"  # Workflow C can start

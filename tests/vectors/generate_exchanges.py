@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from modbatt import Gateway, LinkKey, Session, compose_id, frames_of, set_encrypted
 from modbatt.bus.isotp_link import with_check
-from modbatt.pack.controller import APP_LINK, CAN2, routing_rules
+from modbatt.pack.controller import CAN2, routing_rules
+from modbatt.pack.keys import APP_LINK
 from modbatt.protocol import reference as ref
 from modbatt.protocol.bootstrap import ACK_LABEL, DELIVERY_LABEL, Ephemeral, delivery_keys, seal
 from modbatt.protocol.catalogue import SECURED_COMMAND_XOR, catalogue

@@ -1,35 +1,24 @@
-"""The pack controller: its states, its flash, and its side of the app bus control channel.
+"""The pack controller on its two buses: the one class that is "the pack".
 
-States and security levels, exactly as the seed defines them:
-
-======  ====================  =========================================================
-state   name                  when
-======  ====================  =========================================================
-1       Factory Default       no keys in flash (or the flash was found corrupt)
-2       Bootstrap Complete    the app link's keys are in flash
-3       Paired                and at least one module's pairing keys are in flash
-4       Operational           and the app link and every paired module's link are up
-======  ====================  =========================================================
-
-Security level: 0 nothing encrypted, 1 CAN 1 (app link) encrypted, 2 CAN 2 (module links)
-encrypted, 3 both. The level is what the links are doing now, not what is stored.
-
-This module holds the pack's reaction to control messages (sans-I/O: a message in, a message
-out) and its flash; :class:`PackControllerRuntime` binds it to the buses.
+:class:`PackController` makes and runs every part of the pack from what it is given (serial,
+state directory, the CAN 1 and CAN 2 ports, an audit log): its keys and states
+(:mod:`modbatt.pack.keys`), its control channel (:mod:`modbatt.pack.control`), the module side
+(:mod:`modbatt.pack.modules` in a `NodeLoop`), module pairing and re-linking (seed Workflow A,
+here), configuration, isolation, diagnostics, the firmware receiver
+(:mod:`modbatt.pack.firmware`), the status and alert frames to the app, and the bridge: every
+frame received on either bus goes through the Rust `Gateway` (open, route, reseal, E flag).
+A control message flows one way: the control server hands it to the handlers, which name the
+workflow that answers it.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +26,12 @@ import can
 
 from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session, is_encrypted
 from modbatt.bus.control_channel import ControlEndpoint, request
-from modbatt.bus.isotp_link import TransferError
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort, IdFilter
 from modbatt.errors import ModbattError
+from modbatt.pack.control import ControlHandlers, ControlServer
+from modbatt.pack.firmware import FirmwareReceiver
+from modbatt.pack.keys import APP_LINK, PackKeys, PackState
 from modbatt.pack.modules import ModuleManager
 from modbatt.protocol.bootstrap import (
     ACK_LABEL,
@@ -54,15 +45,10 @@ from modbatt.protocol.bootstrap import (
 from modbatt.protocol.catalogue import SECURED_COMMAND_BASES, SECURED_COMMAND_XOR
 from modbatt.protocol.control import (
     APP_TO_PACK,
-    MALFORMED_FIELD_ERRORS,
     PACK_TO_APP,
-    PLAIN_ALWAYS,
-    AnswerCache,
-    GatewayLink,
-    error_answer,
 )
 from modbatt.protocol.firmware import ON
-from modbatt.protocol.handshake import HandshakeError, Initiator, Responder
+from modbatt.protocol.handshake import HandshakeError, Initiator
 from modbatt.protocol.pairing import module_channel_ids, responder_id
 from modbatt.protocol.status import (
     ALERT_FLASH_PROBLEM,
@@ -83,272 +69,11 @@ from modbatt.protocol.status import (
 from modbatt.state.keystores import (
     PackFlash,
     PairedModule,
-    TypedStore,
-    pack_app_link_key,
-    pack_flash,
     paired_module_link_key,
 )
-from modbatt.state.stores import AuditLog, StoreCorruptError, atomic_write
+from modbatt.state.stores import AuditLog, atomic_write
 
 log = logging.getLogger("modbatt.pack.controller")
-
-APP_LINK = 0  # the gateway link number of the app session; modules use their module id
-
-
-class PackState(IntEnum):
-    """The pack controller's states (seed, Implementation States)."""
-
-    FACTORY_DEFAULT = 1
-    BOOTSTRAP_COMPLETE = 2
-    PAIRED = 3
-    OPERATIONAL = 4
-
-
-@dataclass
-class PackController:
-    """The pack controller's control-message logic over its flash store."""
-
-    serial: str
-    state_dir: Path
-    audit: AuditLog | None = None
-    flash_store: TypedStore[PackFlash] = field(init=False)
-    flash: PackFlash | None = field(init=False, default=None)
-    flash_problem: str | None = field(init=False, default=None)
-    gateway: Gateway = field(init=False, default_factory=Gateway)
-    paired_links: set[int] = field(init=False, default_factory=set)  # module ids with a session
-
-    pair_with: Callable[[dict[str, Any]], dict[str, Any]] | None = field(init=False, default=None)
-    modules_view: Callable[[], list[dict[str, Any]]] | None = field(init=False, default=None)
-    extra_handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(
-        init=False, default_factory=dict
-    )
-
-    def __post_init__(self) -> None:
-        self.flash_store = pack_flash(self.state_dir)
-        self._bootstrap: tuple[Ephemeral, str, bytes] | None = None
-        self._handshake: Responder | None = None
-        self.load_flash()
-
-    # --- flash -------------------------------------------------------------------------
-
-    def load_flash(self) -> None:
-        """Read and verify the flash; corruption is reported and means factory state."""
-        try:
-            self.flash = self.flash_store.load()
-            self.flash_problem = "; ".join(self.flash_store.damaged) or None
-        except StoreCorruptError as exc:
-            self.flash, self.flash_problem = None, str(exc)
-            self._audit("flash.corrupt", problem=str(exc))
-            log.error("flash store corrupt: %s (key recovery needed)", exc)
-
-    def _audit(self, event: str, **fields: str | int | bool | None) -> None:
-        if self.audit is not None:
-            self.audit.record(event, role="pack", serial=self.serial, **fields)
-
-    # --- state ---------------------------------------------------------------------------
-
-    @property
-    def state(self) -> PackState:
-        """The current state (see the module docstring)."""
-        if self.flash is None:
-            return PackState.FACTORY_DEFAULT
-        if not self.flash.modules:
-            return PackState.BOOTSTRAP_COMPLETE
-        all_up = self.app_link_up and len(self.module_links()) >= len(self.flash.modules)
-        return PackState.OPERATIONAL if all_up else PackState.PAIRED
-
-    @property
-    def app_link_up(self) -> bool:
-        """Whether the app link has a session (CAN 1 encrypted)."""
-        return self.gateway.has_session(APP_LINK)
-
-    def module_links(self) -> list[int]:
-        """The module ids whose link has a session (CAN 2 encrypted for them)."""
-        return [m for m in sorted(self.paired_links) if self.gateway.has_session(m)]
-
-    def app_sealer(self) -> GatewayLink | None:
-        """What seals control messages to the app: the app link's session, in the gateway."""
-        return GatewayLink(self.gateway, APP_LINK) if self.app_link_up else None
-
-    @property
-    def security_level(self) -> int:
-        """0 none, 1 CAN 1 encrypted, 2 CAN 2 encrypted, 3 both."""
-        return (1 if self.app_link_up else 0) | (2 if self.module_links() else 0)
-
-    def device_info(self) -> dict[str, Any]:
-        """What discovery reports."""
-        return {
-            "type": "device_info",
-            "serial": self.serial,
-            "component_id": None if self.flash is None else self.flash.pack_component_id,
-            "registered": self.flash is not None,
-            "state": int(self.state),
-            "state_name": self.state.name.replace("_", " ").title(),
-            "security_level": self.security_level,
-            "links": {"can1": self.app_link_up, "can2": bool(self.module_links())},
-            "capabilities": {"max_modules": 31, "can_fd": False, "protocol": 1},
-            "paired_modules": 0 if self.flash is None else len(self.flash.modules),
-            "modules": [] if self.modules_view is None else self.modules_view(),
-            "gateway": self.gateway.stats(),
-            "flash_problem": self.flash_problem,
-        }
-
-    def app_link(self) -> LinkKey:
-        """The app link's key, rebuilt from flash."""
-        if self.flash is None:
-            raise HandshakeError("no keys in flash: the pack is in factory state")
-        return pack_app_link_key(self.flash)
-
-    # --- control messages ----------------------------------------------------------------
-
-    def handle(self, message: dict[str, Any], *, sealed: bool = True) -> dict[str, Any] | None:
-        """React to one control message from the app; returns the answer, if any.
-
-        `sealed` says whether it came sealed with the app link. A pack that holds keys takes
-        plain only what discovery and the handshake need (PLAIN_ALWAYS): after a restart, until
-        the app's handshake, its endpoint has no session and would otherwise take any plain
-        request (a pairing with a stranger's keys, a new configuration) from anyone on CAN 1.
-        """
-        kind = message["type"]
-        if not sealed and self.flash is not None and kind not in PLAIN_ALWAYS:
-            self._audit("control.refused", message=kind, reason="plain")
-            return error_answer(
-                kind, "a pack with keys takes this only sealed: run the session handshake first"
-            )
-        try:
-            if kind == "discover":
-                return self.device_info()
-            if kind == "bootstrap_hello":
-                return self._bootstrap_hello(message)
-            if kind == "key_delivery":
-                return self._key_delivery(message)
-            if kind == "handshake_init":
-                return self._handshake_init(message)
-            if kind == "handshake_finish":
-                return self._handshake_finish(message)
-            if kind == "pair_module" and self.pair_with is not None:
-                return self.pair_with(message)
-            if kind in self.extra_handlers:
-                return self.extra_handlers[kind](message)
-        except (
-            HandshakeError,
-            *MALFORMED_FIELD_ERRORS,
-        ) as exc:  # KeyAgreementError is a ValueError
-            self._audit("control.refused", message=kind, reason=str(exc))
-            return error_answer(kind, str(exc))
-        return error_answer(kind, "unknown or unexpected message")
-
-    def _bootstrap_hello(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self.flash is not None:
-            raise KeyAgreementError("already bootstrapped: a factory reset comes first")
-        ephemeral = Ephemeral()
-        app_public = bytes.fromhex(message["public_key"])
-        shared = ephemeral.shared_secret(app_public)
-        self._bootstrap = (ephemeral, str(message["app_id"]), shared)
-        self._app_public = app_public
-        return {
-            "type": "bootstrap_hello_ack",
-            "public_key": ephemeral.public.hex(),
-            "serial": self.serial,
-        }
-
-    def _key_delivery(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self._bootstrap is None:
-            raise KeyAgreementError("key delivery without a bootstrap hello")
-        ephemeral, app_id, shared = self._bootstrap
-        keys = delivery_keys(shared, app_id, self.serial, self._app_public, ephemeral.public)
-        payload = unseal(keys.delivery, DELIVERY_LABEL, bytes.fromhex(message["sealed"]))
-        record = PackFlash(
-            pack_component_id=payload["pack_component_id"],
-            pack_device_key_half=payload["pack_device_key_half"],
-            pack_lct_key_half=payload["pack_lct_key_half"],
-            app_device_key_half=payload["app_device_key_half"],
-            app_component_id=payload["app_component_id"],
-            lct_id=payload["lct_id"],
-            configuration=payload.get("configuration", {}),
-            app_link_dh_secret=shared.hex(),
-        )
-        self.flash_store.save(record)
-        self.flash, self.flash_problem, self._bootstrap = record, None, None
-        link = self.app_link()
-        self._audit(
-            "keys.stored",
-            link=link.fingerprint,
-            lct_id=record.lct_id,
-            app=record.app_component_id,
-            pack=record.pack_component_id,
-        )
-        ack = seal(keys.acknowledgement, ACK_LABEL, {"status": "stored", "link": link.fingerprint})
-        return {"type": "key_ack", "sealed": ack.hex()}
-
-    def _handshake_init(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self.flash is None:
-            raise HandshakeError("no keys in flash: the pack is in factory state")
-        # The current session stays until handshake_finish proves the peer holds the link
-        # key and installs the new one: a plain init from anyone on CAN 1 cuts nothing off.
-        self._handshake = Responder(
-            self.app_link(), self.flash.pack_component_id, self.flash.app_component_id
-        )
-        response = self._handshake.on_init(bytes.fromhex(message["data"]))
-        return {"type": "handshake_response", "data": response.hex()}
-
-    def _handshake_finish(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self._handshake is None:
-            raise HandshakeError("FINISH without INIT")
-        self.gateway.install_session(
-            APP_LINK, self._handshake.on_finish(bytes.fromhex(message["data"]))
-        )
-        self._handshake = None
-        self._audit("session.established", link="app", level=self.security_level)
-        return {"type": "upgraded", "security_level": self.security_level, "state": int(self.state)}
-
-
-class PackControllerRuntime:
-    """Serve the control channel from a thread: receive, handle, answer."""
-
-    def __init__(self, controller: PackController, endpoint: ControlEndpoint) -> None:
-        self.controller = controller
-        self.endpoint = endpoint
-        self.answers = AnswerCache()  # a retried request gets the answer it already got
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pack-control", daemon=True)
-
-    def _handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            return self.controller.handle(message, sealed=self.endpoint.last_sealed)
-        except Exception:  # a bug must not leave the pack deaf to the app
-            log.exception("control message %r failed", message.get("type"))
-            return error_answer(message["type"], "internal")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message = self.endpoint.recv(1.0)  # wakes per message; `stop` wakes it too
-            if message is None:
-                continue
-            answered_sealed = self.endpoint.last_sealed
-            answer = self.answers.respond(message, self._handle)
-            # The session that the answer travels under: a handshake answer goes plain (the
-            # old session is being replaced), "upgraded" goes under the new one.
-            self.endpoint.session = self.controller.app_sealer()
-            if answer is None:
-                continue
-            plain = not answered_sealed and answer["type"] in PLAIN_ALWAYS
-            try:
-                self.endpoint.send(answer, plain=plain or self.endpoint.session is None)
-            except TransferError as exc:  # lost on the bus: the app's retry gets it again
-                log.info("answer %r not sent: %s", answer["type"], exc)
-
-    def start(self) -> PackControllerRuntime:
-        """Start serving."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._stop.set()
-        self.endpoint.interrupt()
-        self._thread.join(timeout=5)
-
 
 MODULE_BASE_MASK = 0x7F0 << 18
 NODE_MASK = 0xFF
@@ -440,11 +165,26 @@ class _ModuleBus:
 MODULE_TICK_S = 0.05  # the module table's tick (heartbeat every 200 ms, silence after 2 s)
 
 
-class PackRuntime:
-    """The whole pack controller on its two buses: control channel, module side, gateway."""
+class PackController:
+    """The pack controller on its two buses: control channel, module side, gateway.
 
-    def __init__(self, controller: PackController, can1: CanPort, can2: CanPort) -> None:
-        self.controller = controller
+    Everything it is made of is made here, from what it is given: its keys
+    (:class:`~modbatt.pack.keys.PackKeys`, whose discovery reports this pack's module table),
+    the module side (a `NodeLoop` on CAN 2 around the `ModuleManager`), the firmware
+    receiver, and the control channel on CAN 1, whose :class:`ControlHandlers` name every
+    control message it answers and the workflow that answers it. `start` runs it; `stop` stops
+    it and leaves the ports open, so a restarted pack can take them over.
+    """
+
+    def __init__(
+        self,
+        serial: str,
+        state_dir: Path,
+        can1: CanPort,
+        can2: CanPort,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.keys = keys = PackKeys(serial, state_dir, audit, modules_view=self.modules_view)
         self.can1, self.can2 = can1, can2
         self.manager = ModuleManager()
         # The module table reads the plain frames (registration, announcements); sealed
@@ -453,32 +193,36 @@ class PackRuntime:
         # ample, and every wake-up takes the interpreter from the bridge for a moment.
         # What the gateway opens on its way through (sealed telemetry) reaches the table at
         # the loop's tick, from the gateway's tap: nothing of the table on the bridge's path.
-        controller.gateway.set_tap(TELEMETRY_BASE, MODULE_BASE_MASK)
-        self.module_bus = _ModuleBus(controller.gateway, self.manager)
+        keys.gateway.set_tap(TELEMETRY_BASE, MODULE_BASE_MASK)
+        self.module_bus = _ModuleBus(keys.gateway, self.manager)
         self.module_loop = NodeLoop(
             can2,
             [self.module_bus],
             tick_s=MODULE_TICK_S,
             ids=(ENCRYPTION_FLAG, 0),  # plain frames only
         )
-        self.firmware = FirmwareReceiver(controller)
-        endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
-        self.control = PackControllerRuntime(controller, endpoint)
-        controller.pair_with = self.pair_module
-        controller.modules_view = self.modules_view
-        controller.extra_handlers.update(
-            configure=self.configure,
-            isolate=self.isolate,
-            diagnostics=self.diagnostics,
-            firmware_begin=self.firmware.begin,
-            firmware_chunk=self.firmware.chunk,
-            firmware_end=self.firmware.end,
+        self.firmware = FirmwareReceiver(keys)
+        # Every control message the pack answers, and the workflow that answers it.
+        self.handlers = ControlHandlers(
+            keys,
+            {
+                **keys.handlers(),  # discovery, bootstrap, the app link's handshake
+                "pair_module": self.pair_module,
+                "configure": self.configure,
+                "isolate": self.isolate,
+                "diagnostics": self.diagnostics,
+                "firmware_begin": self.firmware.begin,
+                "firmware_chunk": self.firmware.chunk,
+                "firmware_end": self.firmware.end,
+            },
         )
+        endpoint = ControlEndpoint.open(can1, PACK_TO_APP, APP_TO_PACK)
+        self.control = ControlServer(endpoint, self.handlers, keys.app_sealer)
         # The operator's cap (On until configured otherwise), sent once the start-up round is
         # over: the MAX_STATE on the bus starts Off (`ModuleManager.heartbeat_state`).
-        configuration = {} if controller.flash is None else controller.flash.configuration
+        configuration = {} if keys.flash is None else keys.flash.configuration
         self.manager.max_state = int(configuration.get("max_state", ON))
-        self._step = controller.gateway.step  # looked up once: called for every frame
+        self._step = keys.gateway.step  # looked up once: called for every frame
         self._ports = {CAN1: can1, CAN2: can2}
         self._restore_module_links()
         self._expect_paired_modules()
@@ -488,7 +232,57 @@ class PackRuntime:
             (can2, can2.subscribe_messages(functools.partial(self._bridge, CAN2))),
         ]
 
-    def start(self) -> PackRuntime:
+    # --- what it is, read through its keys ------------------------------------------------
+
+    @property
+    def serial(self) -> str:
+        """The pack's serial number."""
+        return self.keys.serial
+
+    @property
+    def state_dir(self) -> Path:
+        """Where its flash, audit log and firmware images are kept."""
+        return self.keys.state_dir
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """Its audit log, when it keeps one."""
+        return self.keys.audit
+
+    @property
+    def gateway(self) -> Gateway:
+        """The Rust gateway: its sessions (link 0 = the app), routes, tap and drop counters."""
+        return self.keys.gateway
+
+    @property
+    def flash(self) -> PackFlash | None:
+        """What its flash holds (None: factory default)."""
+        return self.keys.flash
+
+    @property
+    def flash_problem(self) -> str | None:
+        """What is wrong with its flash store, if anything."""
+        return self.keys.flash_problem
+
+    def module_links(self) -> list[int]:
+        """The module ids whose link has a session."""
+        return self.keys.module_links()
+
+    @property
+    def state(self) -> PackState:
+        """Its state (seed, Implementation States)."""
+        return self.keys.state
+
+    @property
+    def security_level(self) -> int:
+        """0 none, 1 CAN 1 encrypted, 2 CAN 2 encrypted, 3 both."""
+        return self.keys.security_level
+
+    def handle(self, message: dict[str, Any], *, sealed: bool = True) -> dict[str, Any] | None:
+        """Answer one control message as the control channel does (sans I/O)."""
+        return self.handlers.handle(message, sealed=sealed)
+
+    def start(self) -> PackController:
         """Start the control channel, the module side and the re-linking of paired modules."""
         self.module_loop.start()
         self.control.start()
@@ -511,9 +305,10 @@ class PackRuntime:
         `relink_once` (every second) brings each paired module back as soon as it is
         registered again.
         """
-        self.controller.paired_links.clear()
+        self.keys.paired_links.clear()
         self._pairing_lock = threading.Lock()
         self._retry_at: dict[int, float] = {}
+        self._linked_at: dict[int, float] = {}  # module id -> when its session was installed
         self._relink_stop = threading.Event()
         self._events: list[Any] = []
         self._flash_alerted = False
@@ -525,7 +320,7 @@ class PackRuntime:
         """The module table as device_info reports it."""
         with self.module_loop.lock:
             entries = self.manager.snapshot()
-        paired = set(self.controller.module_links())
+        paired = set(self.keys.module_links())
         return [
             {
                 "module_id": m.module_id,
@@ -562,9 +357,10 @@ class PackRuntime:
         in between is counted for what it is (`no_session`), never stepped through the
         plain route (where it counted as `malformed`).
         """
-        self.controller.paired_links.add(module_id)
+        self.keys.paired_links.add(module_id)
         self._rules()
-        self.controller.gateway.install_session(module_id, session)
+        self._linked_at[module_id] = time.monotonic()
+        self.keys.gateway.install_session(module_id, session)
         with self.module_loop.lock:
             self.manager.set_sealed(module_id, True)  # polled sealed from now on
             entry = self.manager.table.get(module_id)
@@ -575,7 +371,7 @@ class PackRuntime:
 
     @property
     def _module_ids_path(self) -> Path:
-        return self.controller.state_dir / "module_ids.json"
+        return self.keys.state_dir / "module_ids.json"
 
     def _remember_module_id(self, unique_id: int, module_id: int) -> None:
         """Keep a linked module's id, so that a restarted pack can link it again at once."""
@@ -602,7 +398,7 @@ class PackRuntime:
 
     def _expect_paired_modules(self) -> None:
         """After a restart, the paired modules are where they were (see `ModuleManager.expect`)."""
-        flash = self.controller.flash
+        flash = self.keys.flash
         if flash is None:
             return
         known = self._module_ids()
@@ -627,20 +423,20 @@ class PackRuntime:
 
     def unlink_module(self, module_id: int) -> None:
         """Undo `link_module`: the module's session and sealed route are gone."""
-        self.controller.gateway.remove_session(module_id)
-        self.controller.paired_links.discard(module_id)
+        self.keys.gateway.remove_session(module_id)
+        self.keys.paired_links.discard(module_id)
         with self.module_loop.lock:
             self.manager.set_sealed(module_id, False)
         self._rules()
 
     def _rules(self) -> None:
-        flash = self.controller.flash
+        flash = self.keys.flash
         bridge = (
             True
             if flash is None
             else bool(flash.configuration.get("bridge_unpaired_modules", True))
         )
-        routing_rules(self.controller.gateway, sorted(self.controller.paired_links), bridge)
+        routing_rules(self.keys.gateway, sorted(self.keys.paired_links), bridge)
         for bus, wanted in self.receive_filters().items():
             self._ports[bus].set_receive_filters(wanted)
 
@@ -662,7 +458,7 @@ class PackRuntime:
                 (node_any, module_channel_ids(0)[1]),  # pairing channels, module -> pack
             ],
         }
-        for rule in self.controller.gateway.rules():
+        for rule in self.keys.gateway.rules():
             mask, match = int(rule["mask"]), int(rule["match_id"])  # type: ignore[arg-type]
             wanted[int(rule["src_bus"])].append((mask, match & mask))  # type: ignore[arg-type]
         return wanted
@@ -672,7 +468,7 @@ class PackRuntime:
 
         ``max_state`` (0-3) and ``bridge_unpaired_modules`` (bool), applied and kept in flash.
         """
-        flash = self.controller.flash
+        flash = self.keys.flash
         if flash is None:
             raise KeyAgreementError("not bootstrapped")
         changes: dict[str, int | bool] = {}
@@ -692,12 +488,12 @@ class PackRuntime:
         if not changes:
             raise ValueError("nothing to configure (max_state, bridge_unpaired_modules)")
         record = flash.model_copy(update={"configuration": {**flash.configuration, **changes}})
-        self.controller.flash_store.save(record)
-        self.controller.flash = record
+        self.keys.flash_store.save(record)
+        self.keys.flash = record
         with self.module_loop.lock:
             self.manager.configure_max_state(int(record.configuration.get("max_state", ON)))
         self._rules()
-        self.controller._audit("pack.configured", **changes)
+        self.keys.record("pack.configured", **changes)
         return {"type": "configured", **record.configuration}
 
     def isolate(self, _message: dict[str, Any]) -> dict[str, Any]:
@@ -706,29 +502,28 @@ class PackRuntime:
         Sent here, on the control thread, not at the module loop's next tick: one plain frame
         for the modules reached plain and a sealed copy per linked module (MODULE_BUS.md).
         """
-        if self.controller.flash is None:
+        if self.keys.flash is None:
             raise KeyAgreementError("not bootstrapped")
         with self.module_loop.lock:
             frames = self.module_bus.sealed(self.manager.isolate_all())
         self.module_loop.send(frames)
         linked = sorted(can_id & NODE_MASK for can_id, _ in frames if is_encrypted(can_id))
-        self.controller._audit("pack.isolated", sealed_copies=len(set(linked)))
+        self.keys.record("pack.isolated", sealed_copies=len(set(linked)))
         log.warning("ALL_ISOLATE sent: plain, and sealed to modules %s", linked or "none")
         return {"type": "isolated", "plain": True, "sealed": sorted(set(linked))}
 
     def diagnostics(self, _message: dict[str, Any]) -> dict[str, Any]:
         """What a technician needs to see: counters, links, flash and audit log health."""
-        gateway = self.controller.gateway
+        gateway = self.keys.gateway
         links = {
-            str(link): gateway.session_stats(link)
-            for link in [APP_LINK, *self.controller.module_links()]
+            str(link): gateway.session_stats(link) for link in [APP_LINK, *self.keys.module_links()]
         }
-        audit = self.controller.audit
+        audit = self.keys.audit
         return {
             "type": "diagnostics",
             "gateway": gateway.stats(),
             "links": links,
-            "flash_problem": self.controller.flash_problem,
+            "flash_problem": self.keys.flash_problem,
             "audit_log": None if audit is None else (audit.verify() or "intact"),
             "firmware": self.firmware.installed(),
         }
@@ -737,8 +532,8 @@ class PackRuntime:
 
     def pair_module(self, message: dict[str, Any]) -> dict[str, Any]:
         """Pair a registered module with the keys the app delivered (sealed)."""
-        controller = self.controller
-        flash = controller.flash
+        keys = self.keys
+        flash = keys.flash
         if flash is None:
             raise KeyAgreementError("not bootstrapped")
         unique_id = int(message["unique_id"])
@@ -752,14 +547,14 @@ class PackRuntime:
             # A retry of a pairing this pack stored before a restart lost its answer: the
             # module holds these keys and refuses new ones while linked; the link comes back
             # by itself (`relink_once`). Answer as the first time, pair nothing again.
-            controller._audit("module.pairing_repeated", module_id=module_id, unique_id=unique_id)
+            keys.record("module.pairing_repeated", module_id=module_id, unique_id=unique_id)
             return {
                 "type": "pair_result",
                 "module_id": module_id,
                 "unique_id": unique_id,
                 "link": paired_module_link_key(flash, stored).fingerprint,
-                "state": int(controller.state),
-                "security_level": controller.security_level,
+                "state": int(keys.state),
+                "security_level": keys.security_level,
             }
         to_module, to_pack = module_channel_ids(module_id)
         with self._pairing_lock:
@@ -785,12 +580,12 @@ class PackRuntime:
             update={"modules": {**flash.modules, paired.module_component_id: paired}}
         )
         try:
-            controller.flash_store.save(record)
+            keys.flash_store.save(record)
         except BaseException:
             self.release_module(module_id)  # nothing bridged for a pairing the pack lost
             raise
-        controller.flash = record
-        controller._audit(
+        keys.flash = record
+        keys.record(
             "module.paired",
             module_id=module_id,
             unique_id=unique_id,
@@ -802,8 +597,8 @@ class PackRuntime:
             "module_id": module_id,
             "unique_id": unique_id,
             "link": link.fingerprint,
-            "state": int(controller.state),
-            "security_level": controller.security_level,
+            "state": int(keys.state),
+            "security_level": keys.security_level,
         }
 
     def _pair_over(
@@ -880,17 +675,17 @@ class PackRuntime:
 
     def send_status(self) -> None:
         """The pack status frame on CAN 1 (once a second): sealed once the app link is up."""
-        controller = self.controller
+        keys = self.keys
         with self.module_loop.lock:
             entries = self.manager.snapshot()
-        flags = (FLAG_FLASH_PROBLEM if controller.flash_problem else 0) | (
-            FLAG_NO_KEYS if controller.flash is None else 0
+        flags = (FLAG_FLASH_PROBLEM if keys.flash_problem else 0) | (
+            FLAG_NO_KEYS if keys.flash is None else 0
         )
         payload = status_payload(
-            int(controller.state),
-            controller.security_level,
+            int(keys.state),
+            keys.security_level,
             registered=len(entries),
-            paired=len(controller.module_links()),
+            paired=len(keys.module_links()),
             online=sum(1 for e in entries if e.online),
             flags=flags,
         )
@@ -908,7 +703,7 @@ class PackRuntime:
             elif event.kind == "foreign_command":
                 total = sum(self.manager.foreign_commands.values())
                 log.warning("CAN 2: %s", event.detail)
-                self.controller._audit("bus.foreign_command", detail=event.detail)
+                self.keys.record("bus.foreign_command", detail=event.detail)
                 self.send_alert(ALERT_FOREIGN_COMMAND, event.module_id, min(total, 0xFFFF))
             elif event.kind == "incompatible":
                 log.warning("%s", event)
@@ -916,13 +711,19 @@ class PackRuntime:
             elif event.kind == "latched":
                 log.warning("%s", event)
                 self.send_alert(ALERT_MODULE_LATCHED, event.module_id)
-            elif event.kind == "rebooted" and event.module_id in self.controller.paired_links:
+            elif (
+                event.kind == "rebooted"
+                and event.module_id in self.keys.paired_links
+                # a registration from before its current session (the one that came before a
+                # new pairing, say) says nothing about that session
+                and event.at > self._linked_at.get(event.module_id, 0.0)
+            ):
                 # it kept its keys in flash but lost its session: drop ours so that
                 # relink_once runs the handshake again (a forged announcement costs one
                 # handshake, nothing more: the module keeps its session until it verifies)
-                self.controller.gateway.remove_session(event.module_id)
-                self.controller._audit("module.rebooted", module_id=event.module_id)
-        if self.controller.flash_problem and not self._flash_alerted:
+                self.keys.gateway.remove_session(event.module_id)
+                self.keys.record("module.rebooted", module_id=event.module_id)
+        if self.keys.flash_problem and not self._flash_alerted:
             self._flash_alerted = True
             self.send_alert(ALERT_FLASH_PROBLEM)
 
@@ -933,8 +734,8 @@ class PackRuntime:
         An alert for the app link itself can only be sent while that link is up; every event
         also goes to the audit log.
         """
-        gateway = self.controller.gateway
-        for link in [APP_LINK, *sorted(self.controller.paired_links)]:
+        gateway = self.keys.gateway
+        for link in [APP_LINK, *sorted(self.keys.paired_links)]:
             stats = gateway.session_stats(link)
             if stats is None:
                 continue
@@ -943,7 +744,7 @@ class PackRuntime:
                 seen = 0
             if stats["replay"] > seen:
                 new = stats["replay"] - seen
-                self.controller._audit("link.replays", link=link, count=new)
+                self.keys.record("link.replays", link=link, count=new)
                 self.send_alert(ALERT_REPLAYS, link, min(new, 0xFFFF))
             self._replays_seen[link] = stats["replay"]
             if not stats["expired"]:
@@ -951,7 +752,7 @@ class PackRuntime:
             elif link not in self._torn_down_alerted:
                 self._torn_down_alerted.add(link)
                 log.warning("link %d: session torn down after %d bad tags", link, stats["failures"])
-                self.controller._audit("link.torn_down", link=link, failures=stats["failures"])
+                self.keys.record("link.torn_down", link=link, failures=stats["failures"])
                 self.send_alert(ALERT_SESSION_TORN_DOWN, link, min(stats["failures"], 0xFFFF))
 
     def take_events(self) -> list[Any]:
@@ -964,7 +765,7 @@ class PackRuntime:
         self._send_app_frame(ALERT_ID, alert_payload(code, module_id, value))
 
     def _send_app_frame(self, can_id: int, payload: bytes) -> None:
-        gateway = self.controller.gateway
+        gateway = self.keys.gateway
         if gateway.has_session(APP_LINK):
             for frame_id, data in gateway.seal_frame(APP_LINK, can_id, payload):
                 self.can1.send(frame_id, data)
@@ -976,21 +777,21 @@ class PackRuntime:
 
         That is after the pack restarted, or a module did; returns how many came back.
         """
-        flash = self.controller.flash
+        flash = self.keys.flash
         if flash is None:
             return 0
         restored = 0
         for paired in flash.modules.values():
             with self.module_loop.lock:
                 entry = self.manager.by_unique_id(paired.unique_id)
-            if entry is None or self.controller.gateway.has_session(entry.module_id):
+            if entry is None or self.keys.gateway.has_session(entry.module_id):
                 continue
             if time.monotonic() < self._retry_at.get(paired.unique_id, 0.0):
                 continue
             link = paired_module_link_key(flash, paired)
             to_module, to_pack = module_channel_ids(entry.module_id)
             with self._pairing_lock:
-                if self.controller.gateway.has_session(entry.module_id):
+                if self.keys.gateway.has_session(entry.module_id):
                     continue  # a pairing linked it while this waited for the lock
                 endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
                 try:
@@ -1004,7 +805,7 @@ class PackRuntime:
                 finally:
                     endpoint.close()
                 self.link_module(entry.module_id, session)
-            self.controller._audit(
+            self.keys.record(
                 "module.relinked",
                 module_id=entry.module_id,
                 unique_id=paired.unique_id,
@@ -1044,83 +845,3 @@ def _handshake_over(
     if upgraded is None or upgraded["type"] != "upgraded":
         raise KeyAgreementError("handshake: the module's upgraded channel did not answer")
     return session
-
-
-class FirmwareReceiver:
-    """The firmware update (Workflow B.1): a chunked transfer with an integrity check.
-
-    ``firmware_begin`` {version, size, sha256} opens a transfer; ``firmware_chunk`` {index,
-    data (hex, at most 1024 bytes)} must come in order; ``firmware_end`` checks the size and
-    the SHA-256 and only then stores the image atomically as ``firmware/<version>.bin`` in the
-    pack's state directory. A missing, repeated, reordered or altered chunk fails the transfer
-    and nothing is stored. (Installing the image on the controller is the hardware's job.)
-    """
-
-    MAX_SIZE = 4 << 20
-    CHUNK = 1024
-
-    def __init__(self, controller: PackController) -> None:
-        self.controller = controller
-        self.directory = controller.state_dir / "firmware"
-        self._transfer: dict[str, Any] | None = None
-
-    def begin(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Open a transfer."""
-        version, size, digest = (
-            str(message["version"]),
-            int(message["size"]),
-            str(message["sha256"]),
-        )
-        if not version.replace(".", "").replace("-", "").isalnum() or len(version) > 32:
-            raise ValueError("firmware version: letters, digits, dots and dashes, at most 32")
-        if not 0 < size <= self.MAX_SIZE or len(digest) != 64:
-            raise ValueError(f"firmware size 1..{self.MAX_SIZE} bytes and a 64-hex SHA-256")
-        self._transfer = {
-            "version": version,
-            "size": size,
-            "sha256": digest,
-            "next": 0,
-            "data": bytearray(),
-        }
-        return {"type": "firmware_ready", "chunk": self.CHUNK}
-
-    def chunk(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Take the next chunk, in order."""
-        transfer = self._transfer
-        if transfer is None:
-            raise ValueError("no firmware transfer open")
-        index, data = int(message["index"]), bytes.fromhex(message["data"])
-        if index != transfer["next"] or not 0 < len(data) <= self.CHUNK:
-            self._transfer = None
-            raise ValueError(
-                f"firmware chunk {index}: expected chunk {transfer['next']} of at "
-                f"most {self.CHUNK} bytes; transfer abandoned"
-            )
-        transfer["data"] += data
-        transfer["next"] += 1
-        if len(transfer["data"]) > transfer["size"]:
-            self._transfer = None
-            raise ValueError("firmware: more data than announced; transfer abandoned")
-        return {"type": "firmware_chunk_ok", "index": index}
-
-    def end(self, _message: dict[str, Any]) -> dict[str, Any]:
-        """Check the whole image and store it."""
-        transfer, self._transfer = self._transfer, None
-        if transfer is None:
-            raise ValueError("no firmware transfer open")
-        image = bytes(transfer["data"])
-        if (
-            len(image) != transfer["size"]
-            or hashlib.sha256(image).hexdigest() != transfer["sha256"]
-        ):
-            self.controller._audit("firmware.rejected", version=transfer["version"])
-            raise ValueError("firmware: size or SHA-256 mismatch; nothing stored")
-        atomic_write(self.directory / f"{transfer['version']}.bin", image)
-        self.controller._audit(
-            "firmware.stored", version=transfer["version"], sha256=transfer["sha256"]
-        )
-        return {"type": "firmware_stored", "version": transfer["version"], "size": len(image)}
-
-    def installed(self) -> list[str]:
-        """The firmware images stored, by version."""
-        return sorted(p.stem for p in self.directory.glob("*.bin"))

@@ -160,6 +160,9 @@ class ModuleEvent:
     module_id: int
     unique_id: int
     detail: str = ""
+    # When it happened (monotonic clock): events are handled a moment later, on another thread,
+    # and a module's "rebooted" must not end a session that was set up after it.
+    at: float = field(default_factory=time.monotonic, compare=False, repr=False)
 
     def __str__(self) -> str:
         who = f"module {self.module_id}" if self.module_id else "module"

@@ -7,7 +7,7 @@ has the same shape for both bridges, so they differ only in the bridge:
   ``can.bridge``; frames sealed by a module's session for the pack);
 * the **bridge** reads the input channel and sends on the output channel: python-can's own
   ``can.bridge`` construction (a ``Notifier`` with a ``RedirectReader``), or a running
-  :class:`~modbatt.pack.controller.PackRuntime` (open with the module's session, route,
+  :class:`~modbatt.pack.controller.PackController` (open with the module's session, route,
   reseal with the app's, rewrite E);
 * a **sink** bus on the output channel receives without a reader thread: its queue is only
   counted while the clock runs, and opened and checked afterwards (so checking costs the
@@ -47,7 +47,8 @@ import numpy as np
 from modbatt import Session
 from modbatt.bus.transport import CanPort
 from modbatt.errors import FrameRejectedError
-from modbatt.pack.controller import APP_LINK, TELEMETRY_BASE, PackController, PackRuntime
+from modbatt.pack.controller import TELEMETRY_BASE, PackController
+from modbatt.pack.keys import APP_LINK
 from modbatt.protocol.frames import frames_of
 from modbatt.tools.soak import FULL_CLASSIC_RATE, run_soak, session_pair
 
@@ -201,7 +202,7 @@ class _Pack:
     sink: can.BusABC
     module_end: Session  # seals what the source sends
     app_end: Session  # opens what the sink receives
-    runtime: PackRuntime
+    runtime: PackController
 
 
 @contextmanager
@@ -211,10 +212,9 @@ def _secure_bridge(run: str) -> Iterator[_Pack]:
     can1 = CanPort(_bus(f"bench-can1-{run}"), "can1")
     can2 = CanPort(_bus(f"bench-can2-{run}"), "can2")
     with TemporaryDirectory(prefix="modbatt-bench-") as state:
-        controller = PackController(serial=f"PACK-BENCH-{run}", state_dir=Path(state))
+        runtime = PackController(f"PACK-BENCH-{run}", Path(state), can1, can2)
         app_end, pack_app = session_pair("COMP-bench-app", "COMP-bench-pack")
-        controller.gateway.install_session(APP_LINK, pack_app)
-        runtime = PackRuntime(controller, can1, can2)
+        runtime.gateway.install_session(APP_LINK, pack_app)
         module_end, pack_module = session_pair(f"COMP-bench-module-{MODULE_ID}", "COMP-bench-pack")
         runtime.link_module(MODULE_ID, pack_module)
         runtime.start()

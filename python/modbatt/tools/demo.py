@@ -40,7 +40,8 @@ from modbatt.bus.nodes import Node, NodeLoop
 from modbatt.bus.transport import BusSpec, CanPort, open_bus, parse_bus_spec
 from modbatt.module.pairing import PairingAgent, SecureModule, simulator_report
 from modbatt.module.simulator import modules_for
-from modbatt.pack.controller import PackController, PackRuntime, PackState
+from modbatt.pack.controller import PackController
+from modbatt.pack.keys import PackState
 from modbatt.pack.modules import START_SETTLE_S
 from modbatt.progress import NO_PROGRESS, Progress
 from modbatt.protocol.catalogue import STATE_NAMES
@@ -135,7 +136,7 @@ class InProcess:
             for name, bus in (("pack1", "can1"), ("pack2", "can2"), ("modules", "can2"))
         }
         self.audit = AuditLog(base / "pack" / "audit.jsonl")
-        self.pack: PackRuntime | None = None
+        self.pack: PackController | None = None
         self.simulated = [
             SecureModule(m, base / "modules" / f"module-{m.config.unique_id}")
             for m in modules_for(FIRST_UNIQUE_ID, count, 14, time.monotonic())
@@ -154,8 +155,9 @@ class InProcess:
 
     def start_pack(self) -> None:
         """(Re)start the pack controller on its flash."""
-        controller = PackController(self.serial, self.base / "pack", self.audit)
-        self.pack = PackRuntime(controller, self.ports["pack1"], self.ports["pack2"]).start()
+        self.pack = PackController(
+            self.serial, self.base / "pack", self.ports["pack1"], self.ports["pack2"], self.audit
+        ).start()
 
     def stop_pack(self) -> None:
         """Stop the pack controller (its flash stays)."""

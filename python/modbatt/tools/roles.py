@@ -21,7 +21,7 @@ from modbatt.bus.traffic import traffic_log
 from modbatt.bus.transport import BusSpec, CanPort
 from modbatt.module.pairing import PairingAgent, SecureModule, simulator_report
 from modbatt.module.simulator import modules_for
-from modbatt.pack.controller import PackController, PackRuntime
+from modbatt.pack.controller import PackController
 from modbatt.pack.modules import ModuleManager, format_table
 from modbatt.state.stores import AuditLog, atomic_write
 
@@ -138,8 +138,8 @@ def run_pack(
         CanPort.open(can1, log=log, log_channel="can1") as port1,
         CanPort.open(can2, log=log, log_channel="can2") as port2,
     ):
-        controller = PackController(serial, state_dir, AuditLog(state_dir / "audit.jsonl"))
-        runtime = PackRuntime(controller, port1, port2).start()
+        audit = AuditLog(state_dir / "audit.jsonl")
+        pack = PackController(serial, state_dir, port1, port2, audit).start()
         # Everything built so far lives as long as the process: freeze it, so that the
         # collector's full passes (which stop every thread, the bridge's too) skip it.
         gc.collect()
@@ -148,20 +148,20 @@ def run_pack(
             f"pack controller {serial}: CAN 1 on {port1.name}, CAN 2 on {port2.name}, "
             f"state in {state_dir}"
         )
-        if controller.flash_problem:
-            out(f"FLASH PROBLEM: {controller.flash_problem} (run key recovery from the app)")
+        if pack.flash_problem:
+            out(f"FLASH PROBLEM: {pack.flash_problem} (run key recovery from the app)")
         shown: tuple[int, int, int] | None = None
         while not stop.wait(0.5):
-            for event in runtime.take_events():
+            for event in pack.take_events():
                 out(str(event))
-            now = (int(controller.state), controller.security_level, len(controller.module_links()))
+            now = (int(pack.state), pack.security_level, len(pack.module_links()))
             if now != shown:
                 shown = now
                 out(
-                    f"state {now[0]} {controller.state.name.replace('_', ' ').title()}, "
+                    f"state {now[0]} {pack.state.name.replace('_', ' ').title()}, "
                     f"security level {now[1]}, {now[2]} module link(s) encrypted"
                 )
-        runtime.stop()
+        pack.stop()
     return 0
 
 

@@ -1,7 +1,7 @@
 """Soak and flood: both buses at the full rate of a classic 1 Mbit/s bus through a running pack.
 
-A :class:`~modbatt.pack.controller.PackRuntime` (the same object `modbatt pack run` runs: one thread
-per bus, the Rust gateway, the module table) bridges an app link on CAN 1 and ``modules``
+A :class:`~modbatt.pack.controller.PackController` (the same object `modbatt pack run` runs:
+one thread per bus, the Rust gateway, the module table) bridges an app link on CAN 1 and ``modules``
 module links on CAN 2. The harness is the far end of every link, on one bus of its own per
 side:
 
@@ -46,14 +46,13 @@ from modbatt import DROP_REASONS, LinkKey, Session
 from modbatt.bus.transport import CanPort
 from modbatt.errors import FrameRejectedError, SessionError
 from modbatt.pack.controller import (
-    APP_LINK,
     COMMAND_BASE,
     MODULE_BASE_MASK,
     NODE_MASK,
     TELEMETRY_BASE,
     PackController,
-    PackRuntime,
 )
+from modbatt.pack.keys import APP_LINK
 from modbatt.protocol.frames import frames_of
 from modbatt.protocol.reference import ENCRYPTION_FLAG
 
@@ -366,10 +365,9 @@ def run_soak(
     report = SoakReport(seconds, rate, garbage_rate, modules, interface)
     run = uuid.uuid4().hex[:8]
     with TemporaryDirectory(prefix="modbatt-soak-") as state, _ports(interface, run) as ports:
-        controller = PackController(serial=f"PACK-SOAK-{run}", state_dir=Path(state))
+        pack = PackController(f"PACK-SOAK-{run}", Path(state), ports["pack1"], ports["pack2"])
         app_end, pack_app = session_pair("COMP-soak-app", "COMP-soak-pack")
-        controller.gateway.install_session(APP_LINK, pack_app)
-        pack = PackRuntime(controller, ports["pack1"], ports["pack2"])
+        pack.gateway.install_session(APP_LINK, pack_app)
         commands: list[tuple[Stream, Session]] = []
         telemetry: list[tuple[Stream, Session]] = []
         module_ends: dict[int, Session] = {}
@@ -416,7 +414,7 @@ def run_soak(
         report.latency_p50_us = _percentile(bins, 0.50)
         report.latency_p99_us = _percentile(bins, 0.99)
         report.latency_max_us = float(max(app_side.latency_max_us, module_side.latency_max_us))
-        stats = controller.gateway.stats()
+        stats = pack.gateway.stats()
         report.frames_received = int(stats["received"])
         report.frames_forwarded = int(stats["forwarded"])
         reasons = {name for _, name in DROP_REASONS}
@@ -427,7 +425,7 @@ def run_soak(
 
 def _load(
     report: SoakReport,
-    pack: PackRuntime,
+    pack: PackController,
     ends: list[_End],
     garbage: list[_Garbage],
     seconds: float,
