@@ -270,7 +270,7 @@ def test_every_answer_during_the_bootstrap_is_checked(step: str, data: st.DataOb
         app = new_app(Path(tmp) / "app", Peer(respond), bridge)
         try:
             # a refused step starts the bootstrap again after a pause: no pause in process
-            with mock.patch("modbatt.app.app.BOOTSTRAP_RETRY_S", 0.0):
+            with mock.patch("modbatt.app.bootstrap.BOOTSTRAP_RETRY_S", 0.0):
                 upgraded = app.bootstrap()
         except AppError as exc:
             assert_clear(exc, changed[0], secrets_of(app, bridge))

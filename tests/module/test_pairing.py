@@ -406,20 +406,22 @@ def test_firmware_update_is_stored_only_when_it_verifies(lifecycle: Lifecycle) -
     assert path.read_bytes() == image
     # a corrupted image (the digest does not match) is refused and nothing is stored
     with pytest.raises(AppError, match="mismatch"):
-        app._ask(
+        app.parts.ask(
             {"type": "firmware_begin", "version": "9.9.9", "size": 4, "sha256": "00" * 32},
             "firmware_ready",
         )
-        app._ask({"type": "firmware_chunk", "index": 0, "data": "01020304"}, "firmware_chunk_ok")
-        app._ask({"type": "firmware_end"}, "firmware_stored")
+        app.parts.ask(
+            {"type": "firmware_chunk", "index": 0, "data": "01020304"}, "firmware_chunk_ok"
+        )
+        app.parts.ask({"type": "firmware_end"}, "firmware_stored")
     assert not (path.parent / "9.9.9.bin").exists()
     # a chunk out of order abandons the transfer
-    app._ask(
+    app.parts.ask(
         {"type": "firmware_begin", "version": "2.0.0", "size": 8, "sha256": "ab" * 32},
         "firmware_ready",
     )
     with pytest.raises(AppError, match="expected chunk 0"):
-        app._ask({"type": "firmware_chunk", "index": 1, "data": "00" * 8}, "firmware_chunk_ok")
+        app.parts.ask({"type": "firmware_chunk", "index": 1, "data": "00" * 8}, "firmware_chunk_ok")
     assert app.diagnostics()["firmware"] == ["1.2.3"]
 
 

@@ -744,7 +744,7 @@ def test_an_app_whose_keystore_does_not_verify_refuses_to_start_and_says_why(
     damage(newer_slot)
     app = App(state_dir, endpoint, bridge, audit)
     assert app.host_id == last_good.host_id
-    assert app.link().fingerprint == app_link_of(last_good).fingerprint
+    assert app.link_key().fingerprint == app_link_of(last_good).fingerprint
     # both damaged: the app says its keys are lost and stops, writing nothing over them
     damage(older_slot)
     slots_before = [slot.read_bytes() for slot in keystore.slots.slots]
