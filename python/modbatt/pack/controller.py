@@ -14,7 +14,6 @@ workflow that answers it.
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import logging
 import threading
@@ -24,8 +23,8 @@ from typing import Any
 
 import can
 
-from modbatt import ENCRYPTION_FLAG, Gateway, LinkKey, Session, is_encrypted
-from modbatt.bus.control_channel import ControlEndpoint, request
+from modbatt import ENCRYPTION_FLAG, Gateway, Session, is_encrypted
+from modbatt.bus.control_channel import ControlEndpoint
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort, IdFilter
 from modbatt.errors import ModbattError
@@ -33,14 +32,9 @@ from modbatt.pack.control import ControlHandlers, ControlServer
 from modbatt.pack.firmware import FirmwareReceiver
 from modbatt.pack.keys import APP_LINK, PackKeys, PackState
 from modbatt.pack.modules import ModuleManager
+from modbatt.pack.pairing import handshake_over, pair_over, same_pairing
 from modbatt.protocol.bootstrap import (
-    ACK_LABEL,
-    DELIVERY_LABEL,
-    Ephemeral,
     KeyAgreementError,
-    delivery_keys,
-    seal,
-    unseal,
 )
 from modbatt.protocol.catalogue import SECURED_COMMAND_BASES, SECURED_COMMAND_XOR
 from modbatt.protocol.control import (
@@ -48,8 +42,8 @@ from modbatt.protocol.control import (
     PACK_TO_APP,
 )
 from modbatt.protocol.firmware import ON
-from modbatt.protocol.handshake import HandshakeError, Initiator
-from modbatt.protocol.pairing import module_channel_ids, responder_id
+from modbatt.protocol.handshake import HandshakeError
+from modbatt.protocol.pairing import module_channel_ids
 from modbatt.protocol.status import (
     ALERT_FLASH_PROBLEM,
     ALERT_FOREIGN_COMMAND,
@@ -80,25 +74,9 @@ NODE_MASK = 0xFF
 TELEMETRY_BASE = 0x500 << 18  # module -> pack messages, 0x500-0x50F
 COMMAND_BASE = 0x510 << 18  # pack -> module messages, 0x510-0x51F
 CAN1, CAN2 = 0, 1
+
+
 # Requests to a module over its pairing channel: each attempt waits this long for the answer.
-# Five attempts: a pairing makes about ten of them, and a ~100-frame transfer fails about one
-# time in five when 0.1 % of frames are lost, duplicated or reordered (test_faults_lifecycle).
-MODULE_ATTEMPTS, MODULE_TIMEOUT_S = 5, 1.5
-
-
-def _same_pairing(stored: PairedModule, message: dict[str, Any], unique_id: int) -> bool:
-    """Whether a `pair_module` request carries exactly the pairing the pack already holds."""
-    halves = ("pack_device_key_half", "pack_lct_key_half", "module_device_key_half")
-    return (
-        stored.unique_id == unique_id
-        and stored.lct_id == message.get("lct_id")
-        and all(
-            hmac.compare_digest(getattr(stored, name).encode(), str(message.get(name, "")).encode())
-            for name in halves
-        )
-    )
-
-
 def routing_rules(gateway: Gateway, paired: list[int], bridge_unpaired: bool = True) -> None:
     """The pack's routing table: paired modules' links first, then plain module traffic.
 
@@ -543,7 +521,7 @@ class PackController:
             raise KeyAgreementError(f"module {unique_id} is not registered")
         module_id = entry.module_id
         stored = flash.modules.get(str(message.get("module_component_id")))
-        if stored is not None and _same_pairing(stored, message, unique_id):
+        if stored is not None and same_pairing(stored, message, unique_id):
             # A retry of a pairing this pack stored before a restart lost its answer: the
             # module holds these keys and refuses new ones while linked; the link comes back
             # by itself (`relink_once`). Answer as the first time, pair nothing again.
@@ -560,7 +538,7 @@ class PackController:
         with self._pairing_lock:
             endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
             try:
-                link, session, shared = self._pair_over(endpoint, flash, message, unique_id)
+                link, session, shared = pair_over(endpoint, flash, message, unique_id)
                 # The module seals from now on: its frames are opened at once, not after the
                 # channel's close and the flash write (until then they were dropped, as
                 # `no_session`). Undone below if the pairing cannot be stored.
@@ -600,64 +578,6 @@ class PackController:
             "state": int(keys.state),
             "security_level": keys.security_level,
         }
-
-    def _pair_over(
-        self, endpoint: ControlEndpoint, flash: PackFlash, message: dict[str, Any], unique_id: int
-    ) -> tuple[LinkKey, Session, bytes]:
-        def ask(message: dict[str, Any], expect: str) -> dict[str, Any]:
-            answer = request(
-                endpoint, message, attempts=MODULE_ATTEMPTS, timeout_s=MODULE_TIMEOUT_S, plain=True
-            )
-            if answer is None:
-                raise KeyAgreementError(f"pairing: no {expect} from the module")
-            if answer["type"] != expect:
-                raise KeyAgreementError(f"pairing: expected {expect}, got {answer['type']!r}")
-            return answer
-
-        ephemeral = Ephemeral()
-        hello = ask(
-            {
-                "type": "pair_hello",
-                "pack_id": flash.pack_component_id,
-                "public_key": ephemeral.public.hex(),
-            },
-            "pair_hello_ack",
-        )
-        module_public = bytes.fromhex(hello["public_key"])
-        shared = ephemeral.shared_secret(module_public)
-        keys = delivery_keys(
-            shared,
-            flash.pack_component_id,
-            responder_id(unique_id),
-            ephemeral.public,
-            module_public,
-        )
-        delivery = seal(
-            keys.delivery,
-            DELIVERY_LABEL,
-            {
-                "module_component_id": message["module_component_id"],
-                "module_device_key_half": message["module_device_key_half"],
-                "module_lct_key_half": message["module_lct_key_half"],
-                "pack_device_key_half": message["pack_device_key_half"],
-                "pack_component_id": flash.pack_component_id,
-            },
-        )
-        ack = ask({"type": "pair_delivery", "sealed": delivery.hex()}, "pair_ack")
-        receipt = unseal(keys.acknowledgement, ACK_LABEL, bytes.fromhex(ack["sealed"]))
-        link = LinkKey(
-            bytes.fromhex(message["pack_device_key_half"]),
-            flash.pack_component_id,
-            bytes.fromhex(message["module_device_key_half"]),
-            message["module_component_id"],
-            shared,
-        )
-        if receipt.get("link") != link.fingerprint:
-            raise KeyAgreementError("pairing: the module derived another link key")
-        session = _handshake_over(
-            endpoint, link, flash.pack_component_id, message["module_component_id"]
-        )
-        return link, session, shared
 
     # --- links back after a restart ---------------------------------------------------------
 
@@ -795,7 +715,7 @@ class PackController:
                     continue  # a pairing linked it while this waited for the lock
                 endpoint = ControlEndpoint.open(self.can2, to_module, to_pack, timeout_s=0.5)
                 try:
-                    session = _handshake_over(
+                    session = handshake_over(
                         endpoint, link, flash.pack_component_id, paired.module_component_id
                     )
                 except (KeyAgreementError, HandshakeError, ModbattError) as exc:
@@ -813,35 +733,3 @@ class PackController:
             )
             restored += 1
         return restored
-
-
-def _handshake_over(
-    endpoint: ControlEndpoint, link: LinkKey, pack_id: str, module_id: str
-) -> Session:
-    """The session handshake with a module over its pairing channel (the pack initiates)."""
-    initiator = Initiator(link, pack_id, module_id)
-    response = request(
-        endpoint,
-        {"type": "handshake_init", "data": initiator.start().hex()},
-        attempts=MODULE_ATTEMPTS,
-        timeout_s=MODULE_TIMEOUT_S,
-        plain=True,
-    )
-    if response is None or response["type"] != "handshake_response":
-        kind = None if response is None else response["type"]
-        raise KeyAgreementError(f"handshake: expected handshake_response, got {kind!r}")
-    finish, session = initiator.on_response(bytes.fromhex(response["data"]))
-    endpoint.session = session  # the module answers the finish sealed under the new session
-    try:
-        upgraded = request(
-            endpoint,
-            {"type": "handshake_finish", "data": finish.hex()},
-            attempts=MODULE_ATTEMPTS,
-            timeout_s=MODULE_TIMEOUT_S,
-            plain=True,
-        )
-    finally:
-        endpoint.session = None
-    if upgraded is None or upgraded["type"] != "upgraded":
-        raise KeyAgreementError("handshake: the module's upgraded channel did not answer")
-    return session
