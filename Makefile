@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.modbatt-installed
 SOURCES := $(shell find rust/src python/modbatt -type f -not -name '*.so' -not -path '*/__pycache__/*')
 
-.PHONY: install demo test test-rust test-python test-fuzz fuzz fuzz-build soak lint format bench clean
+.PHONY: vm-run install demo test test-rust test-python test-fuzz fuzz fuzz-build soak lint format bench clean
 
 ## install: create .venv, install the pinned dependencies and modbatt with its Rust core (release)
 install: $(STAMP)
@@ -64,6 +64,11 @@ fuzz: fuzz-build
 		$(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 			-artifact_prefix=fuzz/artifacts/$$t- fuzz/corpus/$$t || exit 1; \
 	done
+
+## vm-run: run CMD='...' from the checkout's root in a Linux guest with SocketCAN (vcan0,
+## vcan1, can-gw, can-isotp) under QEMU; scripts/socketcan-guest.sh builds it once in .socketcan/
+vm-run: install
+	scripts/socketcan-guest.sh run "$$CMD"
 
 ## lint: ruff, mypy, rustfmt and clippy, as strict as the commits are held to
 lint: install
