@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.modbatt-installed
 SOURCES := $(shell find rust/src python/modbatt -type f -not -name '*.so' -not -path '*/__pycache__/*')
 
-.PHONY: vm-run install demo test test-rust test-python test-fuzz fuzz fuzz-build soak lint format bench clean
+.PHONY: vm-run test-socketcan install demo test test-rust test-python test-fuzz fuzz fuzz-build soak lint format bench clean
 
 ## install: create .venv, install the pinned dependencies and modbatt with its Rust core (release)
 install: $(STAMP)
@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml requirements-dev.lock Cargo.toml Cargo.lock rust/Cargo.
 demo: install
 	$(BIN)/modbatt demo
 
-## test: set up, then run every Rust and Python test, and a short coverage-guided fuzz run
-test: test-rust test-fuzz test-python
+## test: set up, then run every Rust and Python test, a short coverage-guided fuzz run, and
+## the SocketCAN tests in a real kernel
+test: test-rust test-fuzz test-socketcan test-python
 
 test-rust:
 	cargo test --locked --quiet
@@ -64,6 +65,11 @@ fuzz: fuzz-build
 		$(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 			-artifact_prefix=fuzz/artifacts/$$t- fuzz/corpus/$$t || exit 1; \
 	done
+
+## test-socketcan: the tests that need the kernel's CAN stack (tests/socketcan), in the QEMU
+## guest, or on this host when it has vcan0 and vcan1
+test-socketcan: install
+	scripts/socketcan-guest.sh test
 
 ## vm-run: run CMD='...' from the checkout's root in a Linux guest with SocketCAN (vcan0,
 ## vcan1, can-gw, can-isotp) under QEMU; scripts/socketcan-guest.sh builds it once in .socketcan/

@@ -4,6 +4,8 @@
 #
 #   scripts/socketcan-guest.sh build        # install what is missing, build the guest once
 #   scripts/socketcan-guest.sh run CMD...   # boot it and run CMD from the checkout's root
+#   scripts/socketcan-guest.sh test [ARGS]  # the SocketCAN tests: on this host when it has
+#                                           # vcan0 and vcan1 (or can make them), else in the guest
 #
 # The guest is Debian's stock kernel (its package unpacked, never installed) and a busybox
 # initramfs that loads can, can-raw, can-gw, can-isotp and vcan, creates vcan0 and vcan1 (up,
@@ -132,8 +134,29 @@ run() {
     return "$(cat "$GUEST/run/rc")"
 }
 
+host_has_socketcan() {
+    # A developer's Linux laptop or the pack board: vcan0 and vcan1 up, or made here.
+    for bus in vcan0 vcan1; do
+        if [ ! -e "/sys/class/net/$bus" ]; then
+            ip link add dev "$bus" type vcan 2>/dev/null || return 1
+        fi
+        ip link set dev "$bus" up 2>/dev/null || [ -e "/sys/class/net/$bus" ] || return 1
+    done
+}
+
+socketcan_tests() {
+    local pytest=(.venv/bin/python -m pytest -q -p no:cacheprovider tests/socketcan "$@")
+    if host_has_socketcan; then
+        echo "socketcan-guest: this host has SocketCAN; the tests run here" >&2
+        (cd "$ROOT" && "${pytest[@]}")
+    else
+        run "${pytest[*]}"
+    fi
+}
+
 case "${1:-}" in
     build) build ;;
     run) shift; run "$@" ;;
-    *) die "usage: $0 build | run CMD..." ;;
+    test) shift; socketcan_tests "$@" ;;
+    *) die "usage: $0 build | run CMD... | test [PYTEST ARGS]" ;;
 esac
