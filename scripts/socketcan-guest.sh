@@ -85,14 +85,17 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none host /host
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
+# A local temporary directory: SQLite's WAL cannot use the 9p mount (the API-Bridge refuses it).
+mkdir -p /host/dev/shm && mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 # The host's iproute2 (busybox's ip cannot set txqueuelen), named by its path: given a bare
 # name, busybox runs its own applet even inside the chroot.
+chroot /host /sbin/ip link set dev lo up  # the embedded API-Bridge serves on loopback
 for bus in vcan0 vcan1; do
     chroot /host /sbin/ip link add dev \$bus type vcan
     chroot /host /sbin/ip link set dev \$bus txqueuelen 1000 up
 done
 chroot /host /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 MODBATT_SOCKETCAN_GUEST=1 /bin/sh -c "cd \$root && sh .socketcan/run/cmd.sh"
+    LANG=C.UTF-8 TMPDIR=/dev/shm MODBATT_SOCKETCAN_GUEST=1 /bin/sh -c "cd \$root && sh .socketcan/run/cmd.sh"
 echo \$? > /host\$root/.socketcan/run/rc
 sync
 poweroff -f

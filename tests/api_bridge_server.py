@@ -13,6 +13,9 @@ import httpx
 from modbatt.tools.demo import free_port
 
 STARTUP_LIMIT_S = 2.0
+# How long `start` waits for /health: far longer in the SocketCAN guest, where Python runs
+# 10-30 times slower under emulation.
+START_WAIT_S = 180.0 if os.environ.get("MODBATT_SOCKETCAN_GUEST") else 10.0
 
 
 class BridgeProcess:
@@ -54,7 +57,7 @@ class BridgeProcess:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
         )
-        while time.monotonic() - started < 10:
+        while time.monotonic() - started < START_WAIT_S:
             if self.process.poll() is not None:
                 raise RuntimeError(f"api-bridge exited: {self.process.stderr.read()!r}")  # type: ignore[union-attr]
             try:
@@ -63,7 +66,7 @@ class BridgeProcess:
                     return self
             except httpx.TransportError:
                 time.sleep(0.02)
-        raise RuntimeError("api-bridge did not answer /health within 10 s")
+        raise RuntimeError(f"api-bridge did not answer /health within {START_WAIT_S:.0f} s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

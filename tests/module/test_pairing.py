@@ -100,16 +100,23 @@ def running_lifecycle(
     faults: FaultPlan | None = None,
     log: TrafficLog | None = None,
     secured: int = 2,
+    interface: str = "virtual",
 ) -> Iterator[Lifecycle]:
     """A pack, `secured` modules (two unless told) and an app on fresh virtual buses; with
     `faults`, every node sends through a `FaultyBus` (each with its own seed derived from the
     plan's); with `log`, the pack's two buses are recorded there, as `modbatt pack run --log`
-    does."""
+    does. With `interface="socketcan"`, CAN 1 is vcan0 and CAN 2 vcan1 (in the SocketCAN
+    guest)."""
     run = uuid.uuid4().hex[:8]
     faulty: list[FaultyBus] = []
+    channels = (
+        {"can1": "vcan0", "can2": "vcan1"}
+        if interface == "socketcan"
+        else {"can1": f"modbatt-can1-{run}", "can2": f"modbatt-can2-{run}"}
+    )
 
     def bus(channel: str) -> can.BusABC:
-        raw = can.Bus(interface="virtual", channel=channel)
+        raw = can.Bus(interface=interface, channel=channel)
         if faults is None:
             return raw
         wrapped = FaultyBus(raw, replace(faults, seed=faults.seed * 10 + len(faulty)))
@@ -122,7 +129,7 @@ def running_lifecycle(
         return log.wrap(raw, "can" + name[-1])
 
     ports = {
-        name: CanPort(recorded(name, bus(f"modbatt-{channel}-{run}")), name)
+        name: CanPort(recorded(name, bus(channels[channel])), name)
         for name, channel in (
             ("app", "can1"),
             ("pack1", "can1"),
@@ -130,10 +137,10 @@ def running_lifecycle(
             ("modules", "can2"),
         )
     }
-    listener_bus = can.Bus(interface="virtual", channel=f"modbatt-can2-{run}")
+    listener_bus = can.Bus(interface=interface, channel=channels["can2"])
     can2_log = can.BufferedReader()
     listener = can.Notifier(listener_bus, [can2_log])
-    listener1_bus = can.Bus(interface="virtual", channel=f"modbatt-can1-{run}")
+    listener1_bus = can.Bus(interface=interface, channel=channels["can1"])
     can1_log = can.BufferedReader()
     listener1 = can.Notifier(listener1_bus, [can1_log])
     audit = AuditLog(tmp_path / "audit.jsonl")
@@ -157,7 +164,7 @@ def running_lifecycle(
     )
     ports["app"].subscribe(app.on_frame)
     life = Lifecycle(
-        app, pack, modules, can2_log, can1_log, ports, tmp_path, bridge, f"modbatt-can2-{run}"
+        app, pack, modules, can2_log, can1_log, ports, tmp_path, bridge, channels["can2"]
     )
     life.faulty = faulty
     try:
