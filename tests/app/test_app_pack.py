@@ -28,7 +28,6 @@ from tests.api_bridge_server import BridgeProcess
 class System:
     app: App
     pack: PackController
-    ports: tuple[CanPort, CanPort]  # the pack's CAN 1 and CAN 2
     recorded: can.BufferedReader
     bridge: ApiBridgeClient
     audit: AuditLog
@@ -57,7 +56,7 @@ def system(tmp_path: Path, api_bridge: BridgeProcess) -> Iterator[System]:
         bridge,
         audit,
     )
-    system = System(app, pack, (pack_port, can2_port), recorded, bridge, audit, channel)
+    system = System(app, pack, recorded, bridge, audit, channel)
     yield system
     system.pack.stop()
     app.endpoint.close()
@@ -115,8 +114,7 @@ def test_no_key_half_crosses_the_bus(system: System) -> None:
 def restart(system: System) -> PackController:
     """The pack reboots: a new pack controller on the same flash and ports, no session."""
     system.pack.stop()
-    old = system.pack
-    system.pack = PackController(old.serial, old.state_dir, *system.ports, system.audit).start()
+    system.pack = system.pack.started_again()
     return system.pack
 
 

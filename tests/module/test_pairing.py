@@ -72,11 +72,8 @@ def bring_up(life: Lifecycle) -> None:
 def lose_the_packs_flash(life: Lifecycle) -> None:
     """The pack's flash is erased and the pack restarts, in Factory Default."""
     life.pack.stop()
-    old = life.pack
-    old.keys.flash_store.erase()
-    life.pack = PackController(
-        old.serial, old.state_dir, life.ports["pack1"], life.ports["pack2"], old.audit
-    ).start()
+    life.pack.keys.flash_store.erase()
+    life.pack = life.pack.started_again()
 
 
 @dataclass
@@ -354,10 +351,7 @@ def test_a_restarted_pack_brings_its_modules_back_without_an_operator(lifecycle:
         app.pair(module.module.config.unique_id)
     # the pack restarts with its flash intact: no sessions at all
     lifecycle.pack.stop()
-    old = lifecycle.pack
-    lifecycle.pack = PackController(
-        old.serial, old.state_dir, lifecycle.ports["pack1"], lifecycle.ports["pack2"], old.audit
-    ).start()
+    lifecycle.pack = lifecycle.pack.started_again()
     app.connect()  # the app's side of the restart: a handshake, no keys on the bus
     assert wait_for(lambda: app.status()["state"] == PackState.OPERATIONAL, 10.0)
     assert app.status()["security_level"] == 3

@@ -23,7 +23,6 @@ from modbatt.app.app import PlainCommandError
 from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort
 from modbatt.module.simulator import BatteryModule, ModuleConfig
-from modbatt.pack.controller import PackController
 from modbatt.pack.modules import START_SETTLE_S
 from modbatt.protocol.catalogue import catalogue
 from modbatt.protocol.firmware import OFF, ON
@@ -322,10 +321,7 @@ def test_the_whole_lifecycle_with_the_firmwares_timing(
 
         # The pack restarts on its flash: every module comes back, without an operator.
         life.pack.stop()
-        old = life.pack
-        life.pack = PackController(
-            old.serial, old.state_dir, life.ports["pack1"], life.ports["pack2"], old.audit
-        ).start()
+        life.pack = life.pack.started_again()
         app.connect()
         assert wait_for(lambda: online_count(life) == secured_count + legacy_count, 8.0), (
             app.status()["modules"]

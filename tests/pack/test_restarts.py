@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from modbatt.pack.controller import PackController
 from modbatt.pack.keys import PackState
 from modbatt.state.keystores import app_keystore
 from tests.module.test_pairing import Lifecycle, lifecycle, online_count, wait_for
@@ -48,11 +47,7 @@ class Crash:
         if not self.fired.wait(60):
             return
         self.life.pack.stop()
-        old = self.life.pack
-        ports = self.life.ports
-        self.life.pack = PackController(
-            old.serial, old.state_dir, ports["pack1"], ports["pack2"], old.audit
-        ).start()
+        self.life.pack = self.life.pack.started_again()
         self.rebooted.set()
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from modbatt.app.errors import AppError
-from modbatt.pack.controller import PackController
 from modbatt.pack.keys import PackState
 from modbatt.pack.modules import START_SETTLE_S
 from tests.api_bridge_server import BridgeProcess
@@ -59,10 +58,7 @@ def test_the_whole_lifecycle_on_socketcan(tmp_path: Path, api_bridge: BridgeProc
         assert other.module.state == 0
         # the pack restarts on its flash: the app's handshake, the modules come back by themselves
         life.pack.stop()
-        old = life.pack
-        life.pack = PackController(
-            old.serial, old.state_dir, life.ports["pack1"], life.ports["pack2"], old.audit
-        ).start()
+        life.pack = life.pack.started_again()
         app.connect()
         assert wait_for(lambda: operational(life), 10.0 * SLOW)
         # key recovery after the pack lost its flash

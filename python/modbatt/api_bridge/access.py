@@ -101,7 +101,7 @@ class Access:
             if presented is None or not hmac.compare_digest(given, self.shared_token.encode()):
                 raise PermissionError
             return None
-        digest = hashlib.sha256(given).hexdigest().encode()
+        digest = token_digest(presented or "").encode()
         found = None
         for creator, expected in self.creator_digests.items():
             if hmac.compare_digest(digest, expected.encode()):

@@ -267,6 +267,14 @@ class PackController:
         self._relinker.start()
         return self
 
+    def started_again(self) -> PackController:
+        """A new pack controller on the same flash, ports and audit log, started.
+
+        A power cycle, once this one is stopped: the flash is read again and no session
+        survives it.
+        """
+        return PackController(self.serial, self.state_dir, self.can1, self.can2, self.audit).start()
+
     def stop(self) -> None:
         """Stop both (the ports stay open: a restarted runtime can take them over)."""
         for port, listener in self._listeners:
