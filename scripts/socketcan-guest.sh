@@ -22,7 +22,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 GUEST="$ROOT/.socketcan"
 BOOT_TIMEOUT_S="${SOCKETCAN_GUEST_TIMEOUT:-1200}"  # the whole run, boot included
 MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         netfs fscache 9pnet 9pnet_virtio 9p can can-raw can-gw can-isotp can-dev vcan"
+         netfs fscache 9pnet 9pnet_virtio 9p can can-raw can-gw can-isotp can-dev vcan sch_tbf"
+# sch_tbf: a token bucket on a vcan's transmit queue fills it as a busy bus fills a real
+# controller's, so that the tests see ENOBUFS.
 
 die() { echo "socketcan-guest: $*" >&2; exit 1; }
 
@@ -31,7 +33,7 @@ need_packages() {
     command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
     [ -x /bin/busybox ] || missing+=(busybox-static)
     command -v candump >/dev/null || missing+=(can-utils)
-    command -v ip >/dev/null || missing+=(iproute2)
+    command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "socketcan-guest: installing ${missing[*]} (Debian packages)" >&2
         [ "$(id -u)" -eq 0 ] || die "needs ${missing[*]}: install them (apt-get install ${missing[*]})"
@@ -45,8 +47,15 @@ kernel_package() {
     apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -1
 }
 
+have_kernel() {
+    [ -f "$GUEST/vmlinuz" ] || return 1
+    for module in $MODULES; do
+        [ -f "$GUEST/modules/$module.ko" ] || return 1
+    done
+}
+
 build_kernel() {
-    [ -f "$GUEST/vmlinuz" ] && [ -d "$GUEST/modules" ] && return
+    have_kernel && return
     local package
     package="$(kernel_package)"
     [ -n "$package" ] || die "no linux-image-amd64 in the package index (apt-get update?)"
@@ -56,7 +65,7 @@ build_kernel() {
     dpkg -x "$GUEST"/kernel/*.deb "$GUEST/kernel/root"
     local tree
     tree="$(echo "$GUEST"/kernel/root/lib/modules/*)"
-    mkdir -p "$GUEST/modules"
+    rm -rf "$GUEST/modules" && mkdir -p "$GUEST/modules"
     for module in $MODULES; do
         cp "$(find "$tree" -name "$module.ko" | head -1)" "$GUEST/modules/" \
             || die "$package has no $module.ko"

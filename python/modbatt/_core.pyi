@@ -19,6 +19,7 @@ __all__ = [
     "NONCE_LEN",
     "SECURE_BITS",
     "STATUS_FORWARDED",
+    "STATUS_LINK_DOWN",
     "STATUS_PENDING",
     "Gateway",
     "LinkKey",
@@ -44,6 +45,7 @@ FD_MAX_PAYLOAD: int
 MESSAGE_MAX: int
 STATUS_FORWARDED: int
 STATUS_PENDING: int
+STATUS_LINK_DOWN: int
 DROP_REASONS: list[tuple[int, str]]
 
 def compose_id(base: int, node: int) -> int: ...

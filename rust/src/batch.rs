@@ -4,7 +4,7 @@
 
 use crate::error::{DropReason, Error, Result};
 use crate::frame::{Frame, MAX_DATA_LEN};
-use crate::gateway::{Gateway, STATUS_FORWARDED, STATUS_PENDING};
+use crate::gateway::{Gateway, STATUS_FORWARDED, STATUS_LINK_DOWN, STATUS_PENDING};
 use crate::session::Session;
 
 /// Frames in flat arrays, `data` holding 64 bytes per frame.
@@ -151,6 +151,7 @@ pub fn step_batch(gateway: &mut Gateway, buses: &[u8], input: BatchIn<'_>) -> Re
         let status = match input.frame(i) {
             None => DropReason::Malformed as u8,
             Some((id, payload)) => match gateway.step(bus, id, payload) {
+                Ok(Some(forward)) if forward.link_down => STATUS_LINK_DOWN,
                 Ok(Some(forward)) => {
                     for frame in forward.frames.frames() {
                         out.push(forward.bus, frame);

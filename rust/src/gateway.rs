@@ -28,6 +28,9 @@ pub const STATUS_FORWARDED: u8 = 0;
 /// Batch status of a pair's data frame now waiting for its authenticator (it may have been
 /// forwarded ahead: see cut-through).
 pub const STATUS_PENDING: u8 = 1;
+/// Batch status of a message admitted and opened but not sent: its destination link has no
+/// session (see [`Forward::link_down`]). Not a drop (drop reasons are 2 and up, to 8).
+pub const STATUS_LINK_DOWN: u8 = 9;
 
 /// Reservations kept at once; the oldest is given up (its pair then goes whole).
 const MAX_RESERVATIONS: usize = 64;
@@ -54,6 +57,10 @@ pub struct Forward {
     /// pack controller keeps its module table from the same frames it bridges. `None` for a
     /// data frame forwarded ahead of its authenticator: nothing is verified yet.
     pub plain: Option<Frame>,
+    /// The message was admitted and opened, but its destination link has no session (no one
+    /// is there to receive it: the app is not connected, a module not linked again yet), so
+    /// `frames` is empty. Counted as `link_down`, not as a drop: nothing was wrong with it.
+    pub link_down: bool,
 }
 
 /// Counters of the gateway as a whole.
@@ -70,6 +77,9 @@ pub struct GatewayStats {
     /// Pairs that verified after their data frame went ahead, but not at the predicted
     /// freshness (or their reservation was given up): sealed whole, anew.
     pub ahead_missed: u64,
+    /// Messages admitted and opened but not sent, because their destination link has no
+    /// session (see [`Forward::link_down`]). Not a drop.
+    pub link_down: u64,
     /// Frames dropped, indexed by [`DropReason::index`].
     pub dropped: [u64; DropReason::ALL.len()],
 }
@@ -221,6 +231,7 @@ impl Gateway {
                 self.stats.pending += 1;
                 self.stats.ahead += 1;
             }
+            Ok(Some(forward)) if forward.link_down => self.stats.link_down += 1,
             Ok(Some(_)) => self.stats.forwarded += 1,
             Ok(None) => self.stats.pending += 1,
             Err(err) => self.stats.dropped[err.drop_reason().index()] += 1,
@@ -268,6 +279,19 @@ impl Gateway {
             }
         };
         let out_id = rule.rewrite.apply(plain.id);
+        if let Some(link) = rule.outbound {
+            if self.session_mut(link).is_err() {
+                // No one to seal for: the inbound side is done (opened, tapped), and nothing
+                // goes out. Counted apart from drops, or an idle pack's counters would grow
+                // for every module report while no app is connected.
+                return Ok(Some(Forward {
+                    bus: rule.dst_bus,
+                    frames: Sealed::empty(),
+                    plain: Some(plain),
+                    link_down: true,
+                }));
+            }
+        }
         let frames = match rule.outbound {
             Some(link) => {
                 let reserved = self.claim_reservation(&rule, &plain, link, out_id);
@@ -298,6 +322,7 @@ impl Gateway {
             bus: rule.dst_bus,
             frames,
             plain: Some(plain),
+            link_down: false,
         }))
     }
 
@@ -337,6 +362,7 @@ impl Gateway {
             bus: rule.dst_bus,
             frames: Sealed::one(frame),
             plain: None,
+            link_down: false,
         })
     }
 

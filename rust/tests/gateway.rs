@@ -151,8 +151,9 @@ fn a_module_cannot_forge_the_app_links_traffic() {
 
 #[test]
 fn missing_or_torn_down_sessions_drop_as_no_session() {
+    // the inbound link has no session: the frame cannot be opened, a real drop
     let mut p = pack();
-    p.gateway.remove_session(1);
+    p.gateway.remove_session(0);
     let command = p.app.seal(STATE_CHANGE, &[1], false).unwrap();
     let f = command.frames()[0];
     assert_eq!(
@@ -162,6 +163,44 @@ fn missing_or_torn_down_sessions_drop_as_no_session() {
             .drop_reason(),
         DropReason::NoSession
     );
+    assert_eq!(drops(&p.gateway, DropReason::NoSession), 1);
+}
+
+#[test]
+fn a_destination_link_without_a_session_is_link_down_not_a_drop() {
+    let mut p = pack();
+    p.gateway.set_tap(0x500 << 18, 0x7F0 << 18);
+    let app_session = p.gateway.remove_session(0).unwrap(); // the app is not connected
+    let status = p.module.seal(STATUS_1, &[7, 7, 7], false).unwrap();
+    let f = status.frames()[0];
+    let forward = p.gateway.step(CAN2, f.id, f.payload()).unwrap().unwrap();
+    assert!(forward.link_down);
+    assert!(forward.frames.frames().is_empty());
+    assert_eq!(forward.plain.unwrap().payload(), &[7, 7, 7]);
+    let stats = p.gateway.stats();
+    assert_eq!(
+        (stats.received, stats.forwarded, stats.link_down),
+        (1, 0, 1)
+    );
+    assert_eq!(stats.dropped, [0; 7]);
+    // the pack still reads its modules' verified reports
+    let tapped = p.gateway.take_tapped();
+    assert_eq!(tapped.len(), 1);
+    assert_eq!(tapped[0].payload(), &[7, 7, 7]);
+    // the other way: a command for a module whose session is gone
+    p.gateway.install_session(0, app_session);
+    p.gateway.remove_session(1);
+    let command = p.app.seal(STATE_CHANGE, &[1], false).unwrap();
+    let f = command.frames()[0];
+    assert!(
+        p.gateway
+            .step(CAN1, f.id, f.payload())
+            .unwrap()
+            .unwrap()
+            .link_down
+    );
+    assert_eq!(p.gateway.stats().link_down, 2);
+    assert_eq!(p.gateway.stats().dropped, [0; 7]);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 import time
 import uuid
@@ -193,3 +194,60 @@ def test_udp_multicast_does_not_hand_a_node_its_own_frames() -> None:
     finally:
         node.shutdown()
         other.shutdown()
+
+
+class _QueueFullAfter(can.BusABC):
+    """A virtual bus whose transmit queue is full after `room` frames (fault injected on
+    purpose: SocketCAN's ENOBUFS, seen for real in tests/socketcan)."""
+
+    def __init__(self, channel: str, room: int, error: can.CanError) -> None:
+        self.inner = can.Bus(interface="virtual", channel=channel)
+        self.room, self.error = room, error
+        super().__init__(channel=channel)
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        if self.room == 0:
+            raise self.error
+        self.room -= 1
+        self.inner.send(msg, timeout)
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        return self.inner.recv(timeout), False
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.inner.shutdown()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        can.CanOperationError("Failed to transmit: No buffer space available", errno.ENOBUFS),
+        can.CanOperationError("Transmit buffer full"),
+    ],
+    ids=["ENOBUFS", "python-can timeout"],
+)
+def test_a_full_transmit_queue_loses_the_frame_counts_it_and_goes_on(
+    error: can.CanError, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = f"queue-full-{uuid.uuid4().hex[:8]}"
+    listener = can.Bus(interface="virtual", channel=channel)
+    with CanPort(_QueueFullAfter(channel, 3, error), "can2") as port:
+        for n in range(10):
+            port.send(0x1400_0000 | n, bytes([n]))
+        port.send_built(0x1400_0010, b"\x10")
+        assert port.losses() == {"tx_queue_full": 8}  # virtual: no kernel to tell overflows
+        received = [listener.recv(1.0) for _ in range(3)]
+        assert [m.arbitration_id & 0xFF for m in received if m] == [0, 1, 2]
+    listener.shutdown()
+    warnings = [r for r in caplog.records if "transmit queue full" in r.getMessage()]
+    assert len(warnings) == 1  # a flood of losses is logged once, not per frame
+
+
+def test_other_send_failures_still_raise() -> None:
+    channel = f"bus-down-{uuid.uuid4().hex[:8]}"
+    down = can.CanOperationError("Failed to transmit: Network is down", errno.ENETDOWN)
+    with CanPort(_QueueFullAfter(channel, 0, down), "can1") as port:
+        with pytest.raises(can.CanOperationError, match="Network is down"):
+            port.send(0x1400_0000, b"")
+        assert port.losses() == {"tx_queue_full": 0}

@@ -8,7 +8,17 @@ import os
 import numpy as np
 import pytest
 
-from modbatt import Gateway, LinkKey, Sealed, Session, compose_id, errors, frames_of
+from modbatt import (
+    DROP_REASONS,
+    Gateway,
+    LinkKey,
+    Sealed,
+    Session,
+    compose_id,
+    errors,
+    frames_of,
+)
+from modbatt._core import STATUS_LINK_DOWN
 
 CAN1, CAN2 = 0, 1
 APP, PACK, MODULE = "COMP-app", "COMP-pack", "COMP-module-5"
@@ -114,3 +124,29 @@ def test_step_batch_matches_step() -> None:
     assert batch == per_frame
     assert list(status[-2:]) == [5, 2]  # downgrade, no route
     assert one.gateway.stats() == two.gateway.stats()
+
+
+def test_a_destination_without_a_session_is_link_down_not_a_drop() -> None:
+    """An operational pack whose app is not connected still opens its modules' reports (the
+    tap feeds its module table) but has no one to send them to: `link_down`, no drop."""
+    pack = Pack(seed=3)
+    twin = Pack(seed=3)
+    pack.gateway.set_tap(compose_id(0x500, 0), 0x7F0 << 18)
+    for gateway in (pack.gateway, twin.gateway):
+        gateway.remove_session(0)
+    assert pack.carry(CAN2, pack.module.seal(STATUS_1, b"\x07\x07\x07")) == []
+    stats = pack.gateway.stats()
+    assert (stats["received"], stats["forwarded"], stats["link_down"]) == (1, 0, 1)
+    assert not any(stats[name] for _, name in DROP_REASONS)
+    assert pack.gateway.take_tapped() == [(STATUS_1, b"\x07\x07\x07")]
+    # the batch API reports it with its own status, apart from the drop reasons
+    twin_frames = frames_of(twin.module.seal(STATUS_1, b"\x07\x07\x07"))
+    ((can_id, data),) = twin_frames
+    *_, status = twin.gateway.step_batch(
+        np.array([CAN2], dtype=np.uint8),
+        np.array([can_id], dtype=np.uint32),
+        np.array([len(data)], dtype=np.uint8),
+        np.frombuffer(data.ljust(64, b"\x00"), dtype=np.uint8).reshape(1, 64).copy(),
+    )
+    assert list(status) == [STATUS_LINK_DOWN]
+    assert STATUS_LINK_DOWN not in {code for code, _ in DROP_REASONS}

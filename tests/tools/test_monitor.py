@@ -31,6 +31,8 @@ SNAPSHOT = MonitorView(
     telemetry_fps=38.4,
     app_drops={"unpaired": 1},
     gateway_drops={"bad_tag": 2, "no_route": 7},
+    bus_losses={"CAN 2 rx_overflow": 12},
+    link_down=40,
     alerts=["module silent: module 2, value 0"],
 )
 
@@ -47,7 +49,8 @@ def test_a_known_snapshot_renders_as_expected() -> None:
         "  2        501 plain     no     ?             -       -       -               -"
         "           -",
         "",
-        "dropped: bad_tag 2, no_route 7, app: unpaired 1",
+        "dropped: bad_tag 2, no_route 7, CAN 2 rx_overflow 12, app: unpaired 1",
+        "not sent, no session on their way out (app away): 40",
         "alerts: module silent: module 2, value 0",
     ]
     assert all(len(line) <= 100 for line in render(SNAPSHOT))
@@ -72,6 +75,12 @@ def test_the_view_of_a_running_pack(tmp_path: Path, api_bridge: BridgeProcess) -
         assert (view.state, view.security_level, view.app_link) == ("Operational", 3, True)
         assert {row.module_id for row in view.modules} == ids
         assert all(row.paired and row.online for row in view.modules)
+        # on `virtual` only sends can be lost (no kernel reports receive overflows): none were
+        assert life.app.status()["bus_losses"] == {
+            "can1": {"tx_queue_full": 0},
+            "can2": {"tx_queue_full": 0},
+        }
+        assert view.bus_losses == {}
         # the module firmware sends SOC 0 (it does not estimate it): shown as "-", not 0 %
         assert all(row.soc is None for row in view.modules)
         assert all(row.cell_min_v is not None and row.temp_max is not None for row in view.modules)

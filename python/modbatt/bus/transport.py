@@ -8,7 +8,10 @@ rules (extended ids only, FD when the payload needs it) live here alone. A bus i
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -218,6 +221,58 @@ class WithoutEchoes(can.BusABC):
 
 RECEIVE_WAKE_S = 0.1  # an idle port's thread wakes this often to see whether it is closed
 
+# What a bus lost below the frame path, by reason (`CanPort.losses`).
+TX_QUEUE_FULL = "tx_queue_full"  # a send refused: the interface's transmit queue was full
+RX_OVERFLOW = "rx_overflow"  # frames the kernel dropped: the socket's receive queue was full
+LOSS_LOG_EVERY_S = 10.0  # a port logs its losses at most this often (they come in floods)
+# getsockopt(SOL_SOCKET, SO_MEMINFO): the socket's memory counters, u32 each; the last of the
+# nine is sk_drops, the per-socket count of frames dropped for a full receive queue. It is the
+# counter SO_RXQ_OVFL hands out with each received frame, read here without changing how
+# python-can receives.
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+SK_MEMINFO_DROPS = 8
+_MEMINFO = struct.Struct("9I")
+
+
+def kernel_socket(bus: can.BusABC) -> socket.socket | None:
+    """The SocketCAN socket under `bus` (through modbatt's wrappers), or None."""
+    for _ in range(4):  # WithoutEchoes, RecordingBus, FaultyBus: a few layers at most
+        sock = getattr(bus, "socket", None)
+        if isinstance(sock, socket.socket) and sock.family == getattr(socket, "AF_CAN", -1):
+            return sock
+        inner = getattr(bus, "inner", None)
+        if not isinstance(inner, can.BusABC):
+            return None
+        bus = inner
+    return None
+
+
+def receive_overflows(bus: can.BusABC) -> int | None:
+    """Frames the kernel dropped for `bus`'s socket since it was opened, or None.
+
+    The receive queue was full: the reader fell behind. None where the interface does not tell.
+    """
+    sock = kernel_socket(bus)
+    if sock is None:
+        return None
+    try:
+        return int(
+            _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[
+                SK_MEMINFO_DROPS
+            ]
+        )
+    except OSError:  # closed, or a kernel without SO_MEMINFO (before 4.6)
+        return None
+
+
+def _transmit_queue_full(exc: can.CanError) -> bool:
+    """Whether a failed send means only that the transmit queue was full.
+
+    ENOBUFS from SocketCAN, or python-can's own "Transmit buffer full": the frame is lost, the
+    bus is fine.
+    """
+    return getattr(exc, "error_code", None) == errno.ENOBUFS or "buffer full" in str(exc)
+
 
 def filters_below_python(bus: can.BusABC) -> bool:
     """Whether `bus`'s interface applies receive filters itself.
@@ -260,6 +315,8 @@ class CanPort:
         self._message_handler: MessageHandler | None = None
         self._lock = threading.Lock()
         self._closing = False
+        self._tx_queue_full = 0
+        self._loss_logged_at = -LOSS_LOG_EVERY_S
         self._thread = threading.Thread(
             target=self._receive, name=f"can-rx {self.name}", daemon=True
         )
@@ -409,25 +466,62 @@ class CanPort:
             message_handler(msg, not kept)
 
     def send(self, can_id: int, data: bytes) -> None:
-        """Send one frame (CAN FD when this port is FD or the payload needs it)."""
-        self.bus.send(to_message(can_id, data, fd=self.fd))
+        """Send one frame (CAN FD when this port is FD or the payload needs it).
+
+        A frame the interface refuses because its transmit queue is full is lost and counted
+        (`losses`), as a busy bus loses it: the sender goes on. Any other failure raises.
+        """
+        self._send(to_message(can_id, data, fd=self.fd))
 
     def send_built(self, can_id: int, data: bytes, reuse: can.Message | None = None) -> None:
         """Send one frame the Rust core built: the bridge's hot path skips re-validation.
 
         `reuse`, a received message no one else holds (see `subscribe_messages`), is turned
         into the outgoing one instead of building a new object: the interface copies what it
-        sends, as it does when `can.bridge` forwards the received object itself.
+        sends, as it does when `can.bridge` forwards the received object itself. A full
+        transmit queue is counted as in `send`.
         """
         if reuse is None or self.fd or len(data) > CLASSIC_MAX_DATA:
-            self.bus.send(to_message(can_id, data, fd=self.fd, check=False))
+            self._send(to_message(can_id, data, fd=self.fd, check=False))
             return
         reuse.arbitration_id = can_id
         reuse.data = bytearray(data)
         reuse.dlc = len(data)
         reuse.is_fd = reuse.bitrate_switch = reuse.is_rx = False
         reuse.channel = None
-        self.bus.send(reuse)
+        self._send(reuse)
+
+    def _send(self, message: can.Message) -> None:
+        try:
+            self.bus.send(message)
+        except can.CanError as exc:
+            if not _transmit_queue_full(exc):
+                raise
+            with self._lock:
+                self._tx_queue_full += 1
+                now = time.monotonic()
+                if now - self._loss_logged_at < LOSS_LOG_EVERY_S:
+                    return
+                self._loss_logged_at = now
+                lost = self._tx_queue_full
+            log.warning(
+                "%s: transmit queue full, frames lost (%d so far): the bus is busier than it "
+                "can carry, or no other node acknowledges (see OPERATIONS.md, txqueuelen)",
+                self.name,
+                lost,
+            )
+
+    def losses(self) -> dict[str, int]:
+        """What this bus lost below the frame path, by reason.
+
+        `tx_queue_full`: sends the interface refused. `rx_overflow`, where the kernel tells
+        (SocketCAN): frames it dropped because this port's reader fell behind.
+        """
+        lost = {TX_QUEUE_FULL: self._tx_queue_full}
+        overflows = receive_overflows(self.bus)
+        if overflows is not None:
+            lost[RX_OVERFLOW] = overflows
+        return lost
 
     def close(self) -> None:
         """Stop the receiving thread and shut the bus down."""

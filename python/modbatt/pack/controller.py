@@ -162,7 +162,9 @@ class PackController:
         can2: CanPort,
         audit: AuditLog | None = None,
     ) -> None:
-        self.keys = keys = PackKeys(serial, state_dir, audit, modules_view=self.modules_view)
+        self.keys = keys = PackKeys(
+            serial, state_dir, audit, modules_view=self.modules_view, bus_losses=self.bus_losses
+        )
         self.can1, self.can2 = can1, can2
         self.manager = ModuleManager()
         # The module table reads the plain frames (registration, announcements); sealed
@@ -301,6 +303,10 @@ class PackController:
         self._replays_seen: dict[int, int] = {}  # link -> replay drops already alerted
         self._torn_down_alerted: set[int] = set()
         self._relinker = threading.Thread(target=self._relink_loop, name="relink", daemon=True)
+
+    def bus_losses(self) -> dict[str, dict[str, int]]:
+        """What each bus lost below the frame path (full transmit queue, receive overflow)."""
+        return {"can1": self.can1.losses(), "can2": self.can2.losses()}
 
     def modules_view(self) -> list[dict[str, Any]]:
         """The module table as device_info reports it."""
@@ -508,6 +514,7 @@ class PackController:
         return {
             "type": "diagnostics",
             "gateway": gateway.stats(),
+            "bus_losses": self.bus_losses(),
             "links": links,
             "flash_problem": self.keys.flash_problem,
             "audit_log": None if audit is None else (audit.verify() or "intact"),

@@ -64,6 +64,11 @@ def no_modules() -> list[dict[str, Any]]:
     return []
 
 
+def no_buses() -> dict[str, dict[str, int]]:
+    """The bus losses of a pack without buses (the default `bus_losses`)."""
+    return {}
+
+
 @dataclass
 class PackKeys:
     """The pack's keys and what they make of it, sans I/O: a control message in, an answer out.
@@ -71,13 +76,15 @@ class PackKeys:
     Its flash store (keys, configuration, paired modules), its state and security level, the
     bootstrap (hello, sealed key delivery) and the app link's handshake. The sessions live in
     `gateway` (link 0 = the app, link m = module m). `modules_view` is the module table that
-    discovery reports, given by whoever has a module side.
+    discovery reports, given by whoever has a module side; `bus_losses` what each bus lost
+    below the frame path (`CanPort.losses`), given by whoever has the buses.
     """
 
     serial: str
     state_dir: Path
     audit: AuditLog | None = None
     modules_view: Callable[[], list[dict[str, Any]]] = no_modules
+    bus_losses: Callable[[], dict[str, dict[str, int]]] = no_buses
     flash_store: TypedStore[PackFlash] = field(init=False)
     flash: PackFlash | None = field(init=False, default=None)
     flash_problem: str | None = field(init=False, default=None)
@@ -152,6 +159,7 @@ class PackKeys:
             "paired_modules": 0 if self.flash is None else len(self.flash.modules),
             "modules": self.modules_view(),
             "gateway": self.gateway.stats(),
+            "bus_losses": self.bus_losses(),
             "flash_problem": self.flash_problem,
         }
 

@@ -18,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from modbatt import DROP_REASONS as CORE_DROP_REASONS
 from modbatt.app.app import App
 from modbatt.errors import ApiBridgeError, ModbattError
 from modbatt.protocol.catalogue import STATE_NAMES
 from modbatt.protocol.status import ALERT_NAMES
 
-DROP_REASONS = ("no_route", "bad_tag", "replay", "downgrade", "malformed", "unpaired", "no_session")
+DROP_REASONS = tuple(name for _, name in CORE_DROP_REASONS)
+BUS_NAMES = {"can1": "CAN 1", "can2": "CAN 2"}
 CLEAR = "\x1b[H\x1b[2J"  # home, clear: redraw in place
 REGISTRATIONS_EVERY_S = 60.0  # how often the monitor asks the API-Bridge
 
@@ -58,6 +60,9 @@ class MonitorView:
     telemetry_fps: float
     app_drops: dict[str, int] = field(default_factory=dict)
     gateway_drops: dict[str, int] = field(default_factory=dict)
+    # what the buses lost below the gateway, e.g. {"CAN 2 rx_overflow": 12}
+    bus_losses: dict[str, int] = field(default_factory=dict)
+    link_down: int = 0  # messages the gateway had no one to send to (not drops)
     alerts: list[str] = field(default_factory=list)
     registrations: str | None = None  # the API-Bridge check's last word (None: not checked)
 
@@ -146,6 +151,13 @@ def view_of(app: App, info: dict[str, Any], telemetry_fps: float) -> MonitorView
         telemetry_fps=telemetry_fps,
         app_drops={k: v for k, v in sorted(app.dropped.items()) if v},
         gateway_drops={k: int(gateway[k]) for k in DROP_REASONS if gateway.get(k)},
+        bus_losses={
+            f"{BUS_NAMES.get(bus, bus)} {reason}": int(n)
+            for bus, lost in sorted(info.get("bus_losses", {}).items())
+            for reason, n in sorted(lost.items())
+            if n
+        },
+        link_down=int(gateway.get("link_down", 0)),
         alerts=[_alert(a) for a in app.alerts[-5:]],
     )
 
@@ -187,8 +199,11 @@ def render(view: MonitorView) -> list[str]:
         lines.append("  (no module registered)")
     lines.append("")
     drops = [f"{k} {v}" for k, v in view.gateway_drops.items()]
+    drops += [f"{k} {v}" for k, v in view.bus_losses.items()]
     drops += [f"app: {k} {v}" for k, v in view.app_drops.items()]
     lines.append("dropped: " + (", ".join(drops) if drops else "nothing"))
+    if view.link_down:
+        lines.append(f"not sent, no session on their way out (app away): {view.link_down}")
     lines.append("alerts: " + ("; ".join(view.alerts) if view.alerts else "none"))
     if view.registrations is not None:
         lines.append(f"API-Bridge: {view.registrations}")

@@ -286,6 +286,7 @@ impl Gateway {
         dict.set_item("pending", stats.pending)?;
         dict.set_item("ahead", stats.ahead)?;
         dict.set_item("ahead_missed", stats.ahead_missed)?;
+        dict.set_item("link_down", stats.link_down)?;
         for reason in DropReason::ALL {
             dict.set_item(reason.name(), stats.dropped[reason.index()])?;
         }

@@ -24,6 +24,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MESSAGE_MAX", crate::message::MESSAGE_MAX)?;
     m.add("STATUS_FORWARDED", crate::gateway::STATUS_FORWARDED)?;
     m.add("STATUS_PENDING", crate::gateway::STATUS_PENDING)?;
+    m.add("STATUS_LINK_DOWN", crate::gateway::STATUS_LINK_DOWN)?;
     let reasons: Vec<(u8, &str)> = crate::DropReason::ALL
         .iter()
         .map(|r| (*r as u8, r.name()))
