@@ -15,7 +15,7 @@ from pathlib import Path
 import can
 import pytest
 
-from modbatt import LinkKey, is_encrypted, logical_id
+from modbatt import DROP_REASONS, LinkKey, is_encrypted, logical_id
 from modbatt._core import frame_format
 from modbatt.api_bridge.client import ApiBridgeClient, ApiBridgeConfig, RetryPolicy
 from modbatt.app.app import App, AppError
@@ -352,6 +352,19 @@ def test_a_restarted_pack_brings_its_modules_back_without_an_operator(lifecycle:
     # the pack restarts with its flash intact: no sessions at all
     lifecycle.pack.stop()
     lifecycle.pack = lifecycle.pack.started_again()
+    pack = lifecycle.pack
+    # Its modules come back before the app does: their reports are opened (the module table
+    # is kept from them) with no one to send them to. That is `link_down`, not a drop: the
+    # drop counters of a pack whose app is away stay still.
+    assert wait_for(lambda: len(pack.keys.module_links()) == 2, 5.0)
+    time.sleep(0.5)  # frames sealed before the relink have come and gone (real drops)
+    before = pack.gateway.stats()
+    time.sleep(1.5)
+    after = pack.gateway.stats()
+    assert after["link_down"] > before["link_down"]
+    assert {name: after[name] for _, name in DROP_REASONS} == {
+        name: before[name] for _, name in DROP_REASONS
+    }
     app.connect()  # the app's side of the restart: a handshake, no keys on the bus
     assert wait_for(lambda: app.status()["state"] == PackState.OPERATIONAL, 10.0)
     assert app.status()["security_level"] == 3

@@ -8,10 +8,12 @@ restart, key recovery.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from modbatt import DROP_REASONS
 from modbatt.app.errors import AppError
 from modbatt.pack.keys import PackState
 from modbatt.pack.modules import START_SETTLE_S
@@ -51,6 +53,14 @@ def test_the_whole_lifecycle_on_socketcan(tmp_path: Path, api_bridge: BridgeProc
         # telemetry, decrypted by the app after two reseals in the pack's gateway
         assert wait_for(lambda: telemetry_from_every_module(life), 3.0 * SLOW)
         assert life.pack.gateway.stats()["malformed"] == 0
+        # the counters tell the truth: an operational pack refuses none of its own traffic
+        before = life.pack.gateway.stats()
+        time.sleep(5.0)
+        after = life.pack.gateway.stats()
+        assert after["forwarded"] > before["forwarded"]
+        assert {n: after[n] - before[n] for _, n in DROP_REASONS} == dict.fromkeys(
+            (n for _, n in DROP_REASONS), 0
+        )
         # a command to one module
         target, other = modules
         app.command_state(target.module.module_id or 0, 3)
