@@ -9,6 +9,7 @@ bootstrap, a pairing, the telemetry or a command.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import can
@@ -17,6 +18,7 @@ from can.interfaces.virtual import VirtualBus
 
 from modbatt import ENCRYPTION_FLAG, compose_id
 from modbatt.bus import transport
+from modbatt.bus.traffic import TrafficLog
 from modbatt.bus.transport import CanPort, IdFilter, filters_below_python
 from modbatt.pack.controller import CAN1, CAN2
 from modbatt.protocol.control import APP_TO_PACK, PACK_TO_APP
@@ -48,6 +50,23 @@ def test_only_interfaces_that_filter_below_python_get_filters() -> None:
             assert port.set_receive_filters([(0x7FF << 18, 0x500 << 18)]) is applied
         finally:
             port.close()
+    assert kernel.applied == [{"can_id": 0x500 << 18, "can_mask": 0x7FF << 18, "extended": True}]
+
+
+def test_a_recorded_bus_keeps_its_filters_below_python(tmp_path: Path) -> None:
+    """`--log` wraps the pack's buses: the filters still go down to the interface."""
+    log = TrafficLog(tmp_path / "pack.log")
+    kernel = _KernelFilteringBus(channel="modbatt-filters-c")
+    recorded = log.wrap(kernel, "can2")
+    plain = log.wrap(can.Bus(interface="virtual", channel="modbatt-filters-d"), "can1")
+    assert filters_below_python(recorded) and not filters_below_python(plain)
+    port = CanPort(recorded, "can2")
+    try:
+        assert port.set_receive_filters([(0x7FF << 18, 0x500 << 18)])
+    finally:
+        port.close()
+        plain.shutdown()
+        log.close()
     assert kernel.applied == [{"can_id": 0x500 << 18, "can_mask": 0x7FF << 18, "extended": True}]
 
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from modbatt.bus.isotp_link import with_check
 from modbatt.bus.traffic import FORMATS, TrafficLog, check_log_path
-from modbatt.errors import InvalidArgumentError
+from modbatt.errors import InvalidArgumentError, ModbattError
 from modbatt.protocol.control import encode as encode_control
 from modbatt.state.keystores import pack_flash
-from modbatt.tools.decode import Decoded, Decoder, decode_log, links_in
+from modbatt.tools.decode import MODBATT_CHANNELS, Decoded, Decoder, bus_map, decode_log, links_in
 from tests.api_bridge_server import BridgeProcess
 from tests.module.test_pairing import bring_up, running_lifecycle, wait_for
 
@@ -146,9 +146,25 @@ frames = st.builds(
 @given(st.lists(frames, max_size=60))
 def test_any_log_decodes_without_an_exception(messages: list[can.Message]) -> None:
     # A log is input like any other: a crafted one must not stop the decoder.
-    decoder = Decoder()
+    decoder = Decoder(buses={**MODBATT_CHANNELS, "vcan0": 2})
     for message in messages:
         assert decoder.feed(message).lines()
+
+
+def test_interfaces_are_mapped_to_the_buses_never_guessed() -> None:
+    pairing = can.Message(arbitration_id=0x531 << 18 | 1, data=b"\x02\x00", channel="vcan1")
+    control = can.Message(arbitration_id=0x460 << 18, data=b"\x02\x00", channel="vcan0")
+    # a candump log of vcan0/vcan1 (or can0/can1 on a pack board) says nothing of the buses
+    with pytest.raises(ModbattError, match="--can1 vcan1 or --can2 vcan1"):
+        Decoder().feed(pairing)
+    decoder = Decoder(buses=bus_map("vcan0", "vcan1"))
+    assert (decoder.feed(control).bus, decoder.feed(pairing).bus) == (1, 2)
+    assert "module -> pack" in decoder.feed(pairing).what
+    # modbatt's own logs name them can1 and can2 (1 and 2 in ASC and BLF)
+    assert bus_map() == {"can1": 1, "can2": 2, "1": 1, "2": 2}
+    assert bus_map(can2="can0") == {"can0": 2}
+    with pytest.raises(ModbattError, match="both CAN 1 and CAN 2"):
+        bus_map("can0", "can0")
 
 
 def test_a_forged_handshake_in_a_log_names_no_link(recorded: tuple[Path, Path]) -> None:

@@ -79,7 +79,10 @@ class FaultyBus(can.BusABC):
                 self.inner.send(msg)
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
-        return self.inner.recv(timeout), False
+        return self.inner.recv(timeout), True  # the inner bus has applied its filters
+
+    def _apply_filters(self, filters: can.typechecking.CanFilters | None) -> None:
+        self.inner.set_filters(filters)
 
     def shutdown(self) -> None:
         """Shut the inner bus down too."""

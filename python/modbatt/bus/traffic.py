@@ -103,6 +103,11 @@ class RecordingBus(can.BusABC):
             self.log.record(msg, self.log_channel, received=True)
         return msg, True  # the inner bus has applied its filters
 
+    def _apply_filters(self, filters: can.typechecking.CanFilters | None) -> None:
+        # Handed down: on SocketCAN a recorded bus keeps the kernel's filters (and records
+        # what passes them, which is what its role receives).
+        self.inner.set_filters(filters)
+
     def shutdown(self) -> None:
         """Shut the inner bus down too."""
         super().shutdown()

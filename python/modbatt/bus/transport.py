@@ -195,6 +195,9 @@ class WithoutEchoes(can.BusABC):
             if deadline is not None and time.monotonic() >= deadline:
                 return None, True
 
+    def _apply_filters(self, filters: can.typechecking.CanFilters | None) -> None:
+        self.inner.set_filters(filters)  # the inner bus filters (see `filters_below_python`)
+
     def _take(self, key: tuple[int, bytes], now: float | None) -> bool:
         """Whether a copy of `key` awaited its echo (now: not expired at `now`); it is taken."""
         times = self._awaited.get(key)
@@ -278,8 +281,12 @@ def filters_below_python(bus: can.BusABC) -> bool:
     """Whether `bus`'s interface applies receive filters itself.
 
     In the kernel (SocketCAN) or in the adapter (Kvaser, Vector, SYSTEC, ETAS): only there do
-    filters spare Python any work.
+    filters spare Python any work. modbatt's wrappers (a traffic log, echo removal, fault
+    injection) hand filters to the bus they wrap: theirs is the answer.
     """
+    inner = getattr(bus, "inner", None)
+    if isinstance(inner, can.BusABC):
+        return filters_below_python(inner)
     return type(bus)._apply_filters is not can.BusABC._apply_filters
 
 

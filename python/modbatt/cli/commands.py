@@ -316,19 +316,22 @@ cli.add_command(monitor)
     metavar="DIR",
     help="A state directory of the app, the pack or a module (may be given again).",
 )
-def decode(file: Path, keystore: tuple[Path, ...]) -> int:
+@click.option("--can1", metavar="CHANNEL", help="The log's channel that is CAN 1 (e.g. vcan0).")
+@click.option("--can2", metavar="CHANNEL", help="The log's channel that is CAN 2 (e.g. vcan1).")
+def decode(file: Path, keystore: tuple[Path, ...], can1: str | None, can2: str | None) -> int:
     """Read a traffic log back through the protocol (decrypted where keys allow).
 
     Every frame of a log written with --log (or any BLF, ASC or candump log of modbatt
     buses), named: module messages through the DBC, pack status and alerts, control and
     pairing messages reassembled from ISO-TP. With --keystore, sealed traffic is decrypted
-    from the session handshakes in the log.
+    from the session handshakes in the log. A log of network interfaces (candump -L of
+    can0/can1) needs --can1 and --can2: interface names do not say which bus is which.
     """
     from modbatt.errors import ModbattError
-    from modbatt.tools.decode import decode_log
+    from modbatt.tools.decode import bus_map, decode_log
 
     try:
-        for decoded in decode_log(file, list(keystore)):
+        for decoded in decode_log(file, list(keystore), bus_map(can1, can2)):
             for line in decoded.lines():
                 click.echo(line)
     except (ModbattError, OSError, ValueError) as exc:  # a log that cannot be read through

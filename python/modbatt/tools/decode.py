@@ -12,6 +12,12 @@ responder's confirmation verifies under one of the keystore's link keys names th
 decoder derives both directions of that session the way the two ends did (PROTOCOL.md §2). A
 log that starts inside a session has no handshake for it: its sealed frames are named, not
 opened. Key bytes are never printed.
+
+A log names each frame's bus by its channel. modbatt's own logs call them ``can1`` and
+``can2``; a log of network interfaces (``candump -L`` of ``can0``/``can1`` on a pack board,
+or ``vcan0``/``vcan1``) names interfaces, which say nothing of which bus is which: those are
+given as ``buses`` (``modbatt decode --can1 vcan0 --can2 vcan1``), and a frame on a channel
+neither names is an error, never a guess.
 """
 
 from __future__ import annotations
@@ -57,6 +63,18 @@ CONTROL_BASES = {0x460: "app -> pack", 0x461: "pack -> app"}  # CAN 1 (PROTOCOL.
 PAIRING_BASES = {0x530: "pack -> module", 0x531: "module -> pack"}  # CAN 2 (§8c)
 SECURE_FORMATS = {0: "single", 1: "pair data", 2: "pair auth", 3: "FD"}
 DECODE_FAILURE_BUDGET = 2**31  # a decoding session tries frames of both directions
+# What modbatt's own logs call the buses (TrafficLog channels; 1 and 2 in ASC and BLF).
+MODBATT_CHANNELS: dict[str, int] = {"can1": 1, "can2": 2, "1": 1, "2": 2}
+
+
+def bus_map(can1: str | None = None, can2: str | None = None) -> dict[str, int]:
+    """Log channel -> bus (1 or 2): the interfaces given, else modbatt's own channel names."""
+    if can1 is None and can2 is None:
+        return dict(MODBATT_CHANNELS)
+    if can1 is not None and can1 == can2:
+        raise ModbattError(f"{can1!r} cannot be both CAN 1 and CAN 2")
+    given = {can1: 1, can2: 2}
+    return {channel: bus for channel, bus in given.items() if channel is not None}
 
 
 @dataclass(frozen=True)
@@ -173,8 +191,11 @@ class _Reassembler:
 class Decoder:
     """Names, reassembles and, with keys, opens the frames of a log in order."""
 
-    def __init__(self, links: Iterable[KnownLink] = ()) -> None:
+    def __init__(
+        self, links: Iterable[KnownLink] = (), buses: dict[str, int] | None = None
+    ) -> None:
         self.links = list(links)
+        self.buses = bus_map() if buses is None else buses
         self.db = catalogue()
         self._reassemblers: dict[tuple[int, int], _Reassembler] = {}
         self._handshakes: dict[tuple[int, int], _Handshake] = {}
@@ -182,7 +203,7 @@ class Decoder:
 
     def feed(self, message: can.Message) -> Decoded:
         """The frame `message` (from a log, its channel the bus), decoded."""
-        bus = _bus_of(message.channel)
+        bus = self._bus_of(message.channel)
         can_id, data = message.arbitration_id, bytes(message.data)
         decoded = Decoded(message.timestamp, bus, bool(message.is_rx), can_id, data, "")
         if message.is_error_frame or message.is_remote_frame or not message.is_extended_id:
@@ -200,6 +221,19 @@ class Decoder:
         else:
             decoded.what = self._name(can_id, data)
         return decoded
+
+    def _bus_of(self, channel: Any) -> int:
+        """The bus of a log channel (a frame without a channel is taken as CAN 1)."""
+        if channel is None:
+            return 1
+        bus = self.buses.get(str(channel))
+        if bus is None:
+            known = ", ".join(sorted(self.buses)) or "none"
+            raise ModbattError(
+                f"a frame on channel {channel!r}, which is neither bus (known: {known}): say "
+                f"which bus it is, e.g. --can1 {channel} or --can2 {channel}"
+            )
+        return bus
 
     # --- plain frames -------------------------------------------------------------------
 
@@ -329,11 +363,6 @@ class Decoder:
         return None
 
 
-def _bus_of(channel: Any) -> int:
-    bus = can.util.channel2int(channel) if channel is not None else None
-    return bus if bus in (1, 2) else 1
-
-
 def _value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -369,9 +398,14 @@ def read_log(path: Path) -> Iterator[can.Message]:
     yield from can.LogReader(str(path))
 
 
-def decode_log(path: Path, keystores: Iterable[Path] = ()) -> Iterator[Decoded]:
-    """Every frame of the log at `path`, decoded with the keys found in `keystores`."""
+def decode_log(
+    path: Path, keystores: Iterable[Path] = (), buses: dict[str, int] | None = None
+) -> Iterator[Decoded]:
+    """Every frame of the log at `path`, decoded with the keys found in `keystores`.
+
+    `buses` maps the log's channels to CAN 1 and CAN 2 (see `bus_map`).
+    """
     links = [link for directory in keystores for link in links_in(directory)]
-    decoder = Decoder(links)
+    decoder = Decoder(links, buses)
     for message in read_log(path):
         yield decoder.feed(message)
