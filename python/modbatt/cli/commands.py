@@ -514,29 +514,46 @@ BENCHMARKS = {"frame-path": "frame_path", "gateway": "gateway"}
     is_flag=True,
     help="Small sizes: checks that the benchmark runs; the figures mean little.",
 )
-def bench(benchmark: str | None, json_path: Path | None, quick: bool) -> int:
+@click.option(
+    "--interface",
+    type=click.Choice(["virtual", "socketcan"]),
+    default="virtual",
+    show_default=True,
+    help="gateway: python-can virtual buses in one process, or SocketCAN vcan0 -> vcan1 "
+    "with the kernel's cangw as the floor (in the guest: make vm-run CMD='...').",
+)
+def bench(benchmark: str | None, json_path: Path | None, quick: bool, interface: str) -> int:
     """Measure the frame path (figures, not a test); with no BENCHMARK named, run them all.
 
     frame-path: seal, open, batch seal and gateway step, against baselines measured in the
     same run (AES-GCM, a pure-Python reference).
 
     gateway: the whole bridge (python-can in, Rust gateway, python-can out) against
-    python-can's own can.bridge, on the same buses.
+    python-can's own can.bridge, on the same buses; with --interface socketcan, on vcan0 ->
+    vcan1 against the kernel's cangw too.
     """
-    return _bench(
-        (BENCHMARKS[benchmark],) if benchmark else tuple(BENCHMARKS.values()), json_path, quick
-    )
+    names = (BENCHMARKS[benchmark],) if benchmark else tuple(BENCHMARKS.values())
+    return _bench(names, json_path, quick, interface)
 
 
-def _bench(names: Sequence[str], json_path: Path | None, quick: bool) -> int:
+def _bench(names: Sequence[str], json_path: Path | None, quick: bool, interface: str) -> int:
+    from modbatt.errors import ModbattError
     from modbatt.tools import bench as frame_path_bench
     from modbatt.tools import bench_gateway as gateway_bench
+    from modbatt.tools import bench_socketcan
 
     figures: dict[str, Any] = {}
     if "frame_path" in names:
         figures["frame_path"] = frame_path_bench.frame_path(quick=quick)
         frame_path_bench.print_table(figures["frame_path"], out=click.echo)
-    if "gateway" in names:
+    if "gateway" in names and interface == "socketcan":
+        try:
+            figures["gateway"] = bench_socketcan.gateway_socketcan(quick=quick)
+        except ModbattError as exc:
+            click.echo(f"bench gateway: {exc}", err=True)
+            return EXIT_FAILED
+        bench_socketcan.print_table(figures["gateway"], out=click.echo)
+    elif "gateway" in names:
         figures["gateway"] = gateway_bench.gateway(quick=quick)
         gateway_bench.print_table(figures["gateway"], out=click.echo)
     if json_path is not None:

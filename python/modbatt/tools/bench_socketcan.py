@@ -1,0 +1,403 @@
+"""``modbatt bench gateway --interface socketcan``: three bridges between two kernel buses.
+
+Run where SocketCAN is (the guest of ``make vm-run``, a Linux laptop with vcan, a pack board):
+the kernel's own gateway (``cangw`` rules vcan0 -> vcan1) as the floor any bridge in user
+space is measured against, python-can's ``can.bridge`` on SocketCAN, and the pack's secure
+bridge (a running :class:`~modbatt.pack.controller.PackController`, vcan0 its CAN 2 and vcan1
+its CAN 1). One bridge at a time, in one run, with the same source and sink:
+
+* the **source** for saturated throughput is can-utils' ``canplayer`` (C, no gaps) replaying
+  prebuilt frames (plain for ``cangw`` and ``can.bridge``, sealed classic pairs for the pack),
+  so that the source is faster than every bridge; for latency it is a Python raw socket
+  paced at a quarter of the slowest bridge's saturated rate (``PACED_LOAD``), each frame
+  carrying its send time (``time.time()``; inside the plaintext for the pack);
+* the **sink** is a SocketCAN socket on the output bus with kernel receive timestamps
+  (python-can's ``socketcan``, the same clock as ``time.time()``) and a receive buffer large
+  enough for the whole run; it is read only after the run, so reading costs the bridges
+  nothing. A frame counts when it arrives intact (the pack's: when its message opens).
+
+Throughput is the frames delivered over the time from the first delivery to the last. The
+bridges' input sockets get a receive buffer large enough for a whole burst, so a saturated run
+measures the bridge, not its buffer (at the default size a Python bridge that falls behind
+loses frames, see OPERATIONS.md); `lost_frames` counts every frame of every run not delivered.
+Under emulation absolute figures mean little: compare them within one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import can
+import numpy as np
+
+from modbatt import Session
+from modbatt.bus.transport import CanPort, kernel_socket
+from modbatt.errors import FrameRejectedError, ModbattError
+from modbatt.pack.controller import PackController
+from modbatt.pack.keys import APP_LINK
+from modbatt.protocol.frames import frames_of
+from modbatt.tools.bench_gateway import MODULE_ID, PLAIN_ID, STATUS_1_ID, TIMED
+from modbatt.tools.soak import session_pair
+
+IN_BUS, OUT_BUS = "vcan0", "vcan1"
+# Latency is measured at a quarter of the slowest bridge's saturated rate (measured first, in
+# the same run), at most a full 1 Mbit/s bus: a load every bridge carries with room to spare,
+# so that the figures are the bridges' own delay, not a queue building up. Under emulation
+# Python bridges carry a few thousand frames/s; on a pack board, more.
+PACED_LOAD = 0.25
+PACED_FPS_MAX = 7000  # 8-byte extended frames on a full 1 Mbit/s bus (REFERENCE §4)
+PACED_SECONDS = 2.0
+BIG_BUFFER = 64 * 1024 * 1024  # bytes: a whole run's frames (a queued frame costs ~1 KiB)
+QUIET_S = 0.5  # the sink's queue has not grown for this long: the run is over
+RUN_TIMEOUT_S = 120.0
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+CAN_FRAME = struct.Struct("=IB3x8s")  # struct can_frame, classic
+CAN_EFF_FLAG = 0x8000_0000
+
+
+@dataclass
+class Run:
+    """What the sink got from one run."""
+
+    sent: int
+    delivered: int
+    seconds: float  # first delivery to last
+    latencies_us: list[float]
+
+    @property
+    def fps(self) -> float:
+        """Frames delivered per second."""
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+
+def socketcan_available() -> bool:
+    """Whether this kernel has AF_CAN and both buses of the benchmark."""
+    return hasattr(socket, "AF_CAN") and all(
+        Path(f"/sys/class/net/{bus}").exists() for bus in (IN_BUS, OUT_BUS)
+    )
+
+
+def _big_buffer(sock: socket.socket) -> None:
+    """A receive buffer for a whole run (SO_RCVBUFFORCE needs CAP_NET_ADMIN; else the cap)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BIG_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BIG_BUFFER)
+
+
+def _open(channel: str) -> can.BusABC:
+    bus = can.Bus(interface="socketcan", channel=channel)
+    sock = kernel_socket(bus)
+    if sock is None:  # not SocketCAN after all
+        bus.shutdown()
+        raise ModbattError(f"{channel} is not a SocketCAN bus")
+    _big_buffer(sock)
+    return bus
+
+
+def _queued_bytes(bus: can.BusABC) -> int:
+    sock = kernel_socket(bus)
+    assert sock is not None
+    return int(struct.unpack("9I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0])
+
+
+def _wait_quiet(sink: can.BusABC) -> None:
+    """Until the sink's queue stops growing (the bridge has delivered all it will)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_bytes = _queued_bytes(sink)
+        if now_bytes != last:
+            last, since = now_bytes, time.monotonic()
+        elif time.monotonic() - since >= QUIET_S:
+            return
+        time.sleep(0.02)
+
+
+def _drain(sink: can.BusABC) -> list[can.Message]:
+    messages = []
+    while (message := sink.recv(0)) is not None:
+        messages.append(message)
+    return messages
+
+
+def _can_utils(*argv: str) -> None:
+    """Run one of can-utils' programs (by its full path), or say what is missing."""
+    program = shutil.which(argv[0])
+    if program is None:
+        raise ModbattError(f"{argv[0]} not found: install can-utils (apt-get install can-utils)")
+    subprocess.run([program, *argv[1:]], check=True)  # noqa: S603 (our own command line)
+
+
+# --- the three bridges ---------------------------------------------------------------------
+
+
+@contextmanager
+def cangw_bridge() -> Iterator[None]:
+    """The kernel's gateway: one rule, every frame of vcan0 onto vcan1.
+
+    Echoed (-e), so that sockets on vcan1, the sink's, receive it: vcan has no wire to loop
+    it back.
+    """
+    _can_utils("cangw", "-F")
+    _can_utils("cangw", "-A", "-s", IN_BUS, "-d", OUT_BUS, "-e")
+    try:
+        yield
+    finally:
+        _can_utils("cangw", "-F")
+
+
+@contextmanager
+def plain_bridge() -> Iterator[None]:
+    """python-can's can.bridge, one direction, on SocketCAN."""
+    bridge_in, bridge_out = _open(IN_BUS), can.Bus(interface="socketcan", channel=OUT_BUS)
+    notifier = can.Notifier(bridge_in, [can.RedirectReader(bridge_out)])
+    try:
+        yield
+    finally:
+        notifier.stop()
+        bridge_in.shutdown()
+        bridge_out.shutdown()
+
+
+@dataclass
+class SecureEnds:
+    """The far ends of the pack's two links: the module seals, the app opens."""
+
+    module_end: Session
+    app_end: Session
+
+
+@contextmanager
+def secure_bridge() -> Iterator[SecureEnds]:
+    """A running pack: CAN 2 on vcan0 (module telemetry in), CAN 1 on vcan1."""
+    can2 = CanPort(_open(IN_BUS), "can2")
+    can1 = CanPort(can.Bus(interface="socketcan", channel=OUT_BUS), "can1")
+    with TemporaryDirectory(prefix="modbatt-bench-") as state:
+        pack = PackController("PACK-BENCH-SOCKETCAN", Path(state), can1, can2)
+        app_end, pack_app = session_pair("COMP-bench-app", "COMP-bench-pack")
+        pack.gateway.install_session(APP_LINK, pack_app)
+        module_end, pack_module = session_pair(f"COMP-bench-module-{MODULE_ID}", "COMP-bench-pack")
+        pack.link_module(MODULE_ID, pack_module)
+        pack.start()
+        try:
+            yield SecureEnds(module_end, app_end)
+        finally:
+            pack.stop()
+            can1.close()
+            can2.close()
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+def _replay(frames: list[tuple[int, bytes]], workdir: Path) -> None:
+    """Send `frames` on vcan0 back to back, with can-utils' canplayer."""
+    path = workdir / "source.log"
+    with path.open("w") as out:
+        for can_id, data in frames:
+            out.write(f"(0.000000) {IN_BUS} {can_id:08X}#{data.hex().upper()}\n")
+    _can_utils("canplayer", "-I", str(path), "-t", "-g", "0")
+
+
+def _raw_source() -> socket.socket:
+    sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+    sock.bind((IN_BUS,))
+    return sock
+
+
+def _frame_bytes(can_id: int, data: bytes) -> bytes:
+    return CAN_FRAME.pack(can_id | CAN_EFF_FLAG, len(data), data.ljust(8, b"\x00"))
+
+
+def _paced(sock: socket.socket, n: int, fps: float, make: Any) -> list[float]:
+    """Send the frames `make(n, now)` gives, one every 1/fps s; returns their send times."""
+    sent_at = []
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i / fps
+        if (left := due - time.perf_counter()) > 0:
+            time.sleep(left)  # sleep, not spin: the bridge needs the CPU (and the GIL)
+        now = time.time()
+        for can_id, data in make(i, now):
+            sock.send(_frame_bytes(can_id, data))
+        sent_at.append(now)
+    return sent_at
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+def _plain_run(bridge: Any, n: int, paced_fps: float | None, workdir: Path) -> Run:
+    sink = _open(OUT_BUS)
+    try:
+        with bridge():
+            if paced_fps is None:
+                _replay([(PLAIN_ID, TIMED.pack(float(i))) for i in range(n)], workdir)
+            else:
+                source = _raw_source()
+                try:
+                    _paced(source, n, paced_fps, lambda _i, now: [(PLAIN_ID, TIMED.pack(now))])
+                finally:
+                    source.close()
+            _wait_quiet(sink)
+        received = [m for m in _drain(sink) if m.arbitration_id == PLAIN_ID and len(m.data) == 8]
+    finally:
+        sink.shutdown()
+    latencies = [(m.timestamp - TIMED.unpack(bytes(m.data))[0]) * 1e6 for m in received]
+    span = received[-1].timestamp - received[0].timestamp if len(received) > 1 else 0.0
+    return Run(n, len(received), span, latencies if paced_fps is not None else [])
+
+
+def _secure_run(n: int, paced_fps: float | None, workdir: Path) -> Run:
+    """`n` frames (n/2 classic pairs) through the pack; latency per frame of each pair."""
+    sink = _open(OUT_BUS)
+    pairs = n // 2
+    try:
+        with secure_bridge() as ends:
+
+            def sealed(_i: int, now: float) -> list[tuple[int, bytes]]:
+                return frames_of(ends.module_end.seal(STATUS_1_ID, TIMED.pack(now)))
+
+            if paced_fps is None:
+                _replay([f for i in range(pairs) for f in sealed(i, float(i))], workdir)
+            else:
+                source = _raw_source()
+                try:
+                    _paced(source, pairs, paced_fps / 2, sealed)
+                finally:
+                    source.close()
+            _wait_quiet(sink)
+        received = _drain(sink)
+    finally:
+        sink.shutdown()
+    delivered, latencies, first, last = 0, [], None, None
+    data_at = 0.0
+    for message in received:
+        try:
+            plain = ends.app_end.open(message.arbitration_id, bytes(message.data))
+        except FrameRejectedError:
+            continue  # the pack's own status frames (other ids) do not open here
+        if plain is None:
+            data_at = message.timestamp
+            continue
+        if len(plain) != TIMED.size:
+            continue
+        delivered += 2
+        first = data_at if first is None else first
+        last = message.timestamp
+        sent = TIMED.unpack(plain)[0]
+        # the pair's frames were sent together: each frame's latency from that send
+        latencies += [(data_at - sent) * 1e6, (message.timestamp - sent) * 1e6]
+    span = (last - first) if first is not None and last is not None else 0.0
+    return Run(2 * pairs, delivered, span, latencies if paced_fps is not None else [])
+
+
+def _median(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.fps)[len(runs) // 2]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
+    """Measure the kernel's gateway, can.bridge and the pack's bridge on vcan0 -> vcan1."""
+    if not socketcan_available():
+        raise ModbattError(
+            f"no SocketCAN buses {IN_BUS}/{OUT_BUS} here: run it in the guest "
+            "(make vm-run CMD='.venv/bin/modbatt bench gateway --interface socketcan')"
+        )
+    saturated_n, repeats = (2_000, 1) if quick else (20_000, 3)
+    bridges = {
+        "cangw": lambda n, fps, w: _plain_run(cangw_bridge, n, fps, w),
+        "plain": lambda n, fps, w: _plain_run(plain_bridge, n, fps, w),
+        "secure": _secure_run,
+    }
+    runs: dict[str, list[Run]] = {name: [] for name in bridges}
+    paced: dict[str, Run] = {}
+    with TemporaryDirectory(prefix="modbatt-bench-") as tmp:
+        workdir = Path(tmp)
+        for _ in range(repeats):  # alternate: a host hiccup then moves no one figure
+            for name, measure in bridges.items():
+                runs[name].append(measure(saturated_n, None, workdir))
+        slowest = min(_median(r).fps for r in runs.values())
+        paced_fps = float(max(100, min(PACED_FPS_MAX, round(PACED_LOAD * slowest, -2))))
+        paced_n = 2 * int(paced_fps * (0.25 if quick else PACED_SECONDS) / 2)
+        for name, measure in bridges.items():
+            paced[name] = measure(paced_n, paced_fps, workdir)
+    figures: dict[str, Any] = {"interface": "socketcan"}
+    for name, key in (("cangw", "cangw"), ("plain", "plain_bridge"), ("secure", "secure_bridge")):
+        figures[f"{key}_fps"] = _median(runs[name]).fps
+        figures[f"{key}_fps_runs"] = [round(r.fps) for r in runs[name]]
+    for name in bridges:
+        for q in (50, 99):
+            figures[f"{name}_latency_p{q}_us"] = _percentile(paced[name].latencies_us, q)
+    lost = {name: sum(r.sent - r.delivered for r in [*runs[name], paced[name]]) for name in bridges}
+    figures["lost_frames"] = sum(lost.values())
+    figures["lost_by_bridge"] = lost
+    figures["ratios"] = {
+        "plain_bridge_fps / cangw_fps": figures["plain_bridge_fps"] / figures["cangw_fps"],
+        "secure_bridge_fps / cangw_fps": figures["secure_bridge_fps"] / figures["cangw_fps"],
+        "secure_bridge_fps / plain_bridge_fps": figures["secure_bridge_fps"]
+        / figures["plain_bridge_fps"],
+        "secure_latency_p99_us / plain_latency_p99_us": figures["secure_latency_p99_us"]
+        / figures["plain_latency_p99_us"],
+    }
+    figures["conditions"] = {
+        "saturated_frames": saturated_n,
+        "saturated_repeats": repeats,
+        "paced_frames": paced_n,
+        "paced_fps": paced_fps,
+        "paced_load": PACED_LOAD,
+        "quick": quick,
+        "emulated": os.environ.get("MODBATT_SOCKETCAN_GUEST") == "1",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_can": can.__version__,
+        "cpus": os.cpu_count(),
+        "notes": "one bridge at a time between vcan0 and vcan1; saturated: canplayer replays "
+        "prebuilt frames back to back, fps from the first delivery to the last, median of "
+        "alternating runs; latency: a paced raw-socket source, send time to the sink's kernel "
+        "receive timestamp. Secure frames are classic pairs (data + authenticator), counted "
+        "as frames. Under emulation (QEMU TCG) compare figures within one run only.",
+    }
+    return figures
+
+
+ROWS = [
+    ("cangw_fps", "kernel cangw, saturated", "frames/s"),
+    ("plain_bridge_fps", "can.bridge, saturated", "frames/s"),
+    ("secure_bridge_fps", "pack gateway, saturated", "frames/s"),
+    ("cangw_latency_p50_us", "cangw latency p50", "µs"),
+    ("cangw_latency_p99_us", "cangw latency p99", "µs"),
+    ("plain_latency_p50_us", "can.bridge latency p50", "µs"),
+    ("plain_latency_p99_us", "can.bridge latency p99", "µs"),
+    ("secure_latency_p50_us", "pack latency p50", "µs"),
+    ("secure_latency_p99_us", "pack latency p99", "µs"),
+    ("lost_frames", "frames sent but not delivered", "frames"),
+]
+
+
+def print_table(figures: dict[str, Any], out: Any = print) -> None:
+    """The figures as a table, then the ratios that mean something under emulation."""
+    paced = figures["conditions"]["paced_fps"]
+    out(f"SocketCAN, {IN_BUS} -> {OUT_BUS}; latency at {paced:,.0f} frames/s")
+    out(f"{'figure':<24} {'what':<34} {'value':>12}  unit")
+    for key, what, unit in ROWS:
+        out(f"{key:<24} {what:<34} {figures[key]:>12,.0f}  {unit}")
+    for ratio, value in figures["ratios"].items():
+        out(f"  {ratio:<46} {value:6.2f}")

@@ -1,0 +1,48 @@
+"""`modbatt bench gateway --interface socketcan` runs in a real kernel and reports what it
+says it does (its figures are printed by the command, not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.socketcan
+
+KEYS = (
+    "cangw_fps",
+    "plain_bridge_fps",
+    "secure_bridge_fps",
+    "cangw_latency_p50_us",
+    "cangw_latency_p99_us",
+    "plain_latency_p50_us",
+    "plain_latency_p99_us",
+    "secure_latency_p50_us",
+    "secure_latency_p99_us",
+    "lost_frames",
+)
+
+
+def test_the_socketcan_gateway_benchmark_measures_three_bridges(tmp_path: Path) -> None:
+    written = tmp_path / "figures.json"
+    command = ["bench", "gateway", "--interface", "socketcan", "--quick", "--json", str(written)]
+    shown = subprocess.run(
+        [sys.executable, "-m", "modbatt", *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    figures = json.loads(written.read_text())
+    assert figures["interface"] == "socketcan"
+    assert all(isinstance(figures[key], (int, float)) and figures[key] >= 0 for key in KEYS)
+    assert all(figures[key] > 0 for key in KEYS if key != "lost_frames")
+    # every frame of every run arrived (the bridges' input buffers hold a whole burst)
+    assert figures["lost_frames"] == 0
+    assert set(figures["lost_by_bridge"]) == {"cangw", "plain", "secure"}
+    # no cangw rule is left behind
+    rules = subprocess.run(["cangw", "-L"], capture_output=True, text=True, check=False).stdout
+    assert "-s vcan0" not in rules
+    assert "cangw_fps" in shown and "secure_bridge_fps / plain_bridge_fps" in shown
