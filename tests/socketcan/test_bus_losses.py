@@ -21,11 +21,11 @@ from modbatt.pack.keys import PackState
 from modbatt.protocol.pairing import module_channel_ids
 from modbatt.tools.monitor import render, view_of
 from tests.api_bridge_server import BridgeProcess
-from tests.module.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
+from tests.module.test_pairing import running_lifecycle, wait_for
+from tests.socketcan.kernel import SLOW, operational_pack
 
 pytestmark = pytest.mark.socketcan
 
-SLOW = 10.0  # emulation
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 # A frame to a pairing channel no pairing has open: it passes the pack's kernel filters (so
 # it fills the pack's receive queue) and is refused by the gateway as `no_route`.
@@ -65,14 +65,6 @@ def test_receive_overflows_are_the_count_so_rxq_ovfl_reports() -> None:
     finally:
         reader.shutdown()
         sender.shutdown()
-
-
-def operational_pack(life: Lifecycle) -> None:
-    life.app.bootstrap()
-    assert wait_for(lambda: online_count(life) == 2, 5.0 * SLOW)
-    for module in life.modules:
-        life.app.pair(module.module.config.unique_id)
-    assert life.app.status()["state"] == PackState.OPERATIONAL
 
 
 @contextmanager

@@ -16,11 +16,11 @@ from modbatt import DROP_REASONS
 from modbatt.pack.controller import CAN2
 from modbatt.pack.keys import PackState
 from tests.api_bridge_server import BridgeProcess
-from tests.module.test_pairing import online_count, running_lifecycle, wait_for
+from tests.module.test_pairing import running_lifecycle, wait_for
+from tests.socketcan.kernel import SLOW, operational_pack
 
 pytestmark = pytest.mark.socketcan
 
-SLOW = 10.0  # emulation
 GARBAGE = bytes.fromhex("DEADBEEFDEADBEEF")  # cangen's payload: tells its frames apart
 FLOOD_FRAMES = 20_000
 
@@ -30,11 +30,7 @@ def test_a_garbage_flood_on_can2_loses_nothing_routed_and_is_counted(
 ) -> None:
     with running_lifecycle(tmp_path, api_bridge, interface="socketcan") as life:
         app = life.app
-        app.bootstrap()
-        assert wait_for(lambda: online_count(life) == 2, 5.0 * SLOW)
-        for module in life.modules:
-            app.pair(module.module.config.unique_id)
-        assert app.status()["state"] == PackState.OPERATIONAL
+        operational_pack(life)
         pack2 = life.ports["pack2"]
         filters = life.pack.receive_filters()[CAN2]
         # Everything that reaches the pack's Python on CAN 2, from before candump starts

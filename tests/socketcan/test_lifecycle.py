@@ -25,10 +25,9 @@ from tests.module.test_pairing import (
     running_lifecycle,
     wait_for,
 )
+from tests.socketcan.kernel import SLOW
 
 pytestmark = pytest.mark.socketcan
-
-SLOW = 10.0  # emulation is 10-30 times slower than the host
 
 
 def telemetry_from_every_module(life: Lifecycle) -> bool:

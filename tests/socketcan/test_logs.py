@@ -17,11 +17,11 @@ import pytest
 
 from modbatt.bus.traffic import TrafficLog
 from tests.api_bridge_server import BridgeProcess
-from tests.module.test_pairing import Lifecycle, online_count, running_lifecycle, wait_for
+from tests.module.test_pairing import Lifecycle, running_lifecycle, wait_for
+from tests.socketcan.kernel import SLOW, operational_pack
 
 pytestmark = pytest.mark.socketcan
 
-SLOW = 10.0  # emulation
 MODBATT = [sys.executable, "-m", "modbatt"]
 
 
@@ -41,10 +41,7 @@ def candump(path: Path, *interfaces: str) -> Iterator[None]:
 
 
 def paired_with_telemetry(life: Lifecycle) -> None:
-    life.app.bootstrap()
-    assert wait_for(lambda: online_count(life) == 2, 5.0 * SLOW)
-    for module in life.modules:
-        life.app.pair(module.module.config.unique_id)
+    operational_pack(life)
     ids = {m.module.module_id for m in life.modules}
     assert wait_for(lambda: ids <= set(life.app.telemetry), 4.0 * SLOW)
 

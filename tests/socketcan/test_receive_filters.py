@@ -13,13 +13,12 @@ import pytest
 from modbatt import ENCRYPTION_FLAG
 from modbatt.bus.transport import filters_below_python
 from modbatt.pack.controller import CAN1, CAN2
-from modbatt.pack.keys import PackState
 from tests.api_bridge_server import BridgeProcess
-from tests.module.test_pairing import online_count, running_lifecycle, wait_for
+from tests.module.test_pairing import running_lifecycle, wait_for
+from tests.socketcan.kernel import SLOW, operational_pack
 
 pytestmark = pytest.mark.socketcan
 
-SLOW = 10.0  # emulation
 UNWANTED = (0x18FF_0000, 0x18FF_0000 | ENCRYPTION_FLAG, 0x1FFF_FFFF)
 
 
@@ -28,11 +27,7 @@ def test_frames_the_pack_does_not_listen_to_never_reach_python(
 ) -> None:
     with running_lifecycle(tmp_path, api_bridge, interface="socketcan") as life:
         app = life.app
-        app.bootstrap()
-        assert wait_for(lambda: online_count(life) == 2, 5.0 * SLOW)
-        for module in life.modules:
-            app.pair(module.module.config.unique_id)
-        assert app.status()["state"] == PackState.OPERATIONAL
+        operational_pack(life)
         ports = {CAN1: life.ports["pack1"], CAN2: life.ports["pack2"]}
         assert all(filters_below_python(port.bus) for port in ports.values())
         # What reaches Python on the pack's own sockets, counted by id.
