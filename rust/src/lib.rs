@@ -4,6 +4,8 @@
 //! The wire contract these modules implement is `docs/PROTOCOL.md`.
 
 pub mod batch;
+#[cfg(target_os = "linux")]
+pub mod dataplane;
 pub mod error;
 pub mod frame;
 mod freshness;

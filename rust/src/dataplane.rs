@@ -1,0 +1,351 @@
+//! The data plane: routed frames carried between two raw CAN sockets by the [`Gateway`], one
+//! thread per bus, without Python.
+//!
+//! Each thread waits for its bus's socket to be readable, takes up to [`BATCH`] frames in one
+//! `recvmmsg`, steps them all through the gateway under one lock, and sends what comes out
+//! with one `sendmmsg` per destination bus. The gateway is the one Python configures
+//! (sessions, rules, the tap, the counters): the data plane only moves its frames. The
+//! sockets carry `struct can_frame` (16 bytes) and `struct canfd_frame` (72 bytes) as a
+//! SocketCAN raw socket does; in tests they are `socketpair(AF_UNIX, SOCK_SEQPACKET)`, which
+//! carries the same records.
+//!
+//! What the kernel drops for a full receive queue is reported with each frame as
+//! `SO_RXQ_OVFL` (the plane turns it on); a send the kernel refuses because the transmit queue
+//! is full (`ENOBUFS`), or that would block, is a lost frame, counted (any other send failure
+//! is counted apart). None of them stops a thread.
+//! A frame that is not a 29-bit data frame is not the gateway's (as on the Python path) and is
+//! counted as `skipped`; so is a plain frame on a bus that carries only sealed ones to the
+//! gateway (CAN 1, where plain frames are the control channel's).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
+};
+
+use crate::error::{Error, Result};
+use crate::frame::{Frame, MAX_DATA_LEN};
+use crate::gateway::Gateway;
+use crate::ids::ENCRYPTION_FLAG;
+
+/// Frames taken from a socket in one system call at most.
+pub const BATCH: usize = 64;
+/// `sizeof(struct can_frame)`.
+pub const CLASSIC_MTU: usize = 16;
+/// `sizeof(struct canfd_frame)`.
+pub const FD_MTU: usize = 72;
+/// The id's flag of a 29-bit frame in `struct can_frame`.
+pub const CAN_EFF_FLAG: u32 = 0x8000_0000;
+const CAN_RTR_FLAG: u32 = 0x4000_0000;
+const CAN_ERR_FLAG: u32 = 0x2000_0000;
+const CAN_EFF_MASK: u32 = 0x1FFF_FFFF;
+const CANFD_BRS: u8 = 0x01;
+/// How long a thread waits for its socket before it looks at the stop flag again.
+const WAKE_MS: u16 = 50;
+
+/// One bus of the data plane.
+#[derive(Debug)]
+pub struct PlaneBus {
+    /// A raw CAN socket (or a `SOCK_SEQPACKET` socket carrying the same records).
+    pub socket: OwnedFd,
+    /// Whether frames sent on this bus are CAN FD (`struct canfd_frame`) even when they would
+    /// fit a classic frame. A payload over 8 bytes is always sent as CAN FD.
+    pub fd_frames: bool,
+    /// Whether only sealed frames (E = 1) received here go to the gateway.
+    pub sealed_only: bool,
+}
+
+/// Counters of one bus of the data plane.
+#[derive(Debug, Default)]
+struct BusCounters {
+    received: AtomicU64,
+    sent: AtomicU64,
+    skipped: AtomicU64,
+    rx_overflow: AtomicU64,
+    tx_queue_full: AtomicU64,
+    tx_failed: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// A snapshot of one bus's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlaneStats {
+    /// Frames read from the socket.
+    pub received: u64,
+    /// Frames the socket took.
+    pub sent: u64,
+    /// Frames read that are not the gateway's (see the module's documentation).
+    pub skipped: u64,
+    /// Frames the kernel dropped for this socket's full receive queue (`SO_RXQ_OVFL`).
+    pub rx_overflow: u64,
+    /// Frames lost because the transmit queue was full (`ENOBUFS`, or a buffer that stays
+    /// full).
+    pub tx_queue_full: u64,
+    /// Frames lost to any other send failure (an interface gone or down).
+    pub tx_failed: u64,
+    /// `recvmmsg` calls that returned frames.
+    pub batches: u64,
+}
+
+impl BusCounters {
+    fn snapshot(&self) -> PlaneStats {
+        PlaneStats {
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            rx_overflow: self.rx_overflow.load(Ordering::Relaxed),
+            tx_queue_full: self.tx_queue_full.load(Ordering::Relaxed),
+            tx_failed: self.tx_failed.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared {
+    gateway: Arc<Mutex<Gateway>>,
+    buses: [PlaneBus; 2],
+    counters: [BusCounters; 2],
+    stop: AtomicBool,
+}
+
+/// The running data plane: a thread per bus, until [`DataPlane::stop`] (or drop).
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DataPlane {
+    /// Start carrying frames between `buses` (index = the gateway's bus number) through
+    /// `gateway`.
+    pub fn start(gateway: Arc<Mutex<Gateway>>, buses: [PlaneBus; 2]) -> Result<DataPlane> {
+        for bus in &buses {
+            // The kernel's drop count rides along with every received frame from now on.
+            setsockopt(&bus.socket, sockopt::RxqOvfl, &1).map_err(|e| {
+                Error::InvalidArgument(format!("not a socket the data plane can read: {e}"))
+            })?;
+        }
+        let shared = Arc::new(Shared {
+            gateway,
+            buses,
+            counters: Default::default(),
+            stop: AtomicBool::new(false),
+        });
+        let mut threads = Vec::with_capacity(2);
+        for bus in 0..2u8 {
+            let shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("modbatt-plane-{}", bus + 1))
+                .spawn(move || carry(&shared, bus))
+                .map_err(|e| Error::InvalidArgument(format!("cannot start a thread: {e}")))?;
+            threads.push(thread);
+        }
+        Ok(DataPlane { shared, threads })
+    }
+
+    /// Each bus's counters.
+    pub fn stats(&self) -> [PlaneStats; 2] {
+        [
+            self.shared.counters[0].snapshot(),
+            self.shared.counters[1].snapshot(),
+        ]
+    }
+
+    /// Whether the threads run.
+    pub fn running(&self) -> bool {
+        !self.threads.is_empty()
+    }
+
+    /// Stop both threads and wait for them (within about 50 ms: they wake that often).
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A frame read from a socket: (id, payload), or why it is not the gateway's.
+fn parse(record: &[u8], sealed_only: bool) -> Option<(u32, &[u8])> {
+    if record.len() != CLASSIC_MTU && record.len() != FD_MTU {
+        return None;
+    }
+    let raw_id = u32::from_ne_bytes([record[0], record[1], record[2], record[3]]);
+    if raw_id & CAN_EFF_FLAG == 0 || raw_id & (CAN_RTR_FLAG | CAN_ERR_FLAG) != 0 {
+        return None; // 11-bit, remote or error frames: no payload for the frame path
+    }
+    let id = raw_id & CAN_EFF_MASK;
+    if sealed_only && id & ENCRYPTION_FLAG == 0 {
+        return None;
+    }
+    let capacity = record.len() - 8;
+    let len = usize::from(record[4]).min(capacity);
+    Some((id, &record[8..8 + len]))
+}
+
+/// `frame` as the record a socket of `bus` sends.
+fn record(frame: &Frame, fd_frames: bool, out: &mut [u8; FD_MTU]) -> usize {
+    let len = usize::from(frame.len);
+    let size = if fd_frames || len > 8 {
+        FD_MTU
+    } else {
+        CLASSIC_MTU
+    };
+    out[..size].fill(0);
+    out[..4].copy_from_slice(&(frame.id | CAN_EFF_FLAG).to_ne_bytes());
+    out[4] = frame.len;
+    if size == FD_MTU {
+        out[5] = CANFD_BRS; // as the Python path sends CAN FD (python-can's bitrate_switch)
+    }
+    out[8..8 + len].copy_from_slice(frame.payload());
+    size
+}
+
+fn carry(shared: &Shared, bus: u8) {
+    let index = usize::from(bus);
+    let socket = &shared.buses[index].socket;
+    let sealed_only = shared.buses[index].sealed_only;
+    let counters = &shared.counters[index];
+    let mut buffers = vec![[0u8; FD_MTU]; BATCH];
+    let mut headers = MultiHeaders::<()>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
+    let mut outgoing: [Vec<Frame>; 2] = [Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)];
+    let mut received: Vec<(usize, usize)> = Vec::with_capacity(BATCH); // (buffer, bytes)
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(WAKE_MS)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(WAKE_MS)));
+                continue;
+            }
+        }
+        received.clear();
+        {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+                .iter_mut()
+                .map(|buffer| [IoSliceMut::new(buffer)])
+                .collect();
+            let Ok(messages) = recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) else {
+                continue; // EAGAIN (another reader was quicker) or an interface gone
+            };
+            for (slot, message) in messages.enumerate() {
+                if let Ok(cmsgs) = message.cmsgs() {
+                    for cmsg in cmsgs {
+                        if let ControlMessageOwned::RxqOvfl(dropped) = cmsg {
+                            counters
+                                .rx_overflow
+                                .fetch_max(u64::from(dropped), Ordering::Relaxed);
+                        }
+                    }
+                }
+                received.push((slot, message.bytes));
+            }
+        }
+        if received.is_empty() {
+            continue;
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .received
+            .fetch_add(received.len() as u64, Ordering::Relaxed);
+        {
+            let mut gateway = shared
+                .gateway
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for &(slot, bytes) in &received {
+                let Some((id, data)) = parse(&buffers[slot][..bytes], sealed_only) else {
+                    counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if let Ok(Some(forward)) = gateway.step(bus, id, data) {
+                    if let Some(out) = outgoing.get_mut(usize::from(forward.bus)) {
+                        out.extend_from_slice(forward.frames.frames());
+                    }
+                }
+            }
+        }
+        for (dst, frames) in outgoing.iter_mut().enumerate() {
+            if !frames.is_empty() {
+                send_all(shared, dst, frames);
+                frames.clear();
+            }
+        }
+    }
+}
+
+/// Send `frames` on bus `dst`; what the socket cannot take is counted as lost.
+fn send_all(shared: &Shared, dst: usize, frames: &[Frame]) {
+    let bus = &shared.buses[dst];
+    let counters = &shared.counters[dst];
+    let mut records = vec![[0u8; FD_MTU]; frames.len()];
+    let sizes: Vec<usize> = frames
+        .iter()
+        .zip(records.iter_mut())
+        .map(|(frame, out)| record(frame, bus.fd_frames, out))
+        .collect();
+    let mut headers = MultiHeaders::<()>::preallocate(frames.len(), None);
+    let mut next = 0;
+    while next < frames.len() {
+        let slices: Vec<[IoSlice<'_>; 1]> = records[next..]
+            .iter()
+            .zip(&sizes[next..])
+            .map(|(out, &size)| [IoSlice::new(&out[..size])])
+            .collect();
+        let addresses = vec![None; slices.len()];
+        let result = sendmmsg(
+            bus.socket.as_raw_fd(),
+            &mut headers,
+            slices.iter(),
+            addresses,
+            [],
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(Iterator::count);
+        match result {
+            Ok(sent) if sent > 0 => {
+                counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
+                next += sent;
+            }
+            Err(Errno::EAGAIN) if writable_soon(bus) => {}
+            Err(Errno::EINTR) => {}
+            Err(Errno::ENOBUFS | Errno::EAGAIN) => {
+                // The transmit queue is full (or its buffer stays full): this frame is lost,
+                // the rest are tried.
+                counters.tx_queue_full.fetch_add(1, Ordering::Relaxed);
+                next += 1;
+            }
+            _ => {
+                // The interface is down or gone: lost too, and counted apart.
+                counters.tx_failed.fetch_add(1, Ordering::Relaxed);
+                next += 1;
+            }
+        }
+    }
+}
+
+/// Whether the socket can take a frame within a millisecond (a burst filled its buffer).
+fn writable_soon(bus: &PlaneBus) -> bool {
+    let mut fds = [PollFd::new(bus.socket.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::from(1u16)), Ok(n) if n > 0)
+}
+
+const _: () = assert!(FD_MTU - 8 == MAX_DATA_LEN);
