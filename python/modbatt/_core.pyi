@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension ``modbatt._core`` (rust/src/py/)."""
 
-from typing import Self, TypeAlias, final
+from typing import Protocol, Self, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,7 @@ __all__ = [
     "STATUS_FORWARDED",
     "STATUS_LINK_DOWN",
     "STATUS_PENDING",
+    "DataPlane",
     "Gateway",
     "LinkKey",
     "Session",
@@ -148,3 +149,29 @@ class Gateway:
         self, buses: _U8, ids: _U32, lens: _U8, data: _U8
     ) -> tuple[_U8, _U32, _U8, _U8, _U8]: ...
     def stats(self) -> dict[str, int]: ...
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+@final
+class DataPlane:
+    """Threads that carry routed frames between two sockets through a gateway, GIL-free.
+
+    Linux only. Bus 0 is CAN 1, bus 1 CAN 2, as in the gateway.
+    """
+
+    def __new__(
+        cls,
+        gateway: Gateway,
+        can1: _HasFileno,
+        can2: _HasFileno,
+        *,
+        can_fd: tuple[bool, bool] = (False, False),
+        sealed_only: tuple[bool, bool] = (True, False),
+    ) -> DataPlane: ...
+    @property
+    def running(self) -> bool: ...
+    def stop(self) -> None: ...
+    def stats(self) -> list[dict[str, int]]: ...
+    def __enter__(self) -> DataPlane: ...
+    def __exit__(self, *exc: object) -> None: ...

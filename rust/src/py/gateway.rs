@@ -1,5 +1,7 @@
 //! `Gateway`: the routing table, the sessions it names, and the per-frame and batch steps.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -12,9 +14,20 @@ use crate::gateway;
 use crate::routing::{IdRewrite, LinkId, Rule};
 
 /// The dual-bus gateway: default deny, first matching rule wins.
+///
+/// Shared with a data plane's threads (`DataPlane`), which step it without the GIL: every call
+/// here takes its lock, held for one call only (a data plane holds it for one batch).
 #[pyclass(module = "modbatt._core")]
 pub struct Gateway {
-    inner: gateway::Gateway,
+    pub(crate) inner: Arc<Mutex<gateway::Gateway>>,
+}
+
+impl Gateway {
+    /// The gateway, locked (a thread that panicked while holding it left it consistent:
+    /// every step either completes or returns an error before changing anything).
+    fn core(&self) -> MutexGuard<'_, gateway::Gateway> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 type BatchResult<'py> = (
@@ -51,13 +64,15 @@ impl Gateway {
     fn new(cut_through: bool) -> Self {
         let mut inner = gateway::Gateway::new();
         inner.set_cut_through(cut_through);
-        Gateway { inner }
+        Gateway {
+            inner: Arc::new(Mutex::new(inner)),
+        }
     }
 
     /// Whether the gateway forwards pairs' data frames ahead of their authenticators.
     #[getter]
     fn cut_through(&self) -> bool {
-        self.inner.cut_through()
+        self.core().cut_through()
     }
 
     /// Append a rule: frames from `src_bus` whose logical id matches `match_id` under `mask`
@@ -85,7 +100,7 @@ impl Gateway {
             xor: id_xor,
             set: id_set,
         };
-        self.inner.add_rule(Rule {
+        self.core().add_rule(Rule {
             src_bus,
             match_id,
             mask,
@@ -100,12 +115,12 @@ impl Gateway {
 
     /// Remove every rule.
     fn clear_rules(&mut self) {
-        self.inner.clear_rules();
+        self.core().clear_rules();
     }
 
     /// The rules, in match order, as dicts.
     fn rules<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        self.inner
+        self.core()
             .table()
             .rules()
             .iter()
@@ -119,13 +134,13 @@ impl Gateway {
         let inner = session.inner.take().ok_or_else(|| {
             Error::InvalidArgument("this session is already installed in a gateway".into())
         })?;
-        self.inner.install_session(link, inner);
+        self.core().install_session(link, inner);
         Ok(())
     }
 
     /// Remove a link's session; returns whether there was one.
     fn remove_session(&mut self, link: LinkId) -> bool {
-        self.inner.remove_session(link).is_some()
+        self.core().remove_session(link).is_some()
     }
 
     /// A link's session counters (plus `expired`), or None when it has no session.
@@ -134,7 +149,7 @@ impl Gateway {
         py: Python<'py>,
         link: LinkId,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        match self.inner.session(link) {
+        match self.core().session(link) {
             None => Ok(None),
             Some(session) => {
                 let dict = stats_dict(py, &session.stats())?;
@@ -154,7 +169,7 @@ impl Gateway {
         can_id: u32,
         data: &[u8],
     ) -> Vec<(u8, u32, Bound<'py, PyBytes>)> {
-        match self.inner.step(bus, can_id, data) {
+        match self.core().step(bus, can_id, data) {
             Ok(Some(forward)) => forward
                 .frames
                 .frames()
@@ -174,7 +189,7 @@ impl Gateway {
         can_id: u32,
         data: &[u8],
     ) -> PyResult<Vec<(u8, u32, Bound<'py, PyBytes>)>> {
-        Ok(match self.inner.step(bus, can_id, data)? {
+        Ok(match self.core().step(bus, can_id, data)? {
             Some(forward) => forward
                 .frames
                 .frames()
@@ -188,12 +203,12 @@ impl Gateway {
     /// Keep the latest message of every logical id matching `match_id` under `mask` that a
     /// session opened, for `take_tapped` (plain traffic is never kept).
     fn set_tap(&mut self, match_id: u32, mask: u32) {
-        self.inner.set_tap(match_id, mask);
+        self.core().set_tap(match_id, mask);
     }
 
     /// The (logical id, plaintext) messages the tap kept since the last call, by id.
     fn take_tapped<'py>(&mut self, py: Python<'py>) -> Vec<(u32, Bound<'py, PyBytes>)> {
-        self.inner
+        self.core()
             .take_tapped()
             .iter()
             .map(|f| (f.id, PyBytes::new(py, f.payload())))
@@ -210,7 +225,7 @@ impl Gateway {
         data: &[u8],
         fd: bool,
     ) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
-        let sealed = self.inner.seal_frame(link, can_id, data, fd)?;
+        let sealed = self.core().seal_frame(link, can_id, data, fd)?;
         Ok(sealed
             .frames()
             .iter()
@@ -228,7 +243,7 @@ impl Gateway {
     ) -> PyResult<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(
             py,
-            &self.inner.seal_message(link, stream, data)?,
+            &self.core().seal_message(link, stream, data)?,
         ))
     }
 
@@ -242,13 +257,13 @@ impl Gateway {
     ) -> PyResult<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(
             py,
-            &self.inner.open_message(link, stream, data)?,
+            &self.core().open_message(link, stream, data)?,
         ))
     }
 
     /// Whether link `link` has a live session.
     fn has_session(&self, link: LinkId) -> bool {
-        self.inner.session(link).is_some_and(|s| !s.is_expired())
+        self.core().session(link).is_some_and(|s| !s.is_expired())
     }
 
     /// Step a batch: buses, ids, lens (N) and data (N × 64) -> out buses, ids, lens, data
@@ -267,11 +282,16 @@ impl Gateway {
             .as_slice()
             .map_err(|_| Error::InvalidArgument("buses must be a C-contiguous array".into()))?;
         let input = BatchIn::new(ids, lens, data)?;
-        let gateway = &mut self.inner;
         let out = if input.len() >= DETACH_THRESHOLD {
-            py.detach(|| batch::step_batch(gateway, buses, input))?
+            // The lock is taken and given back without the GIL: holding it while waiting for
+            // the GIL again would deadlock with a thread that holds the GIL and waits for it.
+            let shared = Arc::clone(&self.inner);
+            py.detach(move || {
+                let mut gateway = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                batch::step_batch(&mut gateway, buses, input)
+            })?
         } else {
-            batch::step_batch(gateway, buses, input)?
+            batch::step_batch(&mut self.core(), buses, input)?
         };
         let (bus, (ids, lens, data, status)) = into_arrays(py, out)?;
         Ok((bus, ids, lens, data, status))
@@ -279,7 +299,7 @@ impl Gateway {
 
     /// Counters: received, forwarded, pending, and one per drop reason.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = self.inner.stats();
+        let stats = self.core().stats();
         let dict = PyDict::new(py);
         dict.set_item("received", stats.received)?;
         dict.set_item("forwarded", stats.forwarded)?;
@@ -294,10 +314,11 @@ impl Gateway {
     }
 
     fn __repr__(&self) -> String {
+        let gateway = self.core(); // one lock: a second in the same statement would deadlock
         format!(
             "Gateway(rules={}, stats={:?})",
-            self.inner.table().rules().len(),
-            self.inner.stats()
+            gateway.table().rules().len(),
+            gateway.stats()
         )
     }
 }

@@ -2,6 +2,8 @@
 //! arguments, delegates to the pure core and converts the result back.
 
 mod batch;
+#[cfg(target_os = "linux")]
+mod dataplane;
 mod errors;
 mod gateway;
 mod ids;
@@ -16,6 +18,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keys::LinkKey>()?;
     m.add_class::<session::Session>()?;
     m.add_class::<gateway::Gateway>()?;
+    #[cfg(target_os = "linux")]
+    m.add_class::<dataplane::DataPlane>()?;
     m.add("KEY_HALF_LEN", crate::keys::KEY_HALF_LEN)?;
     m.add("NONCE_LEN", crate::keys::NONCE_LEN)?;
     m.add("DH_SECRET_LEN", crate::keys::DH_SECRET_LEN)?;

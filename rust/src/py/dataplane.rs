@@ -1,0 +1,125 @@
+//! `DataPlane`: the routed traffic of two CAN sockets carried by threads of its own, without
+//! the GIL, through a `Gateway` that Python goes on configuring.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::gateway::Gateway;
+use crate::dataplane::{self, PlaneBus, PlaneStats};
+use crate::error::Error;
+
+/// Two threads that carry frames between two sockets through a gateway.
+///
+/// `can1` and `can2` are sockets (objects with `fileno()`: a raw CAN socket bound to its
+/// interface, or one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)`); the data plane works
+/// on duplicates of them, so the caller may close its own. Bus numbers are the gateway's:
+/// 0 is CAN 1, 1 is CAN 2.
+#[pyclass(module = "modbatt._core")]
+pub struct DataPlane {
+    inner: Option<dataplane::DataPlane>,
+}
+
+/// A duplicate of the descriptor of `socket`, owned here.
+#[allow(unsafe_code)]
+fn duplicate(socket: &Bound<'_, PyAny>) -> PyResult<OwnedFd> {
+    let raw: i32 = socket.call_method0("fileno")?.extract()?;
+    if raw < 0 {
+        return Err(Error::InvalidArgument("the socket is closed".into()).into());
+    }
+    // SAFETY: `raw` is the descriptor of `socket`, which the caller holds (and so keeps open)
+    // for the whole of this call; it is only borrowed to be duplicated.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    borrowed
+        .try_clone_to_owned()
+        .map_err(|e| Error::InvalidArgument(format!("cannot duplicate socket {raw}: {e}")).into())
+}
+
+fn stats_dict<'py>(py: Python<'py>, stats: &PlaneStats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("received", stats.received)?;
+    dict.set_item("sent", stats.sent)?;
+    dict.set_item("skipped", stats.skipped)?;
+    dict.set_item("rx_overflow", stats.rx_overflow)?;
+    dict.set_item("tx_queue_full", stats.tx_queue_full)?;
+    dict.set_item("tx_failed", stats.tx_failed)?;
+    dict.set_item("batches", stats.batches)?;
+    Ok(dict)
+}
+
+#[pymethods]
+impl DataPlane {
+    /// Start carrying frames: `can_fd` says, per bus, whether frames are sent as CAN FD even
+    /// when they fit a classic frame; `sealed_only`, per bus, whether only sealed frames
+    /// received there are the gateway's (CAN 1: its plain frames are the control channel's).
+    #[new]
+    #[pyo3(signature = (gateway, can1, can2, *, can_fd=(false, false), sealed_only=(true, false)))]
+    fn new(
+        gateway: &Gateway,
+        can1: &Bound<'_, PyAny>,
+        can2: &Bound<'_, PyAny>,
+        can_fd: (bool, bool),
+        sealed_only: (bool, bool),
+    ) -> PyResult<Self> {
+        let buses = [
+            PlaneBus {
+                socket: duplicate(can1)?,
+                fd_frames: can_fd.0,
+                sealed_only: sealed_only.0,
+            },
+            PlaneBus {
+                socket: duplicate(can2)?,
+                fd_frames: can_fd.1,
+                sealed_only: sealed_only.1,
+            },
+        ];
+        let plane = dataplane::DataPlane::start(Arc::clone(&gateway.inner), buses)?;
+        Ok(DataPlane { inner: Some(plane) })
+    }
+
+    /// Whether the threads run.
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(dataplane::DataPlane::running)
+    }
+
+    /// Stop both threads and wait for them (within about 50 ms); stopping twice is harmless.
+    fn stop(&mut self, py: Python<'_>) {
+        if let Some(mut plane) = self.inner.take() {
+            py.detach(move || plane.stop());
+        }
+    }
+
+    /// Per bus (CAN 1, CAN 2): received, sent, skipped, rx_overflow, tx_queue_full,
+    /// tx_failed, batches. Zeros once stopped.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let stats = self.inner.as_ref().map(dataplane::DataPlane::stats);
+        stats
+            .unwrap_or_default()
+            .iter()
+            .map(|s| stats_dict(py, s))
+            .collect()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) {
+        self.stop(py);
+    }
+
+    fn __repr__(&self) -> String {
+        format!("DataPlane(running={})", self.running())
+    }
+}
