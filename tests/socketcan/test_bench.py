@@ -22,11 +22,14 @@ KEYS = (
     "plain_latency_p99_us",
     "secure_latency_p50_us",
     "secure_latency_p99_us",
+    "rust_bridge_fps",  # the pack with its Rust data plane (issue 18)
+    "rust_latency_p50_us",
+    "rust_latency_p99_us",
     "lost_frames",
 )
 
 
-def test_the_socketcan_gateway_benchmark_measures_three_bridges(tmp_path: Path) -> None:
+def test_the_socketcan_gateway_benchmark_measures_every_bridge(tmp_path: Path) -> None:
     written = tmp_path / "figures.json"
     command = ["bench", "gateway", "--interface", "socketcan", "--quick", "--json", str(written)]
     shown = subprocess.run(
@@ -41,7 +44,7 @@ def test_the_socketcan_gateway_benchmark_measures_three_bridges(tmp_path: Path) 
     assert all(figures[key] > 0 for key in KEYS if key != "lost_frames")
     # every frame of every run arrived (the bridges' input buffers hold a whole burst)
     assert figures["lost_frames"] == 0
-    assert set(figures["lost_by_bridge"]) == {"cangw", "plain", "secure"}
+    assert set(figures["lost_by_bridge"]) == {"cangw", "plain", "secure", "rust"}
     # no cangw rule is left behind
     rules = subprocess.run(["cangw", "-L"], capture_output=True, text=True, check=False).stdout
     assert "-s vcan0" not in rules

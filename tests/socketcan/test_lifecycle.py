@@ -52,6 +52,11 @@ def test_the_whole_lifecycle_on_socketcan(tmp_path: Path, api_bridge: BridgeProc
         # telemetry, decrypted by the app after two reseals in the pack's gateway
         assert wait_for(lambda: telemetry_from_every_module(life), 3.0 * SLOW)
         assert life.pack.gateway.stats()["malformed"] == 0
+        # on SocketCAN the routed frames are the Rust data plane's (issue 18), not Python's
+        plane = life.pack.data_plane
+        assert plane is not None
+        can1_plane, can2_plane = plane.stats()
+        assert can2_plane["received"] > 0 and can1_plane["sent"] > 0
         # the counters tell the truth: an operational pack refuses none of its own traffic
         before = life.pack.gateway.stats()
         time.sleep(5.0)

@@ -29,6 +29,7 @@ from modbatt.bus.nodes import NodeLoop
 from modbatt.bus.transport import CanPort, IdFilter
 from modbatt.errors import ModbattError
 from modbatt.pack.control import ControlHandlers, ControlServer
+from modbatt.pack.data_plane import KernelDataPlane
 from modbatt.pack.firmware import FirmwareReceiver
 from modbatt.pack.keys import APP_LINK, PackKeys, PackState
 from modbatt.pack.modules import ModuleManager
@@ -161,6 +162,8 @@ class PackController:
         can1: CanPort,
         can2: CanPort,
         audit: AuditLog | None = None,
+        *,
+        data_plane: bool = True,
     ) -> None:
         self.keys = keys = PackKeys(
             serial, state_dir, audit, modules_view=self.modules_view, bus_losses=self.bus_losses
@@ -204,13 +207,21 @@ class PackController:
         self.manager.max_state = int(configuration.get("max_state", ON))
         self._step = keys.gateway.step  # looked up once: called for every frame
         self._ports = {CAN1: can1, CAN2: can2}
+        # On SocketCAN the routed frames are carried in Rust (`pack.data_plane`); elsewhere,
+        # or when asked not to, by `_bridge` on the ports' receiving threads.
+        self._data_plane_wanted = data_plane
+        self.data_plane = KernelDataPlane.open(keys.gateway, can1, can2) if data_plane else None
         self._restore_module_links()
         self._expect_paired_modules()
         self._rules()
-        self._listeners = [
-            (can1, can1.subscribe_messages(functools.partial(self._bridge, CAN1))),
-            (can2, can2.subscribe_messages(functools.partial(self._bridge, CAN2))),
-        ]
+        self._listeners = (
+            []
+            if self.data_plane is not None
+            else [
+                (can1, can1.subscribe_messages(functools.partial(self._bridge, CAN1))),
+                (can2, can2.subscribe_messages(functools.partial(self._bridge, CAN2))),
+            ]
+        )
 
     # --- what it is, read through its keys ------------------------------------------------
 
@@ -275,12 +286,21 @@ class PackController:
         A power cycle, once this one is stopped: the flash is read again and no session
         survives it.
         """
-        return PackController(self.serial, self.state_dir, self.can1, self.can2, self.audit).start()
+        return PackController(
+            self.serial,
+            self.state_dir,
+            self.can1,
+            self.can2,
+            self.audit,
+            data_plane=self._data_plane_wanted,
+        ).start()
 
     def stop(self) -> None:
         """Stop both (the ports stay open: a restarted runtime can take them over)."""
         for port, listener in self._listeners:
             port.unsubscribe(listener)
+        if self.data_plane is not None:
+            self.data_plane.stop()
         self._relink_stop.set()
         self._relinker.join(timeout=5)
         self.control.stop()
@@ -306,7 +326,12 @@ class PackController:
 
     def bus_losses(self) -> dict[str, dict[str, int]]:
         """What each bus lost below the frame path (full transmit queue, receive overflow)."""
-        return {"can1": self.can1.losses(), "can2": self.can2.losses()}
+        losses = {"can1": self.can1.losses(), "can2": self.can2.losses()}
+        if self.data_plane is not None:  # its own sockets lose frames too: added in
+            for bus, name in ((CAN1, "can1"), (CAN2, "can2")):
+                for reason, lost in self.data_plane.losses(bus).items():
+                    losses[name][reason] = losses[name].get(reason, 0) + lost
+        return losses
 
     def modules_view(self) -> list[dict[str, Any]]:
         """The module table as device_info reports it."""
@@ -431,28 +456,52 @@ class PackController:
         routing_rules(self.keys.gateway, sorted(self.keys.paired_links), bridge)
         for bus, wanted in self.receive_filters().items():
             self._ports[bus].set_receive_filters(wanted)
+        if self.data_plane is not None:
+            for bus, routed in self.route_filters().items():
+                self.data_plane.set_filters(bus, routed)
+
+    def route_filters(self) -> dict[int, list[IdFilter]]:
+        """The routing table's sources on each bus, as (mask, value) pairs.
+
+        E and the format bits are never in a rule's mask, so plain and secured frames of a
+        routed id both pass; the data plane's CAN 1 socket takes only the sealed ones (the
+        plain ones there are the control channel's).
+        """
+        routed: dict[int, list[IdFilter]] = {CAN1: [], CAN2: []}
+        for rule in self.keys.gateway.rules():
+            mask, match = int(rule["mask"]), int(rule["match_id"])  # type: ignore[arg-type]
+            routed[int(rule["src_bus"])].append((mask, match & mask))  # type: ignore[arg-type]
+        if self.data_plane is not None:
+            routed[CAN1] = [(m | ENCRYPTION_FLAG, v | ENCRYPTION_FLAG) for m, v in routed[CAN1]]
+        return routed
 
     def receive_filters(self) -> dict[int, list[IdFilter]]:
-        """What each bus must let through, as (mask, value) pairs.
+        """What each bus must let through to Python, as (mask, value) pairs.
 
-        The routing table's sources and the pack's own listeners: the control channel on
-        CAN 1; the module messages and the pairing channels on CAN 2. E and the format bits
-        are never in a mask, so plain and secured frames of a wanted id both pass.
+        The pack's own listeners: the control channel on CAN 1; the module messages and the
+        pairing channels on CAN 2. Without a data plane the routing table's sources too (the
+        bridge runs in Python); with one, only the module messages the module table reads,
+        the plain ones (sealed ones reach it through the gateway's tap).
         """
         node_any = MODULE_BASE_MASK | 0x0F << 18  # one 11-bit base, any node
+        module_messages = (
+            (MODULE_BASE_MASK | ENCRYPTION_FLAG, TELEMETRY_BASE)  # plain 0x500-0x50F
+            if self.data_plane is not None
+            else (MODULE_BASE_MASK, TELEMETRY_BASE)  # every module message, both forms
+        )
         wanted: dict[int, list[IdFilter]] = {
             CAN1: [(node_any | NODE_MASK, APP_TO_PACK)],
             CAN2: [
-                (MODULE_BASE_MASK, TELEMETRY_BASE),  # every module message (0x500-0x50F)
+                module_messages,
                 # pack commands, plain and secured: only another sender's reach us (alerts)
                 (MODULE_BASE_MASK, COMMAND_BASE),
                 (MODULE_BASE_MASK, SECURED_COMMAND_BASES.start << 18),
                 (node_any, module_channel_ids(0)[1]),  # pairing channels, module -> pack
             ],
         }
-        for rule in self.keys.gateway.rules():
-            mask, match = int(rule["mask"]), int(rule["match_id"])  # type: ignore[arg-type]
-            wanted[int(rule["src_bus"])].append((mask, match & mask))  # type: ignore[arg-type]
+        if self.data_plane is None:
+            for bus, routed in self.route_filters().items():
+                wanted[bus] += routed
         return wanted
 
     def configure(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -515,6 +564,7 @@ class PackController:
             "type": "diagnostics",
             "gateway": gateway.stats(),
             "bus_losses": self.bus_losses(),
+            "data_plane": None if self.data_plane is None else self.data_plane.stats(),
             "links": links,
             "flash_problem": self.keys.flash_problem,
             "audit_log": None if audit is None else (audit.verify() or "intact"),

@@ -4,7 +4,8 @@ Run where SocketCAN is (the guest of ``make vm-run``, a Linux laptop with vcan, 
 the kernel's own gateway (``cangw`` rules vcan0 -> vcan1) as the floor any bridge in user
 space is measured against, python-can's ``can.bridge`` on SocketCAN, and the pack's secure
 bridge (a running :class:`~modbatt.pack.controller.PackController`, vcan0 its CAN 2 and vcan1
-its CAN 1). One bridge at a time, in one run, with the same source and sink:
+its CAN 1) twice: its Python path (``secure``) and its Rust data plane (``rust``, issue 18).
+One bridge at a time, in one run, with the same source and sink:
 
 * the **source** for saturated throughput is can-utils' ``canplayer`` (C, no gaps) replaying
   prebuilt frames (plain for ``cangw`` and ``can.bridge``, sealed classic pairs for the pack),
@@ -32,7 +33,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,12 +183,23 @@ class SecureEnds:
 
 
 @contextmanager
-def secure_bridge() -> Iterator[SecureEnds]:
-    """A running pack: CAN 2 on vcan0 (module telemetry in), CAN 1 on vcan1."""
+def secure_bridge(data_plane: bool = False) -> Iterator[SecureEnds]:
+    """A running pack: CAN 2 on vcan0 (module telemetry in), CAN 1 on vcan1.
+
+    Its bridge in Python (python-can's sockets, `PackController._bridge`), or with
+    `data_plane` in Rust (`modbatt.pack.data_plane`).
+    """
     can2 = CanPort(_open(IN_BUS), "can2")
     can1 = CanPort(can.Bus(interface="socketcan", channel=OUT_BUS), "can1")
     with TemporaryDirectory(prefix="modbatt-bench-") as state:
-        pack = PackController("PACK-BENCH-SOCKETCAN", Path(state), can1, can2)
+        pack = PackController(
+            "PACK-BENCH-SOCKETCAN", Path(state), can1, can2, data_plane=data_plane
+        )
+        if data_plane:
+            if pack.data_plane is None:
+                raise ModbattError("the pack did not start its data plane on SocketCAN")
+            for sock in pack.data_plane.sockets:
+                _big_buffer(sock)
         app_end, pack_app = session_pair("COMP-bench-app", "COMP-bench-pack")
         pack.gateway.install_session(APP_LINK, pack_app)
         module_end, pack_module = session_pair(f"COMP-bench-module-{MODULE_ID}", "COMP-bench-pack")
@@ -262,12 +274,12 @@ def _plain_run(bridge: Any, n: int, paced_fps: float | None, workdir: Path) -> R
     return Run(n, len(received), span, latencies if paced_fps is not None else [])
 
 
-def _secure_run(n: int, paced_fps: float | None, workdir: Path) -> Run:
+def _secure_run(n: int, paced_fps: float | None, workdir: Path, data_plane: bool = False) -> Run:
     """`n` frames (n/2 classic pairs) through the pack; latency per frame of each pair."""
     sink = _open(OUT_BUS)
     pairs = n // 2
     try:
-        with secure_bridge() as ends:
+        with secure_bridge(data_plane) as ends:
 
             def sealed(_i: int, now: float) -> list[tuple[int, bytes]]:
                 return frames_of(ends.module_end.seal(STATUS_1_ID, TIMED.pack(now)))
@@ -322,10 +334,11 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
             "(make vm-run CMD='.venv/bin/modbatt bench gateway --interface socketcan')"
         )
     saturated_n, repeats = (2_000, 1) if quick else (20_000, 3)
-    bridges = {
+    bridges: dict[str, Callable[[int, float | None, Path], Run]] = {
         "cangw": lambda n, fps, w: _plain_run(cangw_bridge, n, fps, w),
         "plain": lambda n, fps, w: _plain_run(plain_bridge, n, fps, w),
         "secure": _secure_run,
+        "rust": lambda n, fps, w: _secure_run(n, fps, w, data_plane=True),
     }
     runs: dict[str, list[Run]] = {name: [] for name in bridges}
     paced: dict[str, Run] = {}
@@ -340,7 +353,13 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         for name, measure in bridges.items():
             paced[name] = measure(paced_n, paced_fps, workdir)
     figures: dict[str, Any] = {"interface": "socketcan"}
-    for name, key in (("cangw", "cangw"), ("plain", "plain_bridge"), ("secure", "secure_bridge")):
+    keys = (
+        ("cangw", "cangw"),
+        ("plain", "plain_bridge"),
+        ("secure", "secure_bridge"),
+        ("rust", "rust_bridge"),
+    )
+    for name, key in keys:
         figures[f"{key}_fps"] = _median(runs[name]).fps
         figures[f"{key}_fps_runs"] = [round(r.fps) for r in runs[name]]
     for name in bridges:
@@ -355,6 +374,11 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "secure_bridge_fps / plain_bridge_fps": figures["secure_bridge_fps"]
         / figures["plain_bridge_fps"],
         "secure_latency_p99_us / plain_latency_p99_us": figures["secure_latency_p99_us"]
+        / figures["plain_latency_p99_us"],
+        "rust_bridge_fps / plain_bridge_fps": figures["rust_bridge_fps"]
+        / figures["plain_bridge_fps"],
+        "rust_bridge_fps / cangw_fps": figures["rust_bridge_fps"] / figures["cangw_fps"],
+        "rust_latency_p99_us / plain_latency_p99_us": figures["rust_latency_p99_us"]
         / figures["plain_latency_p99_us"],
     }
     figures["conditions"] = {
@@ -388,6 +412,9 @@ ROWS = [
     ("plain_latency_p99_us", "can.bridge latency p99", "µs"),
     ("secure_latency_p50_us", "pack latency p50", "µs"),
     ("secure_latency_p99_us", "pack latency p99", "µs"),
+    ("rust_bridge_fps", "pack, Rust data plane, saturated", "frames/s"),
+    ("rust_latency_p50_us", "Rust data plane latency p50", "µs"),
+    ("rust_latency_p99_us", "Rust data plane latency p99", "µs"),
     ("lost_frames", "frames sent but not delivered", "frames"),
 ]
 
