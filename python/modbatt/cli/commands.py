@@ -516,11 +516,12 @@ BENCHMARKS = {"frame-path": "frame_path", "gateway": "gateway"}
 )
 @click.option(
     "--interface",
-    type=click.Choice(["virtual", "socketcan"]),
+    type=click.Choice(["virtual", "socketcan", "socketpair"]),
     default="virtual",
     show_default=True,
-    help="gateway: python-can virtual buses in one process, or SocketCAN vcan0 -> vcan1 "
-    "with the kernel's cangw as the floor (in the guest: make vm-run CMD='...').",
+    help="gateway: python-can virtual buses in one process; SocketCAN vcan0 -> vcan1 "
+    "with the kernel's cangw as the floor (in the guest: make vm-run CMD='...'); or "
+    "socketpairs carrying CAN frames, the Rust data plane against python-can's calls.",
 )
 def bench(benchmark: str | None, json_path: Path | None, quick: bool, interface: str) -> int:
     """Measure the frame path (figures, not a test); with no BENCHMARK named, run them all.
@@ -540,7 +541,7 @@ def _bench(names: Sequence[str], json_path: Path | None, quick: bool, interface:
     from modbatt.errors import ModbattError
     from modbatt.tools import bench as frame_path_bench
     from modbatt.tools import bench_gateway as gateway_bench
-    from modbatt.tools import bench_socketcan
+    from modbatt.tools import bench_socketcan, bench_socketpair
 
     figures: dict[str, Any] = {}
     if "frame_path" in names:
@@ -553,6 +554,9 @@ def _bench(names: Sequence[str], json_path: Path | None, quick: bool, interface:
             click.echo(f"bench gateway: {exc}", err=True)
             return EXIT_FAILED
         bench_socketcan.print_table(figures["gateway"], out=click.echo)
+    elif "gateway" in names and interface == "socketpair":
+        figures["gateway"] = bench_socketpair.gateway_socketpair(quick=quick)
+        bench_socketpair.print_table(figures["gateway"], out=click.echo)
     elif "gateway" in names:
         figures["gateway"] = gateway_bench.gateway(quick=quick)
         gateway_bench.print_table(figures["gateway"], out=click.echo)
