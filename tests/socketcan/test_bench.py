@@ -25,6 +25,8 @@ KEYS = (
     "rust_bridge_fps",  # the pack with its Rust data plane (issue 18)
     "rust_latency_p50_us",
     "rust_latency_p99_us",
+    "cpu_percent_2x1mbit",  # the pack's CPU, both buses loaded at once
+    "rust_cpu_percent_2x1mbit",
     "lost_frames",
 )
 
@@ -49,3 +51,12 @@ def test_the_socketcan_gateway_benchmark_measures_every_bridge(tmp_path: Path) -
     rules = subprocess.run(["cangw", "-L"], capture_output=True, text=True, check=False).stdout
     assert "-s vcan0" not in rules
     assert "cangw_fps" in shown and "secure_bridge_fps / plain_bridge_fps" in shown
+    # each of issue 18's targets is judged in the output, met or not
+    assert set(figures["targets"]) == {
+        "rust_bridge_fps >= 2 * plain_bridge_fps",
+        "rust_bridge_fps >= 0.5 * cangw_fps",
+        "rust_latency_p99_us <= 0.5 * plain_latency_p99_us",
+        "rust_cpu_percent_2x1mbit <= 0.2 * cpu_percent_2x1mbit",
+        "lost_frames == 0",
+    }
+    assert shown.count("target ") == len(figures["targets"])

@@ -21,7 +21,14 @@ def test_the_socketpair_benchmark_carries_every_frame_through_both_bridges(
     assert figures["interface"] == "socketpair"
     for key in ("direct_fps", "plain_bridge_fps", "rust_bridge_fps", "rust_plain_route_fps"):
         assert figures[key] > 0
-    # every record arrived, and every one of the data plane's resealed pairs opened intact
-    assert figures["lost_frames"] == 0
-    assert set(figures["lost_by_bridge"]) == {"direct", "plain", "rust", "rust_plain_route"}
+    for key in ("plain", "rust"):
+        assert 0 < figures[f"{key}_latency_p50_us"] <= figures[f"{key}_latency_p99_us"]
+    lost, dropped = figures["lost_by_bridge"], figures["dropped_by_plane"]
+    assert set(lost) == {"direct", "plain", "rust", "rust_plain_route"}
+    # blocking sends lose nothing; the data plane loses only what it dropped and counted (the
+    # sink's socket full for over a millisecond), at most a pair per frame dropped; every
+    # other resealed pair opened intact at the far end
+    assert lost["direct"] == lost["plain"] == 0
+    assert dropped["rust_plain_route"] == lost["rust_plain_route"]
+    assert dropped["rust"] <= lost["rust"] <= 2 * dropped["rust"]
     assert "rust_bridge_fps / plain_bridge_fps" in result.output

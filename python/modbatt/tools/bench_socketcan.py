@@ -48,6 +48,7 @@ from modbatt.bus.transport import CanPort, kernel_socket
 from modbatt.errors import FrameRejectedError, ModbattError
 from modbatt.pack.controller import PackController
 from modbatt.pack.keys import APP_LINK
+from modbatt.protocol.catalogue import SECURED_COMMAND_XOR
 from modbatt.protocol.frames import frames_of
 from modbatt.tools.bench_gateway import MODULE_ID, PLAIN_ID, STATUS_1_ID, TIMED
 from modbatt.tools.soak import session_pair
@@ -60,6 +61,13 @@ IN_BUS, OUT_BUS = "vcan0", "vcan1"
 PACED_LOAD = 0.25
 PACED_FPS_MAX = 7000  # 8-byte extended frames on a full 1 Mbit/s bus (REFERENCE §4)
 PACED_SECONDS = 2.0
+# CPU: the pack's process while both buses carry sealed traffic at once, each way at
+# CPU_LOAD of the slowest bridge's saturated rate (split between the two ways), at most a full
+# 1 Mbit/s bus each way. Where that is less than a full bus (under emulation it is), the figure
+# for 2 x 1 Mbit/s is scaled from it linearly, which overstates the Rust data plane's share:
+# its batches grow with the load, so its cost per frame falls.
+FULL_BUS_FPS = 6250  # 8-byte extended frames on a 1 Mbit/s bus at the usual stuffing (§4)
+CPU_SECONDS = 3.0
 BIG_BUFFER = 64 * 1024 * 1024  # bytes: a whole run's frames (a queued frame costs ~1 KiB)
 QUIET_S = 0.5  # the sink's queue has not grown for this long: the run is over
 RUN_TIMEOUT_S = 120.0
@@ -318,6 +326,79 @@ def _secure_run(n: int, paced_fps: float | None, workdir: Path, data_plane: bool
     return Run(2 * pairs, delivered, span, latencies if paced_fps is not None else [])
 
 
+COMMAND_ID = 0x515 << 18 | MODULE_ID  # an app command to the module (routed CAN 1 -> CAN 2)
+BASE_SHIFT = 18
+
+
+@dataclass
+class CpuRun:
+    """The pack process's CPU while both buses carried `fps_each_way`, and what got through."""
+
+    fps_each_way: int
+    seconds: float
+    cpu_percent: float
+    sent: int
+    delivered: int
+
+
+def _timed_replay(frames: list[tuple[float, str, int, bytes]], workdir: Path) -> None:
+    """Send (time, bus, id, data) frames at their times, with can-utils' canplayer."""
+    path = workdir / "timed.log"
+    with path.open("w") as out:
+        for at, bus, can_id, data in frames:
+            out.write(f"({at:.6f}) {bus} {can_id:08X}#{data.hex().upper()}\n")
+    _can_utils("canplayer", "-I", str(path))
+
+
+def _opened(session: Session, messages: list[can.Message], base: int) -> int:
+    """How many frames of `messages` on id base `base` arrived as pairs `session` opens."""
+    frames = 0
+    for message in messages:
+        if message.arbitration_id >> BASE_SHIFT & 0x7FF != base:
+            continue
+        try:
+            if session.open(message.arbitration_id, bytes(message.data)) is not None:
+                frames += 2
+        except FrameRejectedError:
+            continue
+    return frames
+
+
+def _cpu_run(fps_each_way: int, seconds: float, workdir: Path, data_plane: bool) -> CpuRun:
+    """Module telemetry up and app commands down at once, through the pack; its CPU meanwhile.
+
+    The source is canplayer (another process) and the sinks are read after the run, so the
+    process's CPU time over the run is the pack's alone: its Python threads and, with
+    `data_plane`, the Rust ones.
+    """
+    pairs = int(fps_each_way * seconds / 2)
+    up_sink, down_sink = _open(OUT_BUS), _open(IN_BUS)
+    try:
+        with secure_bridge(data_plane) as ends:
+            schedule = []
+            for i in range(pairs):
+                at = 2 * i / fps_each_way
+                up = ends.module_end.seal(STATUS_1_ID, TIMED.pack(float(i)))
+                down = ends.app_end.seal(COMMAND_ID, TIMED.pack(float(i)))
+                schedule += [(at, IN_BUS, can_id, data) for can_id, data in frames_of(up)]
+                schedule += [(at, OUT_BUS, can_id, data) for can_id, data in frames_of(down)]
+            time.sleep(0.2)  # the pack's threads reach their loops
+            cpu_start, wall_start = time.process_time(), time.monotonic()
+            _timed_replay(schedule, workdir)
+            wall = time.monotonic() - wall_start
+            cpu = time.process_time() - cpu_start
+            _wait_quiet(up_sink)
+            _wait_quiet(down_sink)
+        delivered = _opened(ends.app_end, _drain(up_sink), STATUS_1_ID >> BASE_SHIFT)
+        delivered += _opened(
+            ends.module_end, _drain(down_sink), (COMMAND_ID ^ SECURED_COMMAND_XOR) >> BASE_SHIFT
+        )
+    finally:
+        up_sink.shutdown()
+        down_sink.shutdown()
+    return CpuRun(fps_each_way, wall, 100 * cpu / wall if wall > 0 else 0.0, 4 * pairs, delivered)
+
+
 def _median(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.fps)[len(runs) // 2]
 
@@ -352,6 +433,13 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         paced_n = 2 * int(paced_fps * (0.25 if quick else PACED_SECONDS) / 2)
         for name, measure in bridges.items():
             paced[name] = measure(paced_n, paced_fps, workdir)
+        # both ways at once, at the paced load in all: the Python path carries it with room
+        cpu_fps = 2 * int(min(FULL_BUS_FPS, paced_fps / 2) / 2)
+        cpu_seconds = 0.5 if quick else CPU_SECONDS
+        cpu = {
+            "secure": _cpu_run(cpu_fps, cpu_seconds, workdir, data_plane=False),
+            "rust": _cpu_run(cpu_fps, cpu_seconds, workdir, data_plane=True),
+        }
     figures: dict[str, Any] = {"interface": "socketcan"}
     keys = (
         ("cangw", "cangw"),
@@ -365,7 +453,13 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
     for name in bridges:
         for q in (50, 99):
             figures[f"{name}_latency_p{q}_us"] = _percentile(paced[name].latencies_us, q)
+    scale = FULL_BUS_FPS / cpu_fps
+    for name, key in (("secure", "cpu_percent_2x1mbit"), ("rust", "rust_cpu_percent_2x1mbit")):
+        figures[key] = cpu[name].cpu_percent * scale
+        figures[f"{key}_measured"] = cpu[name].cpu_percent
     lost = {name: sum(r.sent - r.delivered for r in [*runs[name], paced[name]]) for name in bridges}
+    for name, run in cpu.items():
+        lost[name] += run.sent - run.delivered
     figures["lost_frames"] = sum(lost.values())
     figures["lost_by_bridge"] = lost
     figures["ratios"] = {
@@ -380,13 +474,19 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "rust_bridge_fps / cangw_fps": figures["rust_bridge_fps"] / figures["cangw_fps"],
         "rust_latency_p99_us / plain_latency_p99_us": figures["rust_latency_p99_us"]
         / figures["plain_latency_p99_us"],
+        "rust_cpu_percent_2x1mbit / cpu_percent_2x1mbit": figures["rust_cpu_percent_2x1mbit"]
+        / figures["cpu_percent_2x1mbit"],
     }
+    figures["targets"] = targets(figures)
     figures["conditions"] = {
         "saturated_frames": saturated_n,
         "saturated_repeats": repeats,
         "paced_frames": paced_n,
         "paced_fps": paced_fps,
         "paced_load": PACED_LOAD,
+        "cpu_fps_each_way": cpu_fps,
+        "cpu_seconds": cpu_seconds,
+        "cpu_scaled_by": scale,
         "quick": quick,
         "emulated": os.environ.get("MODBATT_SOCKETCAN_GUEST") == "1",
         "kernel": platform.release(),
@@ -397,7 +497,9 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "prebuilt frames back to back, fps from the first delivery to the last, median of "
         "alternating runs; latency: a paced raw-socket source, send time to the sink's kernel "
         "receive timestamp. Secure frames are classic pairs (data + authenticator), counted "
-        "as frames. Under emulation (QEMU TCG) compare figures within one run only.",
+        "as frames. CPU: the pack process's CPU time while canplayer sends sealed pairs both ways "
+        "at cpu_fps_each_way, scaled by cpu_scaled_by to 6,250 frames/s each way (2 x 1 "
+        "Mbit/s). Under emulation (QEMU TCG) compare figures within one run only.",
     }
     return figures
 
@@ -415,8 +517,25 @@ ROWS = [
     ("rust_bridge_fps", "pack, Rust data plane, saturated", "frames/s"),
     ("rust_latency_p50_us", "Rust data plane latency p50", "µs"),
     ("rust_latency_p99_us", "Rust data plane latency p99", "µs"),
+    ("cpu_percent_2x1mbit", "pack CPU, Python path, 2 x 6,250 fps", "% of a core"),
+    ("rust_cpu_percent_2x1mbit", "pack CPU, Rust data plane, 2 x 6,250 fps", "% of a core"),
     ("lost_frames", "frames sent but not delivered", "frames"),
 ]
+
+
+def targets(figures: dict[str, Any]) -> dict[str, bool]:
+    """Issue 18's targets for the data plane, each judged within this run."""
+    return {
+        "rust_bridge_fps >= 2 * plain_bridge_fps": figures["rust_bridge_fps"]
+        >= 2 * figures["plain_bridge_fps"],
+        "rust_bridge_fps >= 0.5 * cangw_fps": figures["rust_bridge_fps"]
+        >= 0.5 * figures["cangw_fps"],
+        "rust_latency_p99_us <= 0.5 * plain_latency_p99_us": figures["rust_latency_p99_us"]
+        <= 0.5 * figures["plain_latency_p99_us"],
+        "rust_cpu_percent_2x1mbit <= 0.2 * cpu_percent_2x1mbit": figures["rust_cpu_percent_2x1mbit"]
+        <= 0.2 * figures["cpu_percent_2x1mbit"],
+        "lost_frames == 0": figures["lost_frames"] == 0,
+    }
 
 
 def print_table(figures: dict[str, Any], out: Any = print) -> None:
@@ -428,3 +547,11 @@ def print_table(figures: dict[str, Any], out: Any = print) -> None:
         out(f"{key:<24} {what:<34} {figures[key]:>12,.0f}  {unit}")
     for ratio, value in figures["ratios"].items():
         out(f"  {ratio:<46} {value:6.2f}")
+    scaled = figures["conditions"]["cpu_scaled_by"]
+    if scaled != 1:
+        out(
+            f"  (CPU measured at {figures['conditions']['cpu_fps_each_way']:,} frames/s each "
+            f"way, scaled x{scaled:.1f})"
+        )
+    for target, met in figures["targets"].items():
+        out(f"  target {target:<54} {'met' if met else 'MISSED'}")

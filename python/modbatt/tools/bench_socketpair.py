@@ -33,14 +33,16 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import can
+import numpy as np
 from can.interfaces.socketcan import constants
 from can.interfaces.socketcan.socketcan import build_can_frame, capture_message
 
-from modbatt._core import DataPlane, Gateway
+from modbatt._core import DataPlane, Gateway, Session
 from modbatt.errors import FrameRejectedError
 from modbatt.pack.keys import APP_LINK
 from modbatt.protocol.frames import frames_of
@@ -51,6 +53,8 @@ CAN1, CAN2 = 0, 1
 CLASSIC = struct.Struct("=IB3x8s")
 CAN_EFF_FLAG = 0x8000_0000
 RUN_TIMEOUT_S = 120.0
+PACED_FPS = 6250.0  # frames/s: a full 1 Mbit/s bus of 8-byte extended frames (REFERENCE §4)
+PACED_SECONDS = 2.0
 FLAG_BITS = 0x3_8000  # bits 15..17: the flag and the pair's frame index, not part of a route
 ROUTED_PLAIN_ID = PLAIN_ID & ~FLAG_BITS  # a plain id a gateway rule can match
 
@@ -62,15 +66,27 @@ def _records(frames: list[tuple[int, bytes]]) -> list[bytes]:
     ]
 
 
-def _source(sock: socket.socket, records: list[bytes], go: Any) -> None:
+Pace = tuple[int, float, Callable[[float], list[bytes]]]  # (sends, per second, make(now))
+
+
+def _source(sock: socket.socket, records: list[bytes] | Pace, go: Any) -> None:
     go.wait()
     send = sock.send
-    for record in records:
-        send(record)
+    if isinstance(records, list):
+        for record in records:
+            send(record)
+        return
+    sends, per_second, make = records
+    start = time.perf_counter()
+    for i in range(sends):
+        if (left := start + i / per_second - time.perf_counter()) > 0:
+            time.sleep(left)
+        for record in make(time.perf_counter()):  # CLOCK_MONOTONIC: the sink's clock too
+            send(record)
 
 
 def _sink(sock: socket.socket, expected: int, report: Connection, keep: bool) -> None:
-    received: list[bytes] = []
+    received: list[tuple[bytes, float]] = []
     first = last = 0.0
     count = 0
     sock.settimeout(5.0)
@@ -83,7 +99,7 @@ def _sink(sock: socket.socket, expected: int, report: Connection, keep: bool) ->
                 first = last
             count += 1
             if keep:
-                received.append(record)
+                received.append((record, last))
     except TimeoutError:
         pass  # the rest never came
     report.send((count, first, last, received))
@@ -91,14 +107,19 @@ def _sink(sock: socket.socket, expected: int, report: Connection, keep: bool) ->
 
 def _run(
     bridge: Callable[[socket.socket, socket.socket, int], Callable[[], None]] | None,
-    records: list[bytes],
+    records: list[bytes] | Pace,
     keep: bool,
-) -> tuple[int, float, list[bytes]]:
-    """Send `records` through `bridge(in, out, n)`, which returns its stop.
+    expected: int | None = None,
+) -> tuple[int, float, list[tuple[bytes, float]]]:
+    """Send `records` (or paced ones) through `bridge(in, out, n)`, which returns its stop.
 
     With no bridge the source writes straight to the sink: the ceiling of the harness itself.
-    Returns (delivered, seconds from the first delivery to the last, what the sink kept).
+    Returns (delivered, seconds from the first delivery to the last, what the sink kept with
+    when it came).
     """
+    if expected is None:
+        assert isinstance(records, list)
+        expected = len(records)
     src_end, bridge_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     bridge_out, sink_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if bridge is None:
@@ -111,10 +132,10 @@ def _run(
     go = context.Event()
     mine, theirs = context.Pipe(duplex=False)
     source = context.Process(target=_source, args=(src_end, records, go), daemon=True)
-    sink = context.Process(target=_sink, args=(sink_end, len(records), theirs, keep), daemon=True)
+    sink = context.Process(target=_sink, args=(sink_end, expected, theirs, keep), daemon=True)
     sink.start()
     source.start()
-    stop = bridge(bridge_in, bridge_out, len(records))
+    stop = bridge(bridge_in, bridge_out, expected)
     try:
         go.set()
         if not mine.poll(RUN_TIMEOUT_S):
@@ -160,12 +181,74 @@ def plain_bridge(inp: socket.socket, out: socket.socket, n: int) -> Callable[[],
     return stop
 
 
-def _plane(gateway: Gateway) -> Callable[[socket.socket, socket.socket, int], Callable[[], None]]:
+def _plane(
+    gateway: Gateway, dropped: list[int]
+) -> Callable[[socket.socket, socket.socket, int], Callable[[], None]]:
+    """The data plane as a bridge; on stop, what it dropped itself is appended to `dropped`.
+
+    The sink's socket holds only a few records (AF_UNIX's max_dgram_qlen): when the sink falls
+    behind for over a millisecond the plane drops, as on a full transmit queue, and counts it.
+    """
+
     def bridge(inp: socket.socket, out: socket.socket, _n: int) -> Callable[[], None]:
         plane = DataPlane(gateway, out, inp, sealed_only=(False, False))  # CAN 2 in, CAN 1 out
-        return plane.stop
+
+        def stop() -> None:
+            plane.stop()
+            can1 = plane.stats()[CAN1]
+            dropped.append(can1["tx_queue_full"] + can1["tx_failed"])
+
+        return stop
 
     return bridge
+
+
+@dataclass
+class _Pack:
+    """A gateway doing the pack's job on CAN 2 -> CAN 1, with the far ends of its links."""
+
+    gateway: Gateway
+    module_end: Session  # seals, as a module does
+    app_end: Session  # opens, as the app does
+
+
+def _pack() -> _Pack:
+    """Open with the module's session, reseal with the app's."""
+    gateway = Gateway()
+    app_end, pack_app = session_pair("COMP-bench-app", "COMP-bench-pack")
+    module_end, pack_module = session_pair("COMP-bench-module", "COMP-bench-pack")
+    gateway.install_session(APP_LINK, pack_app)
+    gateway.install_session(MODULE_ID, pack_module)
+    gateway.add_rule(
+        CAN2, STATUS_1_ID, 0x1FFF_FFFF & ~FLAG_BITS, CAN1, inbound=MODULE_ID, outbound=APP_LINK
+    )
+    return _Pack(gateway, module_end, app_end)
+
+
+def _opened(app_end: Session, kept: list[tuple[bytes, float]]) -> list[tuple[float, float]]:
+    """(send time in the message, arrival of each of its two frames), per pair that opened."""
+    pairs = []
+    data_at = 0.0
+    for record, arrived in kept:
+        raw_id, length, data = CLASSIC.unpack(record)
+        try:
+            plain = app_end.open(raw_id & 0x1FFF_FFFF, data[:length])
+        except FrameRejectedError:
+            continue
+        if plain is None:
+            data_at = arrived
+        elif len(plain) == TIMED.size:
+            sent = TIMED.unpack(plain)[0]
+            pairs += [(sent, data_at), (sent, arrived)]
+    return pairs
+
+
+def _latencies_us(pairs: list[tuple[float, float]]) -> list[float]:
+    return [(arrived - sent) * 1e6 for sent, arrived in pairs]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
 
 
 def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
@@ -175,6 +258,7 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
     plain_records = _records([(ROUTED_PLAIN_ID, TIMED.pack(float(n))) for n in range(frames)])
     runs: dict[str, list[float]] = {"direct": [], "plain": [], "rust": [], "rust_plain_route": []}
     lost = dict.fromkeys(runs, 0)
+    dropped: dict[str, list[int]] = {"rust": [], "rust_plain_route": []}  # counted by the plane
     for _ in range(repeats):
         count, seconds, _ = _run(None, plain_records, keep=False)
         runs["direct"].append(count / seconds if seconds else 0.0)
@@ -182,38 +266,52 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
         count, seconds, _ = _run(plain_bridge, plain_records, keep=False)
         runs["plain"].append(count / seconds if seconds else 0.0)
         lost["plain"] += frames - count
-        # the pack's job: open with the module's session, reseal with the app's
-        gateway = Gateway()
-        app_end, pack_app = session_pair("COMP-bench-app", "COMP-bench-pack")
-        module_end, pack_module = session_pair("COMP-bench-module", "COMP-bench-pack")
-        gateway.install_session(APP_LINK, pack_app)
-        gateway.install_session(MODULE_ID, pack_module)
-        gateway.add_rule(
-            CAN2, STATUS_1_ID, 0x1FFF_FFFF & ~FLAG_BITS, CAN1, inbound=MODULE_ID, outbound=APP_LINK
-        )
+        pack = _pack()
         sealed = _records(
             [
                 f
                 for n in range(frames // 2)
-                for f in frames_of(module_end.seal(STATUS_1_ID, TIMED.pack(float(n))))
+                for f in frames_of(pack.module_end.seal(STATUS_1_ID, TIMED.pack(float(n))))
             ]
         )
-        count, seconds, kept = _run(_plane(gateway), sealed, keep=True)
-        intact = 0
-        for record in kept:
-            raw_id, length, data = CLASSIC.unpack(record)
-            try:
-                if app_end.open(raw_id & 0x1FFF_FFFF, data[:length]) is not None:
-                    intact += 2  # a pair's two frames
-            except FrameRejectedError:
-                pass
+        count, seconds, kept = _run(_plane(pack.gateway, dropped["rust"]), sealed, keep=True)
+        intact = len(_opened(pack.app_end, kept))
         runs["rust"].append(min(count, intact) / seconds if seconds else 0.0)
         lost["rust"] += len(sealed) - min(count, intact)
         route = Gateway()
         route.add_rule(CAN2, ROUTED_PLAIN_ID, 0x1FFF_FFFF & ~FLAG_BITS, CAN1)
-        count, seconds, _ = _run(_plane(route), plain_records, keep=False)
+        count, seconds, _ = _run(
+            _plane(route, dropped["rust_plain_route"]), plain_records, keep=False
+        )
         runs["rust_plain_route"].append(count / seconds if seconds else 0.0)
         lost["rust_plain_route"] += frames - count
+    # Latency at a paced load, the same frames/s for both: each frame carries its send time
+    # (inside the plaintext for the data plane), the sink notes its arrival.
+    paced_n = int(PACED_FPS * (0.5 if quick else PACED_SECONDS))
+    latencies: dict[str, list[float]] = {}
+
+    def plain_now(now: float) -> list[bytes]:
+        return _records([(ROUTED_PLAIN_ID, TIMED.pack(now))])
+
+    count, _, kept = _run(
+        plain_bridge, (paced_n, PACED_FPS, plain_now), keep=True, expected=paced_n
+    )
+    lost["plain"] += paced_n - count
+    latencies["plain"] = [(at - TIMED.unpack(CLASSIC.unpack(r)[2])[0]) * 1e6 for r, at in kept]
+    pack = _pack()
+
+    def sealed_now(now: float) -> list[bytes]:
+        return _records(frames_of(pack.module_end.seal(STATUS_1_ID, TIMED.pack(now))))
+
+    count, _, kept = _run(
+        _plane(pack.gateway, dropped["rust"]),
+        (paced_n // 2, PACED_FPS / 2, sealed_now),
+        keep=True,
+        expected=2 * (paced_n // 2),
+    )
+    opened = _opened(pack.app_end, kept)
+    lost["rust"] += 2 * (paced_n // 2) - len(opened)
+    latencies["rust"] = _latencies_us(opened)
     median = {name: sorted(values)[len(values) // 2] for name, values in runs.items()}
     return {
         "interface": "socketpair",
@@ -221,16 +319,26 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
         "plain_bridge_fps": median["plain"],
         "rust_bridge_fps": median["rust"],
         "rust_plain_route_fps": median["rust_plain_route"],
+        **{
+            f"{name}_latency_p{q}_us": _percentile(values, q)
+            for name, values in latencies.items()
+            for q in (50, 99)
+        },
         "runs": {name: [round(v) for v in values] for name, values in runs.items()},
         "lost_frames": sum(lost.values()),
         "lost_by_bridge": lost,
+        "dropped_by_plane": {name: sum(values) for name, values in dropped.items()},
         "ratios": {
             "rust_bridge_fps / plain_bridge_fps": median["rust"] / median["plain"],
             "rust_plain_route_fps / rust_bridge_fps": median["rust_plain_route"] / median["rust"],
             "rust_bridge_fps / direct_fps": median["rust"] / median["direct"],
+            "rust_latency_p99_us / plain_latency_p99_us": _percentile(latencies["rust"], 99)
+            / _percentile(latencies["plain"], 99),
         },
         "conditions": {
             "frames": frames,
+            "paced_fps": PACED_FPS,
+            "paced_frames": paced_n,
             "repeats": repeats,
             "quick": quick,
             "python": platform.python_version(),
@@ -240,7 +348,8 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
             "source and sink in processes of their own; plain: python-can's per-frame calls "
             "(select, recvmsg + capture_message, build_can_frame, send), no crypto; rust: the "
             "data plane opening and resealing classic pairs; direct: no bridge, the source's and "
-            "the sink's own ceiling; median of the runs.",
+            "the sink's own ceiling; median of the runs. Latency: a paced source, each frame's "
+            "send time (CLOCK_MONOTONIC, in the payload) to the sink's return from recv.",
         },
     }
 
@@ -250,6 +359,10 @@ ROWS = [
     ("plain_bridge_fps", "Python bridge (python-can's calls), plain", "frames/s"),
     ("rust_bridge_fps", "Rust data plane, open + reseal pairs", "frames/s"),
     ("rust_plain_route_fps", "Rust data plane, plain route", "frames/s"),
+    ("plain_latency_p50_us", "Python bridge latency p50, paced", "µs"),
+    ("plain_latency_p99_us", "Python bridge latency p99, paced", "µs"),
+    ("rust_latency_p50_us", "Rust data plane latency p50, paced", "µs"),
+    ("rust_latency_p99_us", "Rust data plane latency p99, paced", "µs"),
     ("lost_frames", "frames sent but not delivered", "frames"),
 ]
 
