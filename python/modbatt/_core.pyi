@@ -168,6 +168,7 @@ class DataPlane:
         *,
         can_fd: tuple[bool, bool] = ...,  # (False, False)
         sealed_only: tuple[bool, bool] = ...,  # (True, False)
+        send_via: tuple[_HasFileno | None, _HasFileno | None] = ...,  # (None, None)
     ) -> DataPlane: ...
     @property
     def running(self) -> bool: ...

@@ -54,6 +54,11 @@ const WAKE_MS: u16 = 50;
 pub struct PlaneBus {
     /// A raw CAN socket (or a `SOCK_SEQPACKET` socket carrying the same records).
     pub socket: OwnedFd,
+    /// Where frames for this bus are sent, when not on `socket`: the socket of the program's
+    /// own listener on the bus, so that what the plane sends is that listener's own frames,
+    /// which the kernel does not deliver back to it (the pack must not take the commands it
+    /// forwards for another sender's).
+    pub sender: Option<OwnedFd>,
     /// Whether frames sent on this bus are CAN FD (`struct canfd_frame`) even when they would
     /// fit a classic frame. A payload over 8 bytes is always sent as CAN FD.
     pub fd_frames: bool,
@@ -295,6 +300,7 @@ fn carry(shared: &Shared, bus: u8) {
 /// Send `frames` on bus `dst`; what the socket cannot take is counted as lost.
 fn send_all(shared: &Shared, dst: usize, frames: &[Frame]) {
     let bus = &shared.buses[dst];
+    let socket = bus.sender.as_ref().unwrap_or(&bus.socket);
     let counters = &shared.counters[dst];
     let mut records = vec![[0u8; FD_MTU]; frames.len()];
     let sizes: Vec<usize> = frames
@@ -312,7 +318,7 @@ fn send_all(shared: &Shared, dst: usize, frames: &[Frame]) {
             .collect();
         let addresses = vec![None; slices.len()];
         let result = sendmmsg(
-            bus.socket.as_raw_fd(),
+            socket.as_raw_fd(),
             &mut headers,
             slices.iter(),
             addresses,
@@ -325,7 +331,7 @@ fn send_all(shared: &Shared, dst: usize, frames: &[Frame]) {
                 counters.sent.fetch_add(sent as u64, Ordering::Relaxed);
                 next += sent;
             }
-            Err(Errno::EAGAIN) if writable_soon(bus) => {}
+            Err(Errno::EAGAIN) if writable_soon(socket) => {}
             Err(Errno::EINTR) => {}
             Err(Errno::ENOBUFS | Errno::EAGAIN) => {
                 // The transmit queue is full (or its buffer stays full): this frame is lost,
@@ -343,8 +349,8 @@ fn send_all(shared: &Shared, dst: usize, frames: &[Frame]) {
 }
 
 /// Whether the socket can take a frame within a millisecond (a burst filled its buffer).
-fn writable_soon(bus: &PlaneBus) -> bool {
-    let mut fds = [PollFd::new(bus.socket.as_fd(), PollFlags::POLLOUT)];
+fn writable_soon(socket: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
     matches!(poll(&mut fds, PollTimeout::from(1u16)), Ok(n) if n > 0)
 }
 

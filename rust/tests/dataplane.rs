@@ -146,11 +146,13 @@ fn running(gateway: Gateway) -> Running {
         [
             PlaneBus {
                 socket: plane1,
+                sender: None,
                 fd_frames: false,
                 sealed_only: true,
             },
             PlaneBus {
                 socket: plane2,
+                sender: None,
                 fd_frames: false,
                 sealed_only: false,
             },
@@ -299,4 +301,39 @@ fn stopping_is_prompt_and_a_gone_peer_is_counted_not_fatal() {
     run.plane.stop();
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(!run.plane.running());
+}
+
+#[test]
+fn frames_go_out_on_the_sender_when_one_is_given_and_nowhere_else() {
+    let (gateway, mut ends) = gateway(9);
+    let (plane1, can1) = seqpacket();
+    let (plane2, can2) = seqpacket();
+    let (sender1, listener1) = seqpacket(); // the program's own listener's socket on CAN 1
+    let plane = DataPlane::start(
+        Arc::new(Mutex::new(gateway)),
+        [
+            PlaneBus {
+                socket: plane1,
+                sender: Some(sender1),
+                fd_frames: false,
+                sealed_only: true,
+            },
+            PlaneBus {
+                socket: plane2,
+                sender: None,
+                fd_frames: false,
+                sealed_only: false,
+            },
+        ],
+    )
+    .unwrap();
+    let sealed = ends.module.seal(STATUS_1, &[7; 8], false).unwrap();
+    send_frames(&can2, sealed.frames());
+    let via_sender = receive(&listener1, Duration::from_millis(300));
+    assert_eq!(via_sender.len(), 2, "a resealed pair, on the sender");
+    assert!(receive(&can1, Duration::from_millis(100)).is_empty());
+    let [bus1, _] = plane.stats();
+    assert_eq!(bus1.sent, 2);
+    let mut plane = plane;
+    plane.stop();
 }

@@ -70,6 +70,8 @@ def test_the_whole_lifecycle_on_socketcan(tmp_path: Path, api_bridge: BridgeProc
         app.command_state(target.module.module_id or 0, 3)
         assert wait_for(lambda: target.module.state == 3, (2.0 + START_SETTLE_S) * SLOW)
         assert other.module.state == 0
+        # the data plane forwarded it on the pack's own socket: not another sender's command
+        assert not life.pack.manager.foreign_commands
         # the pack restarts on its flash: the app's handshake, the modules come back by themselves
         life.pack.stop()
         life.pack = life.pack.started_again()

@@ -4,11 +4,12 @@ On two SocketCAN buses the pack opens a raw CAN socket of its own on each, with 
 filters that admit only the routing table's sources, and hands both to
 :class:`modbatt._core.DataPlane`: a thread per bus that reads in batches, steps the pack's own
 :class:`~modbatt._core.Gateway` (the one Python configures: sessions, rules, the tap, the
-counters) and sends what comes out, without the GIL. Everything else stays where it was, on
-python-can's sockets with their own filters: the control channel, the module table (fed from
-the gateway's tap), pairing. Other interfaces (virtual, udp_multicast, adapters without
-kernel sockets) and buses wrapped for a traffic log or fault injection keep the Python path:
-a log must see every frame.
+counters) and sends what comes out, without the GIL, on python-can's socket of that bus (so
+that the pack's own listeners do not receive what it forwarded, as on the Python path).
+Everything else stays where it was, on python-can's sockets with their own filters: the
+control channel, the module table (fed from the gateway's tap), pairing. Other interfaces
+(virtual, udp_multicast, adapters without kernel sockets) and buses wrapped for a traffic log
+or fault injection keep the Python path: a log must see every frame.
 """
 
 from __future__ import annotations
@@ -71,13 +72,17 @@ class KernelDataPlane:
         self.interfaces = interfaces
         self.sockets = [_raw_socket(name) for name in interfaces]
         try:
-            # CAN 1: only sealed frames are the gateway's (plain ones are the control channel's)
+            # CAN 1: only sealed frames are the gateway's (plain ones are the control channel's).
+            # The plane sends on python-can's own sockets: what it forwards is then the pack's
+            # own frames, which the kernel does not hand back to the pack's listeners (an app
+            # command forwarded to CAN 2 is not another sender's command there).
             self.plane = DataPlane(
                 gateway,
                 self.sockets[0],
                 self.sockets[1],
                 can_fd=(ports[0].fd, ports[1].fd),
                 sealed_only=(True, False),
+                send_via=(kernel_socket(ports[0].bus), kernel_socket(ports[1].bus)),
             )
         except BaseException:
             self.close_sockets()

@@ -11,7 +11,8 @@ One bridge at a time, in one run, with the same source and sink:
   prebuilt frames (plain for ``cangw`` and ``can.bridge``, sealed classic pairs for the pack),
   so that the source is faster than every bridge; for latency it is a Python raw socket
   paced at a quarter of the slowest bridge's saturated rate (``PACED_LOAD``), each frame
-  carrying its send time (``time.time()``; inside the plaintext for the pack);
+  carrying its index (inside the plaintext for the pack) and timed on the way in by the
+  kernel, as the source's own socket receives it back;
 * the **sink** is a SocketCAN socket on the output bus with kernel receive timestamps
   (python-can's ``socketcan``, the same clock as ``time.time()``) and a receive buffer large
   enough for the whole run; it is read only after the run, so reading costs the bridges
@@ -64,8 +65,9 @@ PACED_SECONDS = 2.0
 # CPU: the pack's process while both buses carry sealed traffic at once, each way at
 # CPU_LOAD of the slowest bridge's saturated rate (split between the two ways), at most a full
 # 1 Mbit/s bus each way. Where that is less than a full bus (under emulation it is), the figure
-# for 2 x 1 Mbit/s is scaled from it linearly, which overstates the Rust data plane's share:
-# its batches grow with the load, so its cost per frame falls.
+# for 2 x 1 Mbit/s is the pack's idle CPU (measured, not scaled) plus what the traffic cost
+# above it, scaled linearly; that overstates the Rust data plane's share: its batches grow
+# with the load, so its cost per frame falls.
 FULL_BUS_FPS = 6250  # 8-byte extended frames on a 1 Mbit/s bus at the usual stuffing (§4)
 CPU_SECONDS = 3.0
 BIG_BUFFER = 64 * 1024 * 1024  # bytes: a whole run's frames (a queued frame costs ~1 KiB)
@@ -75,6 +77,7 @@ SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 CAN_FRAME = struct.Struct("=IB3x8s")  # struct can_frame, classic
 CAN_EFF_FLAG = 0x8000_0000
+BASE_SHIFT = 18  # a 29-bit id's message base is its top 11 bits
 
 
 @dataclass
@@ -233,71 +236,99 @@ def _replay(frames: list[tuple[int, bytes]], workdir: Path) -> None:
     _can_utils("canplayer", "-I", str(path), "-t", "-g", "0")
 
 
-def _raw_source() -> socket.socket:
-    sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
-    sock.bind((IN_BUS,))
-    return sock
+class _PacedSource:
+    """The paced source on vcan0, which gets its own frames back with kernel timestamps.
+
+    A raw socket receiving its own frames as every socket on the bus receives them.
+    A frame's send time is that timestamp, not Python's clock before the send: the moment the
+    frame reached the bridge's socket, whatever the source's own Python did in between (a
+    garbage collection between reading the clock and sending would count as the bridge's).
+    """
+
+    def __init__(self) -> None:
+        self.bus = can.Bus(interface="socketcan", channel=IN_BUS, receive_own_messages=True)
+        sock = kernel_socket(self.bus)
+        assert sock is not None
+        _big_buffer(sock)
+        self.sock = sock
+
+    def send(self, n: int, fps: float, make: Callable[[int], list[tuple[int, bytes]]]) -> None:
+        """Send the frames `make(i)` gives for i in range(n), one call every 1/fps s."""
+        start = time.perf_counter()
+        for i in range(n):
+            if (left := start + i / fps - time.perf_counter()) > 0:
+                time.sleep(left)  # sleep, not spin: the bridge needs the CPU (and the GIL)
+            for can_id, data in make(i):
+                self.sock.send(_frame_bytes(can_id, data))
+
+    def sent_at(self, ids: Callable[[int], bool]) -> list[float]:
+        """The kernel's timestamps of the frames sent, in order (those whose id `ids` takes)."""
+        return [m.timestamp for m in _drain(self.bus) if ids(m.arbitration_id)]
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.bus.shutdown()
 
 
 def _frame_bytes(can_id: int, data: bytes) -> bytes:
     return CAN_FRAME.pack(can_id | CAN_EFF_FLAG, len(data), data.ljust(8, b"\x00"))
 
 
-def _paced(sock: socket.socket, n: int, fps: float, make: Any) -> list[float]:
-    """Send the frames `make(n, now)` gives, one every 1/fps s; returns their send times."""
-    sent_at = []
-    start = time.perf_counter()
-    for i in range(n):
-        due = start + i / fps
-        if (left := due - time.perf_counter()) > 0:
-            time.sleep(left)  # sleep, not spin: the bridge needs the CPU (and the GIL)
-        now = time.time()
-        for can_id, data in make(i, now):
-            sock.send(_frame_bytes(can_id, data))
-        sent_at.append(now)
-    return sent_at
-
-
 # --- measurements --------------------------------------------------------------------------
 
 
 def _plain_run(bridge: Any, n: int, paced_fps: float | None, workdir: Path) -> Run:
+    """`n` plain frames, each carrying its index, through `bridge`."""
     sink = _open(OUT_BUS)
+    sent_at: list[float] = []
     try:
         with bridge():
             if paced_fps is None:
                 _replay([(PLAIN_ID, TIMED.pack(float(i))) for i in range(n)], workdir)
             else:
-                source = _raw_source()
+                source = _PacedSource()
                 try:
-                    _paced(source, n, paced_fps, lambda _i, now: [(PLAIN_ID, TIMED.pack(now))])
+                    source.send(n, paced_fps, lambda i: [(PLAIN_ID, TIMED.pack(float(i)))])
+                    _wait_quiet(sink)
+                    sent_at = source.sent_at(lambda can_id: can_id == PLAIN_ID)
                 finally:
                     source.close()
             _wait_quiet(sink)
         received = [m for m in _drain(sink) if m.arbitration_id == PLAIN_ID and len(m.data) == 8]
     finally:
         sink.shutdown()
-    latencies = [(m.timestamp - TIMED.unpack(bytes(m.data))[0]) * 1e6 for m in received]
+    latencies = []
+    if paced_fps is not None:
+        for message in received:
+            index = int(TIMED.unpack(bytes(message.data))[0])
+            latencies.append((message.timestamp - sent_at[index]) * 1e6)
     span = received[-1].timestamp - received[0].timestamp if len(received) > 1 else 0.0
-    return Run(n, len(received), span, latencies if paced_fps is not None else [])
+    return Run(n, len(received), span, latencies)
 
 
 def _secure_run(n: int, paced_fps: float | None, workdir: Path, data_plane: bool = False) -> Run:
-    """`n` frames (n/2 classic pairs) through the pack; latency per frame of each pair."""
+    """`n` frames (n/2 classic pairs, each carrying its index) through the pack.
+
+    Latency per frame of each pair, from the same frame of the pair on the way in.
+    """
     sink = _open(OUT_BUS)
     pairs = n // 2
+    sent_at: list[float] = []
+    status_base = STATUS_1_ID >> BASE_SHIFT
     try:
         with secure_bridge(data_plane) as ends:
 
-            def sealed(_i: int, now: float) -> list[tuple[int, bytes]]:
-                return frames_of(ends.module_end.seal(STATUS_1_ID, TIMED.pack(now)))
+            def sealed(i: int) -> list[tuple[int, bytes]]:
+                return frames_of(ends.module_end.seal(STATUS_1_ID, TIMED.pack(float(i))))
 
             if paced_fps is None:
-                _replay([f for i in range(pairs) for f in sealed(i, float(i))], workdir)
+                _replay([f for i in range(pairs) for f in sealed(i)], workdir)
             else:
-                source = _raw_source()
+                source = _PacedSource()
                 try:
-                    _paced(source, pairs, paced_fps / 2, sealed)
+                    source.send(pairs, paced_fps / 2, sealed)
+                    _wait_quiet(sink)
+                    sent_at = source.sent_at(lambda can_id: can_id >> BASE_SHIFT == status_base)
                 finally:
                     source.close()
             _wait_quiet(sink)
@@ -319,15 +350,15 @@ def _secure_run(n: int, paced_fps: float | None, workdir: Path, data_plane: bool
         delivered += 2
         first = data_at if first is None else first
         last = message.timestamp
-        sent = TIMED.unpack(plain)[0]
-        # the pair's frames were sent together: each frame's latency from that send
-        latencies += [(data_at - sent) * 1e6, (message.timestamp - sent) * 1e6]
+        if paced_fps is not None:
+            index = int(TIMED.unpack(plain)[0])
+            sent_data, sent_auth = sent_at[2 * index], sent_at[2 * index + 1]
+            latencies += [(data_at - sent_data) * 1e6, (message.timestamp - sent_auth) * 1e6]
     span = (last - first) if first is not None and last is not None else 0.0
-    return Run(2 * pairs, delivered, span, latencies if paced_fps is not None else [])
+    return Run(2 * pairs, delivered, span, latencies)
 
 
 COMMAND_ID = 0x515 << 18 | MODULE_ID  # an app command to the module (routed CAN 1 -> CAN 2)
-BASE_SHIFT = 18
 
 
 @dataclass
@@ -337,8 +368,14 @@ class CpuRun:
     fps_each_way: int
     seconds: float
     cpu_percent: float
+    idle_cpu_percent: float  # the same pack, the same time, no traffic
     sent: int
     delivered: int
+
+    def at(self, fps_each_way: int) -> float:
+        """The CPU at another load: the idle share as measured, the traffic's scaled."""
+        per_frame = (self.cpu_percent - self.idle_cpu_percent) / self.fps_each_way
+        return self.idle_cpu_percent + max(0.0, per_frame) * fps_each_way
 
 
 def _timed_replay(frames: list[tuple[float, str, int, bytes]], workdir: Path) -> None:
@@ -383,6 +420,9 @@ def _cpu_run(fps_each_way: int, seconds: float, workdir: Path, data_plane: bool)
                 schedule += [(at, IN_BUS, can_id, data) for can_id, data in frames_of(up)]
                 schedule += [(at, OUT_BUS, can_id, data) for can_id, data in frames_of(down)]
             time.sleep(0.2)  # the pack's threads reach their loops
+            idle_start, wall_start = time.process_time(), time.monotonic()
+            time.sleep(seconds)
+            idle = (time.process_time() - idle_start) / (time.monotonic() - wall_start)
             cpu_start, wall_start = time.process_time(), time.monotonic()
             _timed_replay(schedule, workdir)
             wall = time.monotonic() - wall_start
@@ -396,7 +436,8 @@ def _cpu_run(fps_each_way: int, seconds: float, workdir: Path, data_plane: bool)
     finally:
         up_sink.shutdown()
         down_sink.shutdown()
-    return CpuRun(fps_each_way, wall, 100 * cpu / wall if wall > 0 else 0.0, 4 * pairs, delivered)
+    loaded = 100 * cpu / wall if wall > 0 else 0.0
+    return CpuRun(fps_each_way, wall, loaded, 100 * idle, 4 * pairs, delivered)
 
 
 def _median(runs: list[Run]) -> Run:
@@ -453,10 +494,10 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
     for name in bridges:
         for q in (50, 99):
             figures[f"{name}_latency_p{q}_us"] = _percentile(paced[name].latencies_us, q)
-    scale = FULL_BUS_FPS / cpu_fps
     for name, key in (("secure", "cpu_percent_2x1mbit"), ("rust", "rust_cpu_percent_2x1mbit")):
-        figures[key] = cpu[name].cpu_percent * scale
+        figures[key] = cpu[name].at(FULL_BUS_FPS)
         figures[f"{key}_measured"] = cpu[name].cpu_percent
+        figures[f"{key}_idle"] = cpu[name].idle_cpu_percent
     lost = {name: sum(r.sent - r.delivered for r in [*runs[name], paced[name]]) for name in bridges}
     for name, run in cpu.items():
         lost[name] += run.sent - run.delivered
@@ -486,7 +527,7 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "paced_load": PACED_LOAD,
         "cpu_fps_each_way": cpu_fps,
         "cpu_seconds": cpu_seconds,
-        "cpu_scaled_by": scale,
+        "cpu_scaled_by": FULL_BUS_FPS / cpu_fps,
         "quick": quick,
         "emulated": os.environ.get("MODBATT_SOCKETCAN_GUEST") == "1",
         "kernel": platform.release(),
@@ -495,11 +536,13 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "notes": "one bridge at a time between vcan0 and vcan1; saturated: canplayer replays "
         "prebuilt frames back to back, fps from the first delivery to the last, median of "
-        "alternating runs; latency: a paced raw-socket source, send time to the sink's kernel "
-        "receive timestamp. Secure frames are classic pairs (data + authenticator), counted "
-        "as frames. CPU: the pack process's CPU time while canplayer sends sealed pairs both ways "
-        "at cpu_fps_each_way, scaled by cpu_scaled_by to 6,250 frames/s each way (2 x 1 "
-        "Mbit/s). Under emulation (QEMU TCG) compare figures within one run only.",
+        "alternating runs; latency: a paced raw-socket source, each frame's kernel timestamp "
+        "on the way in (its own echo) to the sink's kernel receive timestamp on the way out. "
+        "Secure frames are classic pairs (data + authenticator), counted as frames. CPU: the "
+        "pack process's CPU time while canplayer sends sealed pairs both ways "
+        "at cpu_fps_each_way, less the same pack's CPU idle, scaled by cpu_scaled_by to "
+        "6,250 frames/s each way (2 x 1 Mbit/s), plus the idle share. "
+        "Under emulation (QEMU TCG) compare figures within one run only.",
     }
     return figures
 
@@ -551,7 +594,9 @@ def print_table(figures: dict[str, Any], out: Any = print) -> None:
     if scaled != 1:
         out(
             f"  (CPU measured at {figures['conditions']['cpu_fps_each_way']:,} frames/s each "
-            f"way, scaled x{scaled:.1f})"
+            f"way, the traffic's share scaled x{scaled:.1f}; idle: Python path "
+            f"{figures['cpu_percent_2x1mbit_idle']:.0f} %, Rust data plane "
+            f"{figures['rust_cpu_percent_2x1mbit_idle']:.0f} %)"
         )
     for target, met in figures["targets"].items():
         out(f"  target {target:<54} {'met' if met else 'MISSED'}")

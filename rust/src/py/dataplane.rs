@@ -53,24 +53,29 @@ fn stats_dict<'py>(py: Python<'py>, stats: &PlaneStats) -> PyResult<Bound<'py, P
 impl DataPlane {
     /// Start carrying frames: `can_fd` says, per bus, whether frames are sent as CAN FD even
     /// when they fit a classic frame; `sealed_only`, per bus, whether only sealed frames
-    /// received there are the gateway's (CAN 1: its plain frames are the control channel's).
+    /// received there are the gateway's (CAN 1: its plain frames are the control channel's);
+    /// `send_via`, per bus, another socket to send on (the program's own listener's, which
+    /// then does not receive what the plane sends), or None to send on the one read.
     #[new]
-    #[pyo3(signature = (gateway, can1, can2, *, can_fd=(false, false), sealed_only=(true, false)))]
+    #[pyo3(signature = (gateway, can1, can2, *, can_fd=(false, false), sealed_only=(true, false), send_via=(None, None)))]
     fn new(
         gateway: &Gateway,
         can1: &Bound<'_, PyAny>,
         can2: &Bound<'_, PyAny>,
         can_fd: (bool, bool),
         sealed_only: (bool, bool),
+        send_via: (Option<Bound<'_, PyAny>>, Option<Bound<'_, PyAny>>),
     ) -> PyResult<Self> {
         let buses = [
             PlaneBus {
                 socket: duplicate(can1)?,
+                sender: send_via.0.as_ref().map(duplicate).transpose()?,
                 fd_frames: can_fd.0,
                 sealed_only: sealed_only.0,
             },
             PlaneBus {
                 socket: duplicate(can2)?,
+                sender: send_via.1.as_ref().map(duplicate).transpose()?,
                 fd_frames: can_fd.1,
                 sealed_only: sealed_only.1,
             },
