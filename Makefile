@@ -48,9 +48,15 @@ fuzz-build:
 	RUSTFLAGS="$(FUZZ_FLAGS)" cargo build --locked --quiet --release \
 		--manifest-path fuzz/Cargo.toml --target $(FUZZ_TRIPLE) --target-dir target/fuzz
 
-## test-fuzz: FUZZ_RUNS inputs per target from an empty corpus, seeded, so a failure replays
+## test-fuzz: the inputs that once failed (fuzz/regressions/<target>/), then FUZZ_RUNS inputs
+## per target from an empty corpus, seeded, so a failure replays
 test-fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
+		if [ -d fuzz/regressions/$$t ]; then \
+			$(FUZZ_BIN)/$$t fuzz/regressions/$$t/* 2>target/fuzz/$$t.log \
+				|| { tail -40 target/fuzz/$$t.log; exit 1; }; \
+			echo "fuzz $$t: $$(ls fuzz/regressions/$$t | wc -l) regression input(s) pass"; \
+		fi; \
 		dir=$$(mktemp -d); \
 		$(FUZZ_BIN)/$$t -seed=1 -runs=$(FUZZ_RUNS) -artifact_prefix=target/fuzz/$$t- $$dir 2>target/fuzz/$$t.log \
 			|| { tail -40 target/fuzz/$$t.log; rm -rf $$dir; exit 1; }; \
