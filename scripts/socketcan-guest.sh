@@ -16,6 +16,9 @@
 # Everything is kept in .socketcan/ (git-ignored) and reused. The exit status is CMD's; a guest
 # that does not start or does not finish is a failure with the console's last lines, never a
 # silent skip.
+#
+# GUEST_CPUS=N boots N emulated CPUs (default: this host's cores); GUEST_KERNEL_ARGS='...' adds
+# to the guest kernel's command line (idle=poll: docs/PERFORMANCE.md, on the data plane's tail).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -131,10 +134,10 @@ run() {
     local console="$GUEST/run/console.log"
     local status=0
     timeout "$BOOT_TIMEOUT_S" qemu-system-x86_64 \
-        -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 3072 \
+        -accel tcg,thread=multi -cpu max -smp "${GUEST_CPUS:-$(nproc)}" -m 3072 \
         -nographic -no-reboot -monitor none -serial stdio -nic none -vga none \
         -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.gz" \
-        -append "console=ttyS0 quiet loglevel=3 panic=-1 modbatt_root=$ROOT" \
+        -append "console=ttyS0 quiet loglevel=3 panic=-1 ${GUEST_KERNEL_ARGS:-} modbatt_root=$ROOT" \
         -virtfs local,path=/,mount_tag=host,security_model=passthrough,multidevs=remap \
         | tee "$console" || status=$?
     if [ ! -f "$GUEST/run/rc" ]; then

@@ -130,7 +130,10 @@ fuzz_target!(|ops: Vec<(u8, Op)>| {
         if forward.link_down {
             // Opened, but the destination link has no session (here: torn down after too
             // many bad tags), so nothing goes out.
-            assert!(forward.frames.frames().is_empty(), "link_down sends nothing");
+            assert!(
+                forward.frames.frames().is_empty(),
+                "link_down sends nothing"
+            );
             continue;
         }
         // The far end opens the resealed frames (with the data frame it already holds, when

@@ -375,3 +375,10 @@ def print_table(figures: dict[str, Any], out: Callable[[str], object] = print) -
         out(f"{key:<22} {what:<48} {figures[key]:>12,.0f}  {unit}")
     for ratio, value in figures["ratios"].items():
         out(f"  {ratio:<46} {value:6.2f}")
+    dropped = sum(figures["dropped_by_plane"].values())
+    if figures["lost_frames"]:
+        # A frame the plane could not send takes its pair's other frame with it.
+        out(
+            f"  lost by bridge: {figures['lost_by_bridge']}; the data plane counted {dropped} "
+            "it could not send (the sink's socket full for over 1 ms), each one's pair lost"
+        )

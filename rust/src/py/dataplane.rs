@@ -19,7 +19,7 @@ use crate::error::Error;
 /// 0 is CAN 1, 1 is CAN 2.
 #[pyclass(module = "modbatt._core")]
 pub struct DataPlane {
-    inner: Option<dataplane::DataPlane>,
+    inner: dataplane::DataPlane,
 }
 
 /// A duplicate of the descriptor of `socket`, owned here.
@@ -81,30 +81,26 @@ impl DataPlane {
             },
         ];
         let plane = dataplane::DataPlane::start(Arc::clone(&gateway.inner), buses)?;
-        Ok(DataPlane { inner: Some(plane) })
+        Ok(DataPlane { inner: plane })
     }
 
     /// Whether the threads run.
     #[getter]
     fn running(&self) -> bool {
-        self.inner
-            .as_ref()
-            .is_some_and(dataplane::DataPlane::running)
+        self.inner.running()
     }
 
     /// Stop both threads and wait for them (within about 50 ms); stopping twice is harmless.
     fn stop(&mut self, py: Python<'_>) {
-        if let Some(mut plane) = self.inner.take() {
-            py.detach(move || plane.stop());
-        }
+        let plane = &mut self.inner;
+        py.detach(move || plane.stop());
     }
 
     /// Per bus (CAN 1, CAN 2): received, sent, skipped, rx_overflow, tx_queue_full,
-    /// tx_failed, batches. Zeros once stopped.
+    /// tx_failed, batches. Once stopped, the final counts (what a run lost is read after it).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let stats = self.inner.as_ref().map(dataplane::DataPlane::stats);
-        stats
-            .unwrap_or_default()
+        self.inner
+            .stats()
             .iter()
             .map(|s| stats_dict(py, s))
             .collect()
