@@ -16,6 +16,13 @@
 //! A frame that is not a 29-bit data frame is not the gateway's (as on the Python path) and is
 //! counted as `skipped`; so is a plain frame on a bus that carries only sealed ones to the
 //! gateway (CAN 1, where plain frames are the control channel's).
+//!
+//! The threads can run at a real-time priority (`SCHED_FIFO`), as the kernel's own gateway
+//! runs in softirq context ahead of every thread: a routed frame then waits for no thread of
+//! the program (the pack's Python) or of anyone else below that priority. The kernel's
+//! real-time throttling still leaves others 5 % of each CPU, and a CAN bus cannot carry
+//! enough frames to keep a thread busy for long. Where it is not permitted (no
+//! `CAP_SYS_NICE`, or `RLIMIT_RTPRIO` below it) the threads run at normal priority.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -123,12 +130,42 @@ struct Shared {
 pub struct DataPlane {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    realtime: bool,
+}
+
+/// Move `thread` to `SCHED_FIFO` at `priority`.
+#[allow(unsafe_code)]
+fn run_at_fifo(thread: &JoinHandle<()>, priority: i32) -> std::io::Result<()> {
+    use std::os::unix::thread::JoinHandleExt;
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: the thread is not joined yet (its handle is borrowed here), so its pthread_t is
+    // valid; `param` is a valid sched_param that the call only reads.
+    let status =
+        unsafe { libc::pthread_setschedparam(thread.as_pthread_t(), libc::SCHED_FIFO, &param) };
+    match status {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
 }
 
 impl DataPlane {
     /// Start carrying frames between `buses` (index = the gateway's bus number) through
-    /// `gateway`.
-    pub fn start(gateway: Arc<Mutex<Gateway>>, buses: [PlaneBus; 2]) -> Result<DataPlane> {
+    /// `gateway`, at the real-time `priority` (`SCHED_FIFO`, 1 to 99) where it is
+    /// permitted, or at normal priority (None).
+    pub fn start(
+        gateway: Arc<Mutex<Gateway>>,
+        buses: [PlaneBus; 2],
+        priority: Option<i32>,
+    ) -> Result<DataPlane> {
+        if let Some(priority) = priority {
+            if !(1..=99).contains(&priority) {
+                return Err(Error::InvalidArgument(format!(
+                    "a real-time priority is 1 to 99, not {priority}"
+                )));
+            }
+        }
         for bus in &buses {
             // The kernel's drop count rides along with every received frame from now on.
             setsockopt(&bus.socket, sockopt::RxqOvfl, &1).map_err(|e| {
@@ -150,7 +187,21 @@ impl DataPlane {
                 .map_err(|e| Error::InvalidArgument(format!("cannot start a thread: {e}")))?;
             threads.push(thread);
         }
-        Ok(DataPlane { shared, threads })
+        let realtime = priority.is_some_and(|priority| {
+            threads
+                .iter()
+                .all(|thread| run_at_fifo(thread, priority).is_ok())
+        });
+        Ok(DataPlane {
+            shared,
+            threads,
+            realtime,
+        })
+    }
+
+    /// Whether the threads run at the real-time priority asked for.
+    pub fn realtime(&self) -> bool {
+        self.realtime
     }
 
     /// Each bus's counters.

@@ -157,6 +157,7 @@ fn running(gateway: Gateway) -> Running {
                 sealed_only: false,
             },
         ],
+        None,
     )
     .unwrap();
     Running {
@@ -325,6 +326,7 @@ fn frames_go_out_on_the_sender_when_one_is_given_and_nowhere_else() {
                 sealed_only: false,
             },
         ],
+        None,
     )
     .unwrap();
     let sealed = ends.module.seal(STATUS_1, &[7; 8], false).unwrap();
@@ -336,4 +338,27 @@ fn frames_go_out_on_the_sender_when_one_is_given_and_nowhere_else() {
     assert_eq!(bus1.sent, 2);
     let mut plane = plane;
     plane.stop();
+}
+
+#[test]
+fn a_real_time_priority_outside_1_to_99_is_refused() {
+    for priority in [0, 100, -1] {
+        let (plane1, _can1) = seqpacket();
+        let (plane2, _can2) = seqpacket();
+        let bus = |socket| PlaneBus {
+            socket,
+            sender: None,
+            fd_frames: false,
+            sealed_only: false,
+        };
+        let refused = DataPlane::start(
+            Arc::new(Mutex::new(Gateway::new())),
+            [bus(plane1), bus(plane2)],
+            Some(priority),
+        );
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains("1 to 99")),
+            "{priority} accepted"
+        );
+    }
 }

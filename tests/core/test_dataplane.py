@@ -5,10 +5,13 @@ plane's threads, and must give the same frames and the same counters."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 import pytest
@@ -183,3 +186,51 @@ def test_a_closed_socket_is_refused() -> None:
         end.close()
     with pytest.raises(Exception, match="closed"):
         DataPlane(Gateway(), closed[0], closed[1])
+
+
+def _fifo_permitted(priority: int) -> bool:
+    """Whether a thread of this process may take SCHED_FIFO at `priority` (root, CAP_SYS_NICE
+    or RLIMIT_RTPRIO), probed with the OS directly in a thread of its own."""
+    permitted: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            permitted.append(True)
+        except PermissionError:
+            permitted.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return permitted[0]
+
+
+def _plane_threads() -> dict[int, str]:
+    tasks = Path("/proc/self/task")
+    names = {int(tid.name): (tid / "comm").read_text().strip() for tid in tasks.iterdir()}
+    return {tid: name for tid, name in names.items() if name.startswith("modbatt-plane")}
+
+
+def test_the_data_plane_threads_run_at_the_real_time_priority_asked_for_where_permitted() -> None:
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    permitted = _fifo_permitted(10)
+    with DataPlane(Gateway(), pairs[0][0], pairs[1][0], priority=10) as plane:
+        assert plane.realtime == permitted
+        threads = _plane_threads()
+        assert sorted(threads.values()) == ["modbatt-plane-1", "modbatt-plane-2"]
+        for tid in threads:
+            if permitted:
+                assert os.sched_getscheduler(tid) == os.SCHED_FIFO
+                assert os.sched_getparam(tid).sched_priority == 10
+            else:
+                assert os.sched_getscheduler(tid) == os.SCHED_OTHER
+    with DataPlane(Gateway(), pairs[0][0], pairs[1][0]) as plane:  # none asked for
+        assert not plane.realtime
+        assert {os.sched_getscheduler(tid) for tid in _plane_threads()} == {os.SCHED_OTHER}
+    for priority in (0, 100):
+        with pytest.raises(ValueError, match="1 to 99"):
+            DataPlane(Gateway(), pairs[0][0], pairs[1][0], priority=priority)
+    for pair in pairs:
+        for end in pair:
+            end.close()

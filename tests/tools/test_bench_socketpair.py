@@ -23,6 +23,8 @@ def test_the_socketpair_benchmark_carries_every_frame_through_both_bridges(
         assert figures[key] > 0
     for key in ("plain", "rust"):
         assert 0 < figures[f"{key}_latency_p50_us"] <= figures[f"{key}_latency_p99_us"]
+        # the bridge's own threads worked, and not for more than the two cores there are
+        assert 0 < figures[f"{key}_cpu_percent_paced"] < 200
     lost, dropped = figures["lost_by_bridge"], figures["dropped_by_plane"]
     assert set(lost) == {"direct", "plain", "rust", "rust_plain_route"}
     # blocking sends lose nothing; the data plane loses only what it dropped and counted (the

@@ -26,6 +26,12 @@ from modbatt.bus.transport import CanPort, IdFilter, kernel_socket
 
 log = logging.getLogger("modbatt.pack.data_plane")
 
+# The real-time priority (SCHED_FIFO) of the plane's threads: routed frames wait for none of
+# the pack's Python threads, as the kernel's own gateway waits for no thread. Low among
+# real-time priorities (the kernel's threaded interrupts run at 50), and granted only with
+# CAP_SYS_NICE or an RLIMIT_RTPRIO of at least this (systemd: LimitRTPRIO=); without, the
+# threads run at normal priority and the pack says so.
+PLANE_PRIORITY = 10
 CAN_EFF_FLAG = 0x8000_0000
 CAN_RTR_FLAG = 0x4000_0000
 _FILTER = struct.Struct("=II")  # struct can_filter: can_id, can_mask
@@ -68,7 +74,13 @@ def _raw_socket(interface: str) -> socket.socket:
 class KernelDataPlane:
     """The Rust data plane on the pack's two SocketCAN buses, and the sockets it reads."""
 
-    def __init__(self, gateway: Gateway, ports: tuple[CanPort, CanPort], interfaces: list[str]):
+    def __init__(
+        self,
+        gateway: Gateway,
+        ports: tuple[CanPort, CanPort],
+        interfaces: list[str],
+        priority: int | None = PLANE_PRIORITY,
+    ):
         self.interfaces = interfaces
         self.sockets = [_raw_socket(name) for name in interfaces]
         try:
@@ -83,11 +95,20 @@ class KernelDataPlane:
                 can_fd=(ports[0].fd, ports[1].fd),
                 sealed_only=(True, False),
                 send_via=(kernel_socket(ports[0].bus), kernel_socket(ports[1].bus)),
+                priority=priority,
             )
         except BaseException:
             self.close_sockets()
             raise
         log.info("data plane: routed frames between %s carried in Rust", " and ".join(interfaces))
+        if priority is not None and not self.plane.realtime:
+            log.warning(
+                "data plane threads at normal priority (real-time priority %d not permitted: "
+                "CAP_SYS_NICE or LimitRTPRIO=%d needed): routed frames may wait behind other "
+                "threads when the CPU is busy",
+                priority,
+                priority,
+            )
 
     @classmethod
     def open(cls, gateway: Gateway, can1: CanPort, can2: CanPort) -> KernelDataPlane | None:

@@ -105,17 +105,27 @@ def _sink(sock: socket.socket, expected: int, report: Connection, keep: bool) ->
     report.send((count, first, last, received))
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What one run delivered."""
+
+    count: int
+    seconds: float  # from the first delivery to the last
+    kept: list[tuple[bytes, float]]  # what the sink kept, with when it came
+    # This process's CPU time (the bridge's threads; the source and the sink are processes of
+    # their own) over the time from the start to the last delivery, in % of one core.
+    cpu_percent: float
+
+
 def _run(
     bridge: Callable[[socket.socket, socket.socket, int], Callable[[], None]] | None,
     records: list[bytes] | Pace,
     keep: bool,
     expected: int | None = None,
-) -> tuple[int, float, list[tuple[bytes, float]]]:
+) -> Delivery:
     """Send `records` (or paced ones) through `bridge(in, out, n)`, which returns its stop.
 
     With no bridge the source writes straight to the sink: the ceiling of the harness itself.
-    Returns (delivered, seconds from the first delivery to the last, what the sink kept with
-    when it came).
     """
     if expected is None:
         assert isinstance(records, list)
@@ -137,9 +147,11 @@ def _run(
     source.start()
     stop = bridge(bridge_in, bridge_out, expected)
     try:
+        cpu_start, started = time.process_time(), time.perf_counter()
         go.set()
         if not mine.poll(RUN_TIMEOUT_S):
             raise TimeoutError("the sink did not report")
+        cpu = time.process_time() - cpu_start  # this process's threads: the bridge's
         count, first, last, kept = mine.recv()
     finally:
         stop()
@@ -149,7 +161,10 @@ def _run(
                 process.kill()
         for sock in (src_end, bridge_in, bridge_out, sink_end):
             sock.close()
-    return int(count), float(last - first), list(kept)
+    busy = last - started  # the sink's clock is this one (CLOCK_MONOTONIC)
+    return Delivery(
+        int(count), float(last - first), list(kept), 100.0 * cpu / busy if busy > 0 else 0.0
+    )
 
 
 def plain_bridge(inp: socket.socket, out: socket.socket, n: int) -> Callable[[], None]:
@@ -260,12 +275,12 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
     lost = dict.fromkeys(runs, 0)
     dropped: dict[str, list[int]] = {"rust": [], "rust_plain_route": []}  # counted by the plane
     for _ in range(repeats):
-        count, seconds, _ = _run(None, plain_records, keep=False)
-        runs["direct"].append(count / seconds if seconds else 0.0)
-        lost["direct"] += frames - count
-        count, seconds, _ = _run(plain_bridge, plain_records, keep=False)
-        runs["plain"].append(count / seconds if seconds else 0.0)
-        lost["plain"] += frames - count
+        run = _run(None, plain_records, keep=False)
+        runs["direct"].append(run.count / run.seconds if run.seconds else 0.0)
+        lost["direct"] += frames - run.count
+        run = _run(plain_bridge, plain_records, keep=False)
+        runs["plain"].append(run.count / run.seconds if run.seconds else 0.0)
+        lost["plain"] += frames - run.count
         pack = _pack()
         sealed = _records(
             [
@@ -274,44 +289,44 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
                 for f in frames_of(pack.module_end.seal(STATUS_1_ID, TIMED.pack(float(n))))
             ]
         )
-        count, seconds, kept = _run(_plane(pack.gateway, dropped["rust"]), sealed, keep=True)
-        intact = len(_opened(pack.app_end, kept))
-        runs["rust"].append(min(count, intact) / seconds if seconds else 0.0)
-        lost["rust"] += len(sealed) - min(count, intact)
+        run = _run(_plane(pack.gateway, dropped["rust"]), sealed, keep=True)
+        intact = min(run.count, len(_opened(pack.app_end, run.kept)))
+        runs["rust"].append(intact / run.seconds if run.seconds else 0.0)
+        lost["rust"] += len(sealed) - intact
         route = Gateway()
         route.add_rule(CAN2, ROUTED_PLAIN_ID, 0x1FFF_FFFF & ~FLAG_BITS, CAN1)
-        count, seconds, _ = _run(
-            _plane(route, dropped["rust_plain_route"]), plain_records, keep=False
-        )
-        runs["rust_plain_route"].append(count / seconds if seconds else 0.0)
-        lost["rust_plain_route"] += frames - count
+        run = _run(_plane(route, dropped["rust_plain_route"]), plain_records, keep=False)
+        runs["rust_plain_route"].append(run.count / run.seconds if run.seconds else 0.0)
+        lost["rust_plain_route"] += frames - run.count
     # Latency at a paced load, the same frames/s for both: each frame carries its send time
-    # (inside the plaintext for the data plane), the sink notes its arrival.
+    # (inside the plaintext for the data plane), the sink notes its arrival. The bridge's CPU
+    # is measured over the same runs.
     paced_n = int(PACED_FPS * (0.5 if quick else PACED_SECONDS))
     latencies: dict[str, list[float]] = {}
+    cpu: dict[str, float] = {}
 
     def plain_now(now: float) -> list[bytes]:
         return _records([(ROUTED_PLAIN_ID, TIMED.pack(now))])
 
-    count, _, kept = _run(
-        plain_bridge, (paced_n, PACED_FPS, plain_now), keep=True, expected=paced_n
-    )
-    lost["plain"] += paced_n - count
-    latencies["plain"] = [(at - TIMED.unpack(CLASSIC.unpack(r)[2])[0]) * 1e6 for r, at in kept]
+    run = _run(plain_bridge, (paced_n, PACED_FPS, plain_now), keep=True, expected=paced_n)
+    lost["plain"] += paced_n - run.count
+    latencies["plain"] = [(at - TIMED.unpack(CLASSIC.unpack(r)[2])[0]) * 1e6 for r, at in run.kept]
+    cpu["plain"] = run.cpu_percent
     pack = _pack()
 
     def sealed_now(now: float) -> list[bytes]:
         return _records(frames_of(pack.module_end.seal(STATUS_1_ID, TIMED.pack(now))))
 
-    count, _, kept = _run(
+    run = _run(
         _plane(pack.gateway, dropped["rust"]),
         (paced_n // 2, PACED_FPS / 2, sealed_now),
         keep=True,
         expected=2 * (paced_n // 2),
     )
-    opened = _opened(pack.app_end, kept)
+    opened = _opened(pack.app_end, run.kept)
     lost["rust"] += 2 * (paced_n // 2) - len(opened)
     latencies["rust"] = _latencies_us(opened)
+    cpu["rust"] = run.cpu_percent
     median = {name: sorted(values)[len(values) // 2] for name, values in runs.items()}
     return {
         "interface": "socketpair",
@@ -324,6 +339,8 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
             for name, values in latencies.items()
             for q in (50, 99)
         },
+        "plain_cpu_percent_paced": cpu["plain"],
+        "rust_cpu_percent_paced": cpu["rust"],
         "runs": {name: [round(v) for v in values] for name, values in runs.items()},
         "lost_frames": sum(lost.values()),
         "lost_by_bridge": lost,
@@ -334,6 +351,9 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
             "rust_bridge_fps / direct_fps": median["rust"] / median["direct"],
             "rust_latency_p99_us / plain_latency_p99_us": _percentile(latencies["rust"], 99)
             / _percentile(latencies["plain"], 99),
+            "rust_cpu_percent_paced / plain_cpu_percent_paced": cpu["rust"] / cpu["plain"]
+            if cpu["plain"]
+            else 0.0,
         },
         "conditions": {
             "frames": frames,
@@ -349,7 +369,9 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
             "(select, recvmsg + capture_message, build_can_frame, send), no crypto; rust: the "
             "data plane opening and resealing classic pairs; direct: no bridge, the source's and "
             "the sink's own ceiling; median of the runs. Latency: a paced source, each frame's "
-            "send time (CLOCK_MONOTONIC, in the payload) to the sink's return from recv.",
+            "send time (CLOCK_MONOTONIC, in the payload) to the sink's return from recv. "
+            "CPU: the bridge's process (its threads; source and sink are processes of their "
+            "own) over the paced runs, from the start to the last delivery.",
         },
     }
 
@@ -363,6 +385,8 @@ ROWS = [
     ("plain_latency_p99_us", "Python bridge latency p99, paced", "µs"),
     ("rust_latency_p50_us", "Rust data plane latency p50, paced", "µs"),
     ("rust_latency_p99_us", "Rust data plane latency p99, paced", "µs"),
+    ("plain_cpu_percent_paced", "Python bridge CPU, paced", "% of a core"),
+    ("rust_cpu_percent_paced", "Rust data plane CPU, paced", "% of a core"),
     ("lost_frames", "frames sent but not delivered", "frames"),
 ]
 
@@ -370,9 +394,10 @@ ROWS = [
 def print_table(figures: dict[str, Any], out: Callable[[str], object] = print) -> None:
     """The figures as a table, then the ratios."""
     out("socketpair buses (AF_UNIX, SOCK_SEQPACKET), native")
-    out(f"{'figure':<22} {'what':<48} {'value':>12}  unit")
+    out(f"{'figure':<24} {'what':<48} {'value':>12}  unit")
     for key, what, unit in ROWS:
-        out(f"{key:<22} {what:<48} {figures[key]:>12,.0f}  {unit}")
+        value = f"{figures[key]:,.1f}" if unit.startswith("%") else f"{figures[key]:,.0f}"
+        out(f"{key:<24} {what:<48} {value:>12}  {unit}")
     for ratio, value in figures["ratios"].items():
         out(f"  {ratio:<46} {value:6.2f}")
     dropped = sum(figures["dropped_by_plane"].values())

@@ -55,9 +55,11 @@ impl DataPlane {
     /// when they fit a classic frame; `sealed_only`, per bus, whether only sealed frames
     /// received there are the gateway's (CAN 1: its plain frames are the control channel's);
     /// `send_via`, per bus, another socket to send on (the program's own listener's, which
-    /// then does not receive what the plane sends), or None to send on the one read.
+    /// then does not receive what the plane sends), or None to send on the one read;
+    /// `priority`, the real-time priority (`SCHED_FIFO`, 1 to 99) its threads ask for, or
+    /// None for normal priority (see `realtime` for whether it was granted).
     #[new]
-    #[pyo3(signature = (gateway, can1, can2, *, can_fd=(false, false), sealed_only=(true, false), send_via=(None, None)))]
+    #[pyo3(signature = (gateway, can1, can2, *, can_fd=(false, false), sealed_only=(true, false), send_via=(None, None), priority=None))]
     fn new(
         gateway: &Gateway,
         can1: &Bound<'_, PyAny>,
@@ -65,6 +67,7 @@ impl DataPlane {
         can_fd: (bool, bool),
         sealed_only: (bool, bool),
         send_via: (Option<Bound<'_, PyAny>>, Option<Bound<'_, PyAny>>),
+        priority: Option<i32>,
     ) -> PyResult<Self> {
         let buses = [
             PlaneBus {
@@ -80,7 +83,7 @@ impl DataPlane {
                 sealed_only: sealed_only.1,
             },
         ];
-        let plane = dataplane::DataPlane::start(Arc::clone(&gateway.inner), buses)?;
+        let plane = dataplane::DataPlane::start(Arc::clone(&gateway.inner), buses, priority)?;
         Ok(DataPlane { inner: plane })
     }
 
@@ -88,6 +91,13 @@ impl DataPlane {
     #[getter]
     fn running(&self) -> bool {
         self.inner.running()
+    }
+
+    /// Whether the threads run at the real-time priority asked for (False when none was, or
+    /// when it was not permitted: no CAP_SYS_NICE, or RLIMIT_RTPRIO below it).
+    #[getter]
+    fn realtime(&self) -> bool {
+        self.inner.realtime()
     }
 
     /// Stop both threads and wait for them (within about 50 ms); stopping twice is harmless.
