@@ -18,11 +18,11 @@
 //! gateway (CAN 1, where plain frames are the control channel's).
 //!
 //! The threads can run at a real-time priority (`SCHED_FIFO`), as the kernel's own gateway
-//! runs in softirq context ahead of every thread: a routed frame then waits for no thread of
-//! the program (the pack's Python) or of anyone else below that priority. The kernel's
-//! real-time throttling still leaves others 5 % of each CPU, and a CAN bus cannot carry
-//! enough frames to keep a thread busy for long. Where it is not permitted (no
-//! `CAP_SYS_NICE`, or `RLIMIT_RTPRIO` below it) the threads run at normal priority.
+//! runs in softirq context ahead of every thread: a routed frame then waits for no thread
+//! below that priority. The price: each frame that arrives preempts whoever sent it, so
+//! batches shrink and the CPU per frame grows (docs/PERFORMANCE.md measured both). Where it
+//! is not permitted (no `CAP_SYS_NICE`, or `RLIMIT_RTPRIO` below it) the threads run at
+//! normal priority, and [`DataPlane::realtime`] says so.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

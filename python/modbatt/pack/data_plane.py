@@ -26,12 +26,12 @@ from modbatt.bus.transport import CanPort, IdFilter, kernel_socket
 
 log = logging.getLogger("modbatt.pack.data_plane")
 
-# The real-time priority (SCHED_FIFO) of the plane's threads: routed frames wait for none of
-# the pack's Python threads, as the kernel's own gateway waits for no thread. Low among
-# real-time priorities (the kernel's threaded interrupts run at 50), and granted only with
-# CAP_SYS_NICE or an RLIMIT_RTPRIO of at least this (systemd: LimitRTPRIO=); without, the
-# threads run at normal priority and the pack says so.
-PLANE_PRIORITY = 10
+# The plane's threads run at normal priority. A real-time one (DataPlane's `priority`,
+# SCHED_FIFO) was measured (PERFORMANCE.md): it shortens the latency tail when the CPU is
+# busy, but every frame then preempts whoever sent it, so batches shrink (11 frames per read
+# instead of 62 at saturation in the guest) and the CPU per frame grows; on one CPU shared
+# with a local sender the plane carried an eighth of what it does at normal priority.
+PLANE_PRIORITY: int | None = None
 CAN_EFF_FLAG = 0x8000_0000
 CAN_RTR_FLAG = 0x4000_0000
 _FILTER = struct.Struct("=II")  # struct can_filter: can_id, can_mask
@@ -81,6 +81,7 @@ class KernelDataPlane:
         interfaces: list[str],
         priority: int | None = PLANE_PRIORITY,
     ):
+        """The plane on `interfaces` (CAN 1's, CAN 2's) at the real-time `priority`, if any."""
         self.interfaces = interfaces
         self.sockets = [_raw_socket(name) for name in interfaces]
         try:
@@ -104,8 +105,7 @@ class KernelDataPlane:
         if priority is not None and not self.plane.realtime:
             log.warning(
                 "data plane threads at normal priority (real-time priority %d not permitted: "
-                "CAP_SYS_NICE or LimitRTPRIO=%d needed): routed frames may wait behind other "
-                "threads when the CPU is busy",
+                "CAP_SYS_NICE or LimitRTPRIO=%d needed)",
                 priority,
                 priority,
             )

@@ -555,8 +555,8 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "python": platform.python_version(),
         "python_can": can.__version__,
         "cpus": os.cpu_count(),
-        # The pack as it runs: its data plane's threads ask for this real-time priority
-        # (granted to root, as in the guest), can.bridge and the Python path run at normal.
+        # The pack as it runs: its data plane's real-time priority (None: normal, as every
+        # other bridge here).
         "data_plane_priority": PLANE_PRIORITY,
         "notes": "one bridge at a time between vcan0 and vcan1; saturated: canplayer replays "
         "prebuilt frames back to back, fps from the first delivery to the last, median of "
