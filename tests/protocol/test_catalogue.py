@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from modbatt import compose_id
@@ -191,17 +192,24 @@ def message_values(draw: st.DrawFn) -> tuple[str, int, dict[str, float]]:
     node = draw(st.integers(0, 0xFF))
     values: dict[str, float] = {}
     for signal in catalogue().message(name).signals:
-        raw = draw(st.integers(0, (1 << signal.length) - 1))
-        physical = raw * signal.scale + signal.offset
-        if signal.minimum is not None and signal.maximum is not None:
-            physical = min(max(physical, signal.minimum), signal.maximum)
-            raw = round((physical - signal.offset) / signal.scale)
-            physical = raw * signal.scale + signal.offset
-        values[signal.name] = physical
+        # The raw values the signal's bits and its range allow, worked out in integers: a
+        # 63-bit signal's maximum is not a float (2**63 - 1 rounds to 2**63, one bit too many).
+        if signal.is_signed:
+            low, high = -(1 << (signal.length - 1)), (1 << (signal.length - 1)) - 1
+        else:
+            low, high = 0, (1 << signal.length) - 1
+        if signal.minimum is not None:
+            low = max(low, math.ceil((signal.minimum - signal.offset) / signal.scale))
+        if signal.maximum is not None:
+            high = min(high, math.floor((signal.maximum - signal.offset) / signal.scale))
+        raw = draw(st.integers(low, high))
+        exact = signal.scale == 1 and signal.offset == 0
+        values[signal.name] = raw if exact else raw * signal.scale + signal.offset
     return name, node, values
 
 
 @given(message_values())
+@example(("SET_TIME", 0, {"UnixTime": (1 << 63) - 1, "TimeValid": 0}))  # the widest signal
 def test_round_trip(case: tuple[str, int, dict[str, float]]) -> None:
     name, node, values = case
     can_id, data = catalogue().encode(name, node, values)
