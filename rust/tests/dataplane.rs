@@ -99,6 +99,17 @@ fn seqpacket() -> (OwnedFd, OwnedFd) {
     .unwrap()
 }
 
+/// The data plane's side of a bus: CAN 1 carries only sealed frames to the gateway (its plain
+/// ones are the control channel's), CAN 2 every frame.
+fn bus(socket: OwnedFd, sender: Option<OwnedFd>, sealed_only: bool) -> PlaneBus {
+    PlaneBus {
+        socket,
+        sender,
+        fd_frames: false,
+        sealed_only,
+    }
+}
+
 fn record(id: u32, data: &[u8]) -> Vec<u8> {
     let size = if data.len() > 8 { FD_MTU } else { CLASSIC_MTU };
     let mut out = vec![0u8; size];
@@ -143,20 +154,7 @@ fn running(gateway: Gateway) -> Running {
     let gateway = Arc::new(Mutex::new(gateway));
     let plane = DataPlane::start(
         Arc::clone(&gateway),
-        [
-            PlaneBus {
-                socket: plane1,
-                sender: None,
-                fd_frames: false,
-                sealed_only: true,
-            },
-            PlaneBus {
-                socket: plane2,
-                sender: None,
-                fd_frames: false,
-                sealed_only: false,
-            },
-        ],
+        [bus(plane1, None, true), bus(plane2, None, false)],
         None,
     )
     .unwrap();
@@ -312,20 +310,7 @@ fn frames_go_out_on_the_sender_when_one_is_given_and_nowhere_else() {
     let (sender1, listener1) = seqpacket(); // the program's own listener's socket on CAN 1
     let plane = DataPlane::start(
         Arc::new(Mutex::new(gateway)),
-        [
-            PlaneBus {
-                socket: plane1,
-                sender: Some(sender1),
-                fd_frames: false,
-                sealed_only: true,
-            },
-            PlaneBus {
-                socket: plane2,
-                sender: None,
-                fd_frames: false,
-                sealed_only: false,
-            },
-        ],
+        [bus(plane1, Some(sender1), true), bus(plane2, None, false)],
         None,
     )
     .unwrap();
@@ -345,15 +330,9 @@ fn a_real_time_priority_outside_1_to_99_is_refused() {
     for priority in [0, 100, -1] {
         let (plane1, _can1) = seqpacket();
         let (plane2, _can2) = seqpacket();
-        let bus = |socket| PlaneBus {
-            socket,
-            sender: None,
-            fd_frames: false,
-            sealed_only: false,
-        };
         let refused = DataPlane::start(
             Arc::new(Mutex::new(Gateway::new())),
-            [bus(plane1), bus(plane2)],
+            [bus(plane1, None, true), bus(plane2, None, false)],
             Some(priority),
         );
         assert!(
