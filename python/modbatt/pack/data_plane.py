@@ -26,12 +26,6 @@ from modbatt.bus.transport import CanPort, IdFilter, kernel_socket
 
 log = logging.getLogger("modbatt.pack.data_plane")
 
-# The plane's threads run at normal priority. A real-time one (DataPlane's `priority`,
-# SCHED_FIFO) was measured (PERFORMANCE.md): it shortens the latency tail when the CPU is
-# busy, but every frame then preempts whoever sent it, so batches shrink (11 frames per read
-# instead of 62 at saturation in the guest) and the CPU per frame grows; on one CPU shared
-# with a local sender the plane carried an eighth of what it does at normal priority.
-PLANE_PRIORITY: int | None = None
 CAN_EFF_FLAG = 0x8000_0000
 CAN_RTR_FLAG = 0x4000_0000
 _FILTER = struct.Struct("=II")  # struct can_filter: can_id, can_mask
@@ -74,14 +68,7 @@ def _raw_socket(interface: str) -> socket.socket:
 class KernelDataPlane:
     """The Rust data plane on the pack's two SocketCAN buses, and the sockets it reads."""
 
-    def __init__(
-        self,
-        gateway: Gateway,
-        ports: tuple[CanPort, CanPort],
-        interfaces: list[str],
-        priority: int | None = PLANE_PRIORITY,
-    ):
-        """The plane on `interfaces` (CAN 1's, CAN 2's) at the real-time `priority`, if any."""
+    def __init__(self, gateway: Gateway, ports: tuple[CanPort, CanPort], interfaces: list[str]):
         self.interfaces = interfaces
         self.sockets = [_raw_socket(name) for name in interfaces]
         try:
@@ -96,19 +83,14 @@ class KernelDataPlane:
                 can_fd=(ports[0].fd, ports[1].fd),
                 sealed_only=(True, False),
                 send_via=(kernel_socket(ports[0].bus), kernel_socket(ports[1].bus)),
-                priority=priority,
+                # Normal priority: a real-time one (DataPlane's `priority`, measured in
+                # PERFORMANCE.md) shortens the latency tail under load, but each frame then
+                # preempts its sender, batches shrink and the CPU per frame grows.
             )
         except BaseException:
             self.close_sockets()
             raise
         log.info("data plane: routed frames between %s carried in Rust", " and ".join(interfaces))
-        if priority is not None and not self.plane.realtime:
-            log.warning(
-                "data plane threads at normal priority (real-time priority %d not permitted: "
-                "CAP_SYS_NICE or LimitRTPRIO=%d needed)",
-                priority,
-                priority,
-            )
 
     @classmethod
     def open(cls, gateway: Gateway, can1: CanPort, can2: CanPort) -> KernelDataPlane | None:

@@ -48,7 +48,6 @@ from modbatt import Session
 from modbatt.bus.transport import CanPort, kernel_socket
 from modbatt.errors import FrameRejectedError, ModbattError
 from modbatt.pack.controller import PackController
-from modbatt.pack.data_plane import PLANE_PRIORITY
 from modbatt.pack.keys import APP_LINK
 from modbatt.protocol.catalogue import SECURED_COMMAND_XOR
 from modbatt.protocol.frames import frames_of
@@ -555,9 +554,6 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "python": platform.python_version(),
         "python_can": can.__version__,
         "cpus": os.cpu_count(),
-        # The pack as it runs: its data plane's real-time priority (None: normal, as every
-        # other bridge here).
-        "data_plane_priority": PLANE_PRIORITY,
         "notes": "one bridge at a time between vcan0 and vcan1; saturated: canplayer replays "
         "prebuilt frames back to back, fps from the first delivery to the last, median of "
         "alternating runs; latency: a paced raw-socket source, each frame's kernel timestamp "
