@@ -157,7 +157,8 @@ class _HasFileno(Protocol):
 class DataPlane:
     """Threads that carry routed frames between two sockets through a gateway, GIL-free.
 
-    Linux only. Bus 0 is CAN 1, bus 1 CAN 2, as in the gateway.
+    Linux only. Bus 0 is CAN 1, bus 1 CAN 2, as in the gateway. The sockets `can1` and
+    `can2` are read blocking with a 50 ms receive timeout from then on: they are the plane's.
     """
 
     def __new__(

@@ -1,9 +1,12 @@
 //! The data plane: routed frames carried between two raw CAN sockets by the [`Gateway`], one
 //! thread per bus, without Python.
 //!
-//! Each thread waits for its bus's socket to be readable, takes up to [`BATCH`] frames in one
-//! `recvmmsg`, steps them all through the gateway under one lock, and sends what comes out
-//! with one `sendmmsg` per destination bus. The gateway is the one Python configures
+//! Each thread waits in `recvmmsg` for its bus's next frame and takes whatever else is queued
+//! behind it, up to [`BATCH`] frames, in the same call (`MSG_WAITFORONE`: one system call per
+//! wake-up, not a `poll` and then a read), steps them all through the gateway under one lock,
+//! and sends what comes out with one `sendmmsg` per destination bus. So that the wait ends
+//! for the stop flag too, the plane reads its sockets blocking with a receive timeout
+//! (`SO_RCVTIMEO`): they are the plane's alone from then on. The gateway is the one Python configures
 //! (sessions, rules, the tap, the counters): the data plane only moves its frames. The
 //! sockets carry `struct can_frame` (16 bytes) and `struct canfd_frame` (72 bytes) as a
 //! SocketCAN raw socket does; in tests they are `socketpair(AF_UNIX, SOCK_SEQPACKET)`, which
@@ -31,10 +34,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
 };
+use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::error::{Error, Result};
 use crate::frame::{Frame, MAX_DATA_LEN};
@@ -54,7 +59,9 @@ const CAN_ERR_FLAG: u32 = 0x2000_0000;
 const CAN_EFF_MASK: u32 = 0x1FFF_FFFF;
 const CANFD_BRS: u8 = 0x01;
 /// How long a thread waits for its socket before it looks at the stop flag again.
-const WAKE_MS: u16 = 50;
+const WAKE_MS: i64 = 50;
+/// How long a thread waits before reading again a socket that fails at once.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(WAKE_MS.unsigned_abs());
 
 /// One bus of the data plane.
 #[derive(Debug)]
@@ -167,8 +174,7 @@ impl DataPlane {
             }
         }
         for bus in &buses {
-            // The kernel's drop count rides along with every received frame from now on.
-            setsockopt(&bus.socket, sockopt::RxqOvfl, &1).map_err(|e| {
+            read_by_the_plane(&bus.socket).map_err(|e| {
                 Error::InvalidArgument(format!("not a socket the data plane can read: {e}"))
             })?;
         }
@@ -226,6 +232,24 @@ impl DataPlane {
     }
 }
 
+/// Set `socket` up for [`carry`]: blocking reads that give up after [`WAKE_MS`], and the
+/// kernel's drop count with every frame received (`SO_RXQ_OVFL`).
+fn read_by_the_plane(socket: &OwnedFd) -> nix::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(socket, FcntlArg::F_GETFL)?);
+    if flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(
+            socket,
+            FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)),
+        )?;
+    }
+    setsockopt(
+        socket,
+        sockopt::ReceiveTimeout,
+        &TimeVal::milliseconds(WAKE_MS),
+    )?;
+    setsockopt(socket, sockopt::RxqOvfl, &1)
+}
+
 impl Drop for DataPlane {
     fn drop(&mut self) {
         self.stop();
@@ -278,31 +302,34 @@ fn carry(shared: &Shared, bus: u8) {
     let mut outgoing: [Vec<Frame>; 2] = [Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)];
     let mut received: Vec<(usize, usize)> = Vec::with_capacity(BATCH); // (buffer, bytes)
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(WAKE_MS)) {
-            Ok(0) | Err(Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(_) => {
-                std::thread::sleep(std::time::Duration::from_millis(u64::from(WAKE_MS)));
-                continue;
-            }
-        }
         received.clear();
+        let mut peer_gone = false;
         {
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
                 .iter_mut()
                 .map(|buffer| [IoSliceMut::new(buffer)])
                 .collect();
-            let Ok(messages) = recvmmsg(
+            // Blocks for the first frame (at most WAKE_MS), then takes what is queued.
+            let messages = match recvmmsg(
                 socket.as_raw_fd(),
                 &mut headers,
                 slices.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
+                MsgFlags::MSG_WAITFORONE,
                 None,
-            ) else {
-                continue; // EAGAIN (another reader was quicker) or an interface gone
+            ) {
+                Ok(messages) => messages,
+                Err(Errno::EAGAIN | Errno::EINTR) => continue, // quiet: look at the stop flag
+                Err(_) => {
+                    // The interface is gone or down: wait as long as a quiet read would.
+                    std::thread::sleep(QUIET);
+                    continue;
+                }
             };
             for (slot, message) in messages.enumerate() {
+                if message.bytes == 0 {
+                    peer_gone = true; // end of file: only a socketpair's peer closing does this
+                    continue;
+                }
                 if let Ok(cmsgs) = message.cmsgs() {
                     for cmsg in cmsgs {
                         if let ControlMessageOwned::RxqOvfl(dropped) = cmsg {
@@ -316,6 +343,9 @@ fn carry(shared: &Shared, bus: u8) {
             }
         }
         if received.is_empty() {
+            if peer_gone {
+                std::thread::sleep(QUIET); // every read would end at once
+            }
             continue;
         }
         counters.batches.fetch_add(1, Ordering::Relaxed);

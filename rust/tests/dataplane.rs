@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use _core::dataplane::{DataPlane, PlaneBus, CAN_EFF_FLAG, CLASSIC_MTU, FD_MTU};
 use _core::{Frame, Gateway, IdRewrite, LinkKey, Rule, Session, SessionLimits};
 use common::half;
-use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{
+    getsockopt, recv, send, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::time::TimeValLike;
 
 const CAN1: u8 = 0;
 const CAN2: u8 = 1;
@@ -295,11 +299,49 @@ fn stopping_is_prompt_and_a_gone_peer_is_counted_not_fatal() {
     std::thread::sleep(Duration::from_millis(200));
     let stats = run.plane.stats();
     assert_eq!((stats[0].tx_failed, stats[0].tx_queue_full), (1, 0));
+    // its reader sees the end of the file and waits: it neither spins nor counts it as frames
+    assert_eq!((stats[0].received, stats[0].skipped), (0, 0));
     assert!(run.plane.running());
     let started = Instant::now();
     run.plane.stop();
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(!run.plane.running());
+}
+
+#[test]
+fn sockets_handed_over_non_blocking_are_read_blocking_with_a_timeout() {
+    let (gateway, mut ends) = gateway(11);
+    let nonblocking = || {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap()
+    };
+    let ((plane1, can1), (plane2, can2)) = (nonblocking(), nonblocking());
+    let watched = plane2.try_clone().unwrap(); // the same open socket as the plane's
+    let mut plane = DataPlane::start(
+        Arc::new(Mutex::new(gateway)),
+        [bus(plane1, None, true), bus(plane2, None, false)],
+        None,
+    )
+    .unwrap();
+    // A non-blocking read would return at once: the thread would spin instead of waiting.
+    let flags = OFlag::from_bits_truncate(fcntl(&watched, FcntlArg::F_GETFL).unwrap());
+    assert!(!flags.contains(OFlag::O_NONBLOCK));
+    let timeout = getsockopt(&watched, sockopt::ReceiveTimeout).unwrap();
+    // the stop flag's wake-up, 50 ms, as the kernel keeps it (in jiffies: 52 ms at HZ=250)
+    assert!((50..=60).contains(&timeout.num_milliseconds()), "{timeout}");
+    send_frames(
+        &can2,
+        ends.module.seal(STATUS_1, &[4; 8], false).unwrap().frames(),
+    );
+    assert_eq!(receive(&can1, Duration::from_millis(300)).len(), 2);
+    let started = Instant::now();
+    plane.stop();
+    assert!(started.elapsed() < Duration::from_millis(500));
 }
 
 #[test]

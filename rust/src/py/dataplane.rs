@@ -15,7 +15,9 @@ use crate::error::Error;
 ///
 /// `can1` and `can2` are sockets (objects with `fileno()`: a raw CAN socket bound to its
 /// interface, or one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)`); the data plane works
-/// on duplicates of them, so the caller may close its own. Bus numbers are the gateway's:
+/// on duplicates of them, so the caller may close its own. It reads them blocking, with a
+/// 50 ms receive timeout (`SO_RCVTIMEO`) for its stop flag; a duplicate shares these
+/// settings, so the sockets read are the plane's alone. Bus numbers are the gateway's:
 /// 0 is CAN 1, 1 is CAN 2.
 #[pyclass(module = "modbatt._core")]
 pub struct DataPlane {
