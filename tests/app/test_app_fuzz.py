@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -554,6 +555,7 @@ class OneMessage:
 
     def __init__(self, data: bytes) -> None:
         self.data: bytes | None = data
+        self.arrived = threading.Event()
 
     def recv(self, timeout_s: float | None = None) -> bytes | None:
         data, self.data = self.data, None

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from modbatt import LinkKey, Session
+from modbatt import LinkKey, Session, set_encrypted
 from modbatt.bus.control_channel import ControlEndpoint, request
+from modbatt.bus.isotp_link import MessageChannel
 from modbatt.bus.transport import CanPort, parse_bus_spec
 from modbatt.protocol.control import (
     APP_TO_PACK,
@@ -199,3 +200,49 @@ def test_an_upgraded_endpoint_wakes_for_a_message_on_either_channel(
         received, waited = got[0]
         assert received is not None and received["type"] == message["type"]
         assert waited < 1.0
+
+
+def test_a_waiting_endpoint_sleeps_until_a_message_or_an_interrupt(
+    endpoints: tuple[ControlEndpoint, ControlEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No polling: an idle half second looks at each channel before its wait and after it (a
+    # 5 ms poll looked 100 times), and `interrupt` ends the wait at once.
+    _, pack = endpoints
+    assert pack.secure is not None
+    looks: list[float | None] = []
+    real_recv = pack.secure.recv
+
+    def counted(timeout_s: float | None = None) -> bytes | None:
+        looks.append(timeout_s)
+        return real_recv(timeout_s)
+
+    monkeypatch.setattr(pack.secure, "recv", counted)
+    assert pack.recv(0.5) is None
+    assert len(looks) <= 2, looks  # before the wait and after it
+    got: list[float] = []
+
+    def receive() -> None:
+        started = time.monotonic()
+        assert pack.recv(5.0) is None
+        got.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    time.sleep(0.1)
+    pack.interrupt()
+    thread.join()
+    assert got[0] < 1.0
+
+
+def test_an_endpoint_whose_channels_signal_apart_is_refused() -> None:
+    name = f"virtual:modbatt-control-{uuid.uuid4().hex[:8]}"
+    port = CanPort.open(parse_bus_spec(name))
+    plain = MessageChannel(port, APP_TO_PACK, PACK_TO_APP)
+    secure = MessageChannel(port, set_encrypted(APP_TO_PACK), set_encrypted(PACK_TO_APP))
+    try:
+        with pytest.raises(ValueError, match="share one arrival event"):
+            ControlEndpoint(plain, APP_TO_PACK, PACK_TO_APP, secure=secure)
+    finally:
+        plain.close()
+        secure.close()
+        port.close()

@@ -8,6 +8,7 @@ layer's (:mod:`modbatt.protocol.control`); this is their I/O: a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -76,12 +77,6 @@ def request(
     return None
 
 
-# How long `recv` waits on one channel before it looks at the other. A wait on both at once
-# (an event both channels set) was tried: under light bus faults it made ISO-TP transfers
-# fail far more often than this, for a reason not yet found (test_faults_lifecycle.py).
-POLL_S = 0.005
-
-
 @dataclass
 class ControlEndpoint:
     """One end of a control channel; `session` is set once the link is upgraded."""
@@ -95,6 +90,12 @@ class ControlEndpoint:
     last_sealed: bool = False  # whether the last accepted message came sealed
     _interrupted: bool = field(default=False, init=False, repr=False)  # see `interrupt`
 
+    def __post_init__(self) -> None:
+        if self.secure is not None and self.secure.arrived is not self.channel.arrived:
+            # `recv` sleeps on one event: a message on a channel that does not set it would
+            # wait unseen until the next one on the other channel
+            raise ValueError("an endpoint's two channels must share one arrival event")
+
     @classmethod
     def open(
         cls, port: CanPort, txid: int, rxid: int, *, timeout_s: float = 1.0
@@ -102,14 +103,19 @@ class ControlEndpoint:
         """Both channels of a control conversation on `port`.
 
         The plain ids, and the same ids with E set, on which sealed messages travel once the
-        link is upgraded.
+        link is upgraded. Both set one arrival event, which `recv` waits on.
         """
+        arrived = threading.Event()
         return cls(
-            MessageChannel(port, txid, rxid, timeout_s=timeout_s),
+            MessageChannel(port, txid, rxid, timeout_s=timeout_s, arrived=arrived),
             txid,
             rxid,
             secure=MessageChannel(
-                port, set_encrypted(txid), set_encrypted(rxid), timeout_s=timeout_s
+                port,
+                set_encrypted(txid),
+                set_encrypted(rxid),
+                timeout_s=timeout_s,
+                arrived=arrived,
             ),
         )
 
@@ -141,26 +147,31 @@ class ControlEndpoint:
         """
         wait = self.channel.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + wait
+        channels = [c for c in (self.secure, self.channel) if c is not None]
+        arrived = self.channel.arrived
         while True:
             if self._interrupted:
                 self._interrupted = False
                 return None
-            left = max(0.0, deadline - time.monotonic())
-            if self.secure is None:
-                data = self.channel.recv(min(left, POLL_S))
-            else:  # listen on both channels, a slice at a time
-                piece = min(POLL_S, left)
-                data = self.secure.recv(piece) or self.channel.recv(piece)
+            # Clear, look at both channels, and sleep only when both are empty: a message
+            # that completes after the look sets the event again. The thread wakes once per
+            # message, not every few milliseconds.
+            arrived.clear()
+            data = next((d for c in channels if (d := c.recv(0)) is not None), None)
             if data is not None:
                 message = self._accept(data)
                 if message is not None:
                     return message
-            if time.monotonic() >= deadline:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return None
+            arrived.wait(left)
 
     def interrupt(self) -> None:
-        """Make a `recv` that is waiting (or the next one) return None within POLL_S."""
+        """Make a `recv` that is waiting (or the next one) return None at once."""
         self._interrupted = True
+        self.channel.arrived.set()
 
     def _accept(self, data: bytes) -> dict[str, Any] | None:
         if data[:1] == b"\x04":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from typing import Any
 
 import isotp
@@ -46,8 +48,26 @@ def without_check(data: bytes | bytearray) -> bytes | None:
     return payload if _check(payload) == check else None
 
 
+class _SignallingQueue(queue.Queue[bytearray]):
+    """A stack's output queue that also sets `arrived` for every message put on it."""
+
+    def __init__(self, arrived: threading.Event) -> None:
+        super().__init__()
+        self.arrived = arrived
+
+    def put(self, item: bytearray, block: bool = True, timeout: float | None = None) -> None:
+        """Queue a completed message, then say so."""
+        super().put(item, block, timeout)
+        self.arrived.set()
+
+
 class MessageChannel:
-    """One ISO-TP conversation: we send on `txid`, we listen on `rxid`."""
+    """One ISO-TP conversation: we send on `txid`, we listen on `rxid`.
+
+    `arrived` is set whenever a message completes (clear it before looking at `recv(0)`);
+    given one event, several channels share it, and a reader waits for all of them at once
+    instead of polling each in turn.
+    """
 
     def __init__(
         self,
@@ -57,9 +77,11 @@ class MessageChannel:
         *,
         fd: bool = False,
         timeout_s: float = 1.0,
+        arrived: threading.Event | None = None,
     ) -> None:
         self.port = port
         self.timeout_s = timeout_s
+        self.arrived = arrived if arrived is not None else threading.Event()
         self.errors: list[str] = []
         self.discarded = 0
         address = isotp.Address(isotp.AddressingMode.Normal_29bits, txid=txid, rxid=rxid)
@@ -80,6 +102,9 @@ class MessageChannel:
             params=params,
             error_handler=self._on_error,
         )
+        # can-isotp puts every completed message on its `rx_queue` (declared in its
+        # TransportLayerLogic), where its `recv` takes them; ours also signals `arrived`.
+        self._stack.rx_queue = _SignallingQueue(self.arrived)
         self._stack.start()
 
     def _on_error(self, error: Exception) -> None:
