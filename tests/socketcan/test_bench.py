@@ -47,6 +47,14 @@ def test_the_socketcan_gateway_benchmark_measures_every_bridge(tmp_path: Path) -
     # every frame of every run arrived (the bridges' input buffers hold a whole burst)
     assert figures["lost_frames"] == 0
     assert set(figures["lost_by_bridge"]) == {"cangw", "plain", "secure", "rust"}
+    # latency from alternating rounds (one in --quick), each percentile the rounds' median
+    rounds = figures["conditions"]["paced_rounds"]
+    assert rounds == 1 and len(figures["rust_latency_p99_us_runs"]) == rounds
+    # with two CPUs or more the bridges run on one and canplayer on the others
+    conditions = figures["conditions"]
+    if conditions["cpus"] >= 2:
+        assert len(conditions["bridges_on_cpus"]) == 1
+        assert not set(conditions["bridges_on_cpus"]) & set(conditions["canplayer_on_cpus"])
     # no cangw rule is left behind
     rules = subprocess.run(["cangw", "-L"], capture_output=True, text=True, check=False).stdout
     assert "-s vcan0" not in rules

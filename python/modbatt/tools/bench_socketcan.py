@@ -12,7 +12,12 @@ One bridge at a time, in one run, with the same source and sink:
   so that the source is faster than every bridge; for latency it is a Python raw socket
   paced at a quarter of the slowest bridge's saturated rate (``PACED_LOAD``), each frame
   carrying its index (inside the plaintext for the pack) and timed on the way in by the
-  kernel, as the source's own socket receives it back;
+  kernel, as the source's own socket receives it back, in three alternating rounds
+  (``PACED_ROUNDS``) whose percentiles' median is the figure;
+* **where each runs**: with two CPUs or more, every bridge (and the paced source and the
+  sinks, in the bench's own process) on one CPU and ``canplayer`` on the others
+  (:func:`placement`), as on a pack board the frames come from the CAN controller and not from
+  a process on the bridge's core; on one CPU they share it;
 * the **sink** is a SocketCAN socket on the output bus with kernel receive timestamps
   (python-can's ``socketcan``, the same clock as ``time.time()``) and a receive buffer large
   enough for the whole run; it is read only after the run, so reading costs the bridges
@@ -62,6 +67,7 @@ IN_BUS, OUT_BUS = "vcan0", "vcan1"
 PACED_LOAD = 0.25
 PACED_FPS_MAX = 7000  # 8-byte extended frames on a full 1 Mbit/s bus (REFERENCE §4)
 PACED_SECONDS = 2.0
+PACED_ROUNDS = 3  # alternating; each percentile is the median of the rounds'
 # CPU: the pack's process while both buses carry sealed traffic at once. Both paths at the
 # same load, the paced one split between the two ways (at most a full 1 Mbit/s bus each way);
 # and each path that carries it with room to spare at the full load itself, 2 x 1 Mbit/s. For
@@ -228,13 +234,59 @@ def secure_bridge(data_plane: bool = False) -> Iterator[SecureEnds]:
 # --- sources -------------------------------------------------------------------------------
 
 
-def _replay(frames: list[tuple[int, bytes]], workdir: Path) -> None:
-    """Send `frames` on vcan0 back to back, with can-utils' canplayer."""
-    path = workdir / "source.log"
-    with path.open("w") as out:
-        for can_id, data in frames:
-            out.write(f"(0.000000) {IN_BUS} {can_id:08X}#{data.hex().upper()}\n")
-    _can_utils("canplayer", "-I", str(path), "-t", "-g", "0")
+@contextmanager
+def _on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """The calling thread, and the threads and processes it starts meanwhile, on `cpus`."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def placement() -> tuple[set[int] | None, set[int] | None]:
+    """(the bridges' CPUs, canplayer's): one CPU for the bridges, the others for the source.
+
+    Every bridge runs on one CPU, as on a pack board's application core; the source,
+    can-utils' canplayer, runs on the others, as a board's CAN controller is not a process
+    on that core. On one CPU both share it (None, None): a bridge in user space then pays a
+    wake-up for each batch the source lets it take, and `cangw`, which works inside the
+    source's own system call, does not.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+@dataclass
+class Source:
+    """can-utils' canplayer on vcan0/vcan1, its log files in `workdir`, run on `cpus`."""
+
+    workdir: Path
+    cpus: set[int] | None = None
+
+    def replay(self, frames: list[tuple[int, bytes]]) -> None:
+        """Send `frames` on vcan0 back to back."""
+        path = self.workdir / "source.log"
+        with path.open("w") as out:
+            for can_id, data in frames:
+                out.write(f"(0.000000) {IN_BUS} {can_id:08X}#{data.hex().upper()}\n")
+        with _on_cpus(self.cpus):
+            _can_utils("canplayer", "-I", str(path), "-t", "-g", "0")
+
+    def timed(self, frames: list[tuple[float, str, int, bytes]]) -> None:
+        """Send (time, bus, id, data) frames at their times."""
+        path = self.workdir / "timed.log"
+        with path.open("w") as out:
+            for at, bus, can_id, data in frames:
+                out.write(f"({at:.6f}) {bus} {can_id:08X}#{data.hex().upper()}\n")
+        with _on_cpus(self.cpus):
+            _can_utils("canplayer", "-I", str(path))
 
 
 class _PacedSource:
@@ -278,22 +330,22 @@ def _frame_bytes(can_id: int, data: bytes) -> bytes:
 # --- measurements --------------------------------------------------------------------------
 
 
-def _plain_run(bridge: Any, n: int, paced_fps: float | None, workdir: Path) -> Run:
+def _plain_run(bridge: Any, n: int, paced_fps: float | None, source: Source) -> Run:
     """`n` plain frames, each carrying its index, through `bridge`."""
     sink = _open(OUT_BUS)
     sent_at: list[float] = []
     try:
         with bridge():
             if paced_fps is None:
-                _replay([(PLAIN_ID, TIMED.pack(float(i))) for i in range(n)], workdir)
+                source.replay([(PLAIN_ID, TIMED.pack(float(i))) for i in range(n)])
             else:
-                source = _PacedSource()
+                paced = _PacedSource()
                 try:
-                    source.send(n, paced_fps, lambda i: [(PLAIN_ID, TIMED.pack(float(i)))])
+                    paced.send(n, paced_fps, lambda i: [(PLAIN_ID, TIMED.pack(float(i)))])
                     _wait_quiet(sink)
-                    sent_at = source.sent_at(lambda can_id: can_id == PLAIN_ID)
+                    sent_at = paced.sent_at(lambda can_id: can_id == PLAIN_ID)
                 finally:
-                    source.close()
+                    paced.close()
             _wait_quiet(sink)
         received = [m for m in _drain(sink) if m.arbitration_id == PLAIN_ID and len(m.data) == 8]
     finally:
@@ -307,7 +359,7 @@ def _plain_run(bridge: Any, n: int, paced_fps: float | None, workdir: Path) -> R
     return Run(n, len(received), span, latencies)
 
 
-def _secure_run(n: int, paced_fps: float | None, workdir: Path, data_plane: bool = False) -> Run:
+def _secure_run(n: int, paced_fps: float | None, source: Source, data_plane: bool = False) -> Run:
     """`n` frames (n/2 classic pairs, each carrying its index) through the pack.
 
     Latency per frame of each pair, from the same frame of the pair on the way in.
@@ -323,15 +375,15 @@ def _secure_run(n: int, paced_fps: float | None, workdir: Path, data_plane: bool
                 return frames_of(ends.module_end.seal(STATUS_1_ID, TIMED.pack(float(i))))
 
             if paced_fps is None:
-                _replay([f for i in range(pairs) for f in sealed(i)], workdir)
+                source.replay([f for i in range(pairs) for f in sealed(i)])
             else:
-                source = _PacedSource()
+                paced = _PacedSource()
                 try:
-                    source.send(pairs, paced_fps / 2, sealed)
+                    paced.send(pairs, paced_fps / 2, sealed)
                     _wait_quiet(sink)
-                    sent_at = source.sent_at(lambda can_id: can_id >> BASE_SHIFT == status_base)
+                    sent_at = paced.sent_at(lambda can_id: can_id >> BASE_SHIFT == status_base)
                 finally:
-                    source.close()
+                    paced.close()
             _wait_quiet(sink)
         received = _drain(sink)
     finally:
@@ -379,15 +431,6 @@ class CpuRun:
         return self.idle_cpu_percent + max(0.0, per_frame) * fps_each_way
 
 
-def _timed_replay(frames: list[tuple[float, str, int, bytes]], workdir: Path) -> None:
-    """Send (time, bus, id, data) frames at their times, with can-utils' canplayer."""
-    path = workdir / "timed.log"
-    with path.open("w") as out:
-        for at, bus, can_id, data in frames:
-            out.write(f"({at:.6f}) {bus} {can_id:08X}#{data.hex().upper()}\n")
-    _can_utils("canplayer", "-I", str(path))
-
-
 def _opened(session: Session, messages: list[can.Message], base: int) -> int:
     """How many frames of `messages` on id base `base` arrived as pairs `session` opens."""
     frames = 0
@@ -402,7 +445,7 @@ def _opened(session: Session, messages: list[can.Message], base: int) -> int:
     return frames
 
 
-def _cpu_run(fps_each_way: int, seconds: float, workdir: Path, data_plane: bool) -> CpuRun:
+def _cpu_run(fps_each_way: int, seconds: float, source: Source, data_plane: bool) -> CpuRun:
     """Module telemetry up and app commands down at once, through the pack; its CPU meanwhile.
 
     The source is canplayer (another process) and the sinks are read after the run, so the
@@ -425,7 +468,7 @@ def _cpu_run(fps_each_way: int, seconds: float, workdir: Path, data_plane: bool)
             time.sleep(seconds)
             idle = (time.process_time() - idle_start) / (time.monotonic() - wall_start)
             cpu_start, wall_start = time.process_time(), time.monotonic()
-            _timed_replay(schedule, workdir)
+            source.timed(schedule)
             wall = time.monotonic() - wall_start
             cpu = time.process_time() - cpu_start
             _wait_quiet(up_sink)
@@ -459,36 +502,39 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
             "(make vm-run CMD='.venv/bin/modbatt bench gateway --interface socketcan')"
         )
     saturated_n, repeats = (2_000, 1) if quick else (20_000, 3)
-    bridges: dict[str, Callable[[int, float | None, Path], Run]] = {
-        "cangw": lambda n, fps, w: _plain_run(cangw_bridge, n, fps, w),
-        "plain": lambda n, fps, w: _plain_run(plain_bridge, n, fps, w),
+    rounds = 1 if quick else PACED_ROUNDS
+    bridges: dict[str, Callable[[int, float | None, Source], Run]] = {
+        "cangw": lambda n, fps, source: _plain_run(cangw_bridge, n, fps, source),
+        "plain": lambda n, fps, source: _plain_run(plain_bridge, n, fps, source),
         "secure": _secure_run,
-        "rust": lambda n, fps, w: _secure_run(n, fps, w, data_plane=True),
+        "rust": lambda n, fps, source: _secure_run(n, fps, source, data_plane=True),
     }
     runs: dict[str, list[Run]] = {name: [] for name in bridges}
-    paced: dict[str, Run] = {}
-    with TemporaryDirectory(prefix="modbatt-bench-") as tmp:
-        workdir = Path(tmp)
+    paced: dict[str, list[Run]] = {name: [] for name in bridges}
+    bridge_cpus, source_cpus = placement()
+    with TemporaryDirectory(prefix="modbatt-bench-") as tmp, _on_cpus(bridge_cpus):
+        source = Source(Path(tmp), source_cpus)
         for _ in range(repeats):  # alternate: a host hiccup then moves no one figure
             for name, measure in bridges.items():
-                runs[name].append(measure(saturated_n, None, workdir))
+                runs[name].append(measure(saturated_n, None, source))
         slowest = min(_median(r).fps for r in runs.values())
         paced_fps = float(max(100, min(PACED_FPS_MAX, round(PACED_LOAD * slowest, -2))))
         paced_n = 2 * int(paced_fps * (0.25 if quick else PACED_SECONDS) / 2)
-        for name, measure in bridges.items():
-            paced[name] = measure(paced_n, paced_fps, workdir)
+        for _ in range(rounds):  # alternating rounds too: a pause lands in one round's tail
+            for name, measure in bridges.items():
+                paced[name].append(measure(paced_n, paced_fps, source))
         # both ways at once, at the paced load in all: the Python path carries it with room
         cpu_fps = 2 * int(min(FULL_BUS_FPS, paced_fps / 2) / 2)
         cpu_seconds = 0.5 if quick else CPU_SECONDS
         cpu = {
-            "secure": _cpu_run(cpu_fps, cpu_seconds, workdir, data_plane=False),
-            "rust": _cpu_run(cpu_fps, cpu_seconds, workdir, data_plane=True),
+            "secure": _cpu_run(cpu_fps, cpu_seconds, source, data_plane=False),
+            "rust": _cpu_run(cpu_fps, cpu_seconds, source, data_plane=True),
         }
         # at the full load itself, for a path that carries it with room to spare
         full_load: dict[str, CpuRun] = {}
         for name, data_plane in (("secure", False), ("rust", True)):
             if _median(runs[name]).fps >= FULL_LOAD_ROOM * 2 * FULL_BUS_FPS:
-                full_load[name] = _cpu_run(FULL_BUS_FPS, cpu_seconds, workdir, data_plane)
+                full_load[name] = _cpu_run(FULL_BUS_FPS, cpu_seconds, source, data_plane)
     figures: dict[str, Any] = {"interface": "socketcan"}
     keys = (
         ("cangw", "cangw"),
@@ -501,7 +547,9 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         figures[f"{key}_fps_runs"] = [round(r.fps) for r in runs[name]]
     for name in bridges:
         for q in (50, 99):
-            figures[f"{name}_latency_p{q}_us"] = _percentile(paced[name].latencies_us, q)
+            per_round = [_percentile(run.latencies_us, q) for run in paced[name]]
+            figures[f"{name}_latency_p{q}_us"] = float(np.median(per_round))
+            figures[f"{name}_latency_p{q}_us_runs"] = [round(value) for value in per_round]
     for name, key in (("secure", "cpu_percent_2x1mbit"), ("rust", "rust_cpu_percent_2x1mbit")):
         full = full_load.get(name)
         measured = full or cpu[name]
@@ -514,7 +562,9 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         )
         figures[f"{key}_idle"] = cpu[name].idle_cpu_percent
         figures[f"{key}_at_{cpu_fps}_each_way"] = cpu[name].cpu_percent  # the same load for both
-    lost = {name: sum(r.sent - r.delivered for r in [*runs[name], paced[name]]) for name in bridges}
+    lost = {
+        name: sum(r.sent - r.delivered for r in [*runs[name], *paced[name]]) for name in bridges
+    }
     for name, run in [*cpu.items(), *full_load.items()]:
         lost[name] += run.sent - run.delivered
     figures["lost_frames"] = sum(lost.values())
@@ -543,6 +593,7 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "saturated_frames": saturated_n,
         "saturated_repeats": repeats,
         "paced_frames": paced_n,
+        "paced_rounds": rounds,
         "paced_fps": paced_fps,
         "paced_load": PACED_LOAD,
         "cpu_fps_each_way": cpu_fps,
@@ -554,10 +605,15 @@ def gateway_socketcan(quick: bool = False) -> dict[str, Any]:
         "python": platform.python_version(),
         "python_can": can.__version__,
         "cpus": os.cpu_count(),
+        "bridges_on_cpus": sorted(bridge_cpus) if bridge_cpus else "all",
+        "canplayer_on_cpus": sorted(source_cpus) if source_cpus else "all",
         "notes": "one bridge at a time between vcan0 and vcan1; saturated: canplayer replays "
         "prebuilt frames back to back, fps from the first delivery to the last, median of "
         "alternating runs; latency: a paced raw-socket source, each frame's kernel timestamp "
-        "on the way in (its own echo) to the sink's kernel receive timestamp on the way out. "
+        "on the way in (its own echo) to the sink's kernel receive timestamp on the way out, "
+        "in paced_rounds alternating rounds, each percentile the median of the rounds'. "
+        "Every bridge (and the paced source and the sinks, in this process) runs on "
+        "bridges_on_cpus, canplayer on canplayer_on_cpus. "
         "Secure frames are classic pairs (data + authenticator), counted as frames. CPU: the "
         "pack process's CPU time while canplayer sends sealed pairs both ways at once, "
         "at cpu_fps_each_way for both paths, and at 6,250 frames/s each way (2 x 1 Mbit/s) "
