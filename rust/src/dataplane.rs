@@ -6,8 +6,8 @@
 //! wake-up, not a `poll` and then a read), steps them all through the gateway under one lock,
 //! and sends what comes out with one `sendmmsg` per destination bus. So that the wait ends
 //! for the stop flag too, the plane reads its sockets blocking with a receive timeout
-//! (`SO_RCVTIMEO`): they are the plane's alone from then on. The gateway is the one Python configures
-//! (sessions, rules, the tap, the counters): the data plane only moves its frames. The
+//! (`SO_RCVTIMEO`): they are the plane's alone from then on. The gateway is the one Python
+//! configures (sessions, rules, the tap, the counters): the data plane only moves its frames. The
 //! sockets carry `struct can_frame` (16 bytes) and `struct canfd_frame` (72 bytes) as a
 //! SocketCAN raw socket does; in tests they are `socketpair(AF_UNIX, SOCK_SEQPACKET)`, which
 //! carries the same records.

@@ -272,21 +272,19 @@ class Source:
 
     def replay(self, frames: list[tuple[int, bytes]]) -> None:
         """Send `frames` on vcan0 back to back."""
-        path = self.workdir / "source.log"
-        with path.open("w") as out:
-            for can_id, data in frames:
-                out.write(f"(0.000000) {IN_BUS} {can_id:08X}#{data.hex().upper()}\n")
-        with _on_cpus(self.cpus):
-            _can_utils("canplayer", "-I", str(path), "-t", "-g", "0")
+        self._play([(0.0, IN_BUS, can_id, data) for can_id, data in frames], "-t", "-g", "0")
 
     def timed(self, frames: list[tuple[float, str, int, bytes]]) -> None:
         """Send (time, bus, id, data) frames at their times."""
-        path = self.workdir / "timed.log"
+        self._play(frames)
+
+    def _play(self, frames: list[tuple[float, str, int, bytes]], *options: str) -> None:
+        path = self.workdir / "source.log"  # candump's log format, which canplayer reads
         with path.open("w") as out:
             for at, bus, can_id, data in frames:
                 out.write(f"({at:.6f}) {bus} {can_id:08X}#{data.hex().upper()}\n")
         with _on_cpus(self.cpus):
-            _can_utils("canplayer", "-I", str(path))
+            _can_utils("canplayer", "-I", str(path), *options)
 
 
 class _PacedSource:

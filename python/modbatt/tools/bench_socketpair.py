@@ -116,6 +116,11 @@ class Delivery:
     # their own) over the time from the start to the last delivery, in % of one core.
     cpu_percent: float
 
+    @property
+    def fps(self) -> float:
+        """Frames delivered per second."""
+        return self.count / self.seconds if self.seconds else 0.0
+
 
 def _run(
     bridge: Callable[[socket.socket, socket.socket, int], Callable[[], None]] | None,
@@ -276,10 +281,10 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
     dropped: dict[str, list[int]] = {"rust": [], "rust_plain_route": []}  # counted by the plane
     for _ in range(repeats):
         run = _run(None, plain_records, keep=False)
-        runs["direct"].append(run.count / run.seconds if run.seconds else 0.0)
+        runs["direct"].append(run.fps)
         lost["direct"] += frames - run.count
         run = _run(plain_bridge, plain_records, keep=False)
-        runs["plain"].append(run.count / run.seconds if run.seconds else 0.0)
+        runs["plain"].append(run.fps)
         lost["plain"] += frames - run.count
         pack = _pack()
         sealed = _records(
@@ -296,7 +301,7 @@ def gateway_socketpair(quick: bool = False) -> dict[str, Any]:
         route = Gateway()
         route.add_rule(CAN2, ROUTED_PLAIN_ID, 0x1FFF_FFFF & ~FLAG_BITS, CAN1)
         run = _run(_plane(route, dropped["rust_plain_route"]), plain_records, keep=False)
-        runs["rust_plain_route"].append(run.count / run.seconds if run.seconds else 0.0)
+        runs["rust_plain_route"].append(run.fps)
         lost["rust_plain_route"] += frames - run.count
     # Latency at a paced load, the same frames/s for both: each frame carries its send time
     # (inside the plaintext for the data plane), the sink notes its arrival. The bridge's CPU
